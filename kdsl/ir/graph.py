@@ -1,0 +1,171 @@
+"""The IR: a graph of layer calls over typed SSA values.
+
+A `Graph` is one model. Its `nodes` are in definition order (a topological order); each
+node calls a `Layer` — a configured instance of a catalogue entry — on input values and
+defines fresh output values. A layer called by several nodes shares its weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kdsl.catalogue.args import FnSpec
+from kdsl.errors import Span
+from kdsl.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from kdsl.catalogue.base import LayerKind
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One weight of a layer, named and shaped as Keras names and shapes it."""
+
+    name: str
+    shape: tuple[int, ...]
+    trainable: bool = True
+    initializer: FnSpec | None = None
+    regularizer: FnSpec | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(eq=False)
+class Value:
+    """An SSA value. `name` is the variable it was bound to; several values may share one."""
+
+    name: str
+    type: TensorType | None = None
+    masked: bool = False  # carries a padding mask (from `embedding(mask_zero=true)`)
+
+    def __repr__(self) -> str:
+        return f"Value({self.name}: {self.type})"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A configured but unnamed layer: the argument of a wrapper like `bidirectional(lstm(32))`."""
+
+    kind: LayerKind
+    config: Mapping[str, Any]
+
+    def as_layer_spec(self) -> LayerSpec:
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerSpec) and (self.kind.name, dict(self.config)) == (
+            other.kind.name,
+            dict(other.config),
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.kind.name)
+
+
+@dataclass(eq=False)
+class Layer:
+    """A layer instance: kind, bound configuration and, once shapes are known, its parameters."""
+
+    name: str
+    kind: LayerKind
+    config: dict[str, Any]
+    span: Span | None = None
+    params: list[ParamSpec] | None = None
+
+    @property
+    def spec(self) -> LayerSpec:
+        return LayerSpec(self.kind, self.config)
+
+    def param_count(self, trainable: bool | None = None) -> int:
+        return sum(p.size for p in self.params or [] if trainable is None or p.trainable == trainable)
+
+
+@dataclass(eq=False)
+class Node:
+    layer: Layer
+    inputs: list[Value]
+    outputs: list[Value]
+    span: Span | None = None
+
+    @property
+    def op(self) -> str:
+        return self.layer.kind.name
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    loss: FnSpec
+    weight: float = 1.0
+
+
+@dataclass
+class TrainSpec:
+    """A `train` block: the recipe `kdsl train` follows. Key `None` means every output."""
+
+    losses: dict[str | None, LossTerm]
+    optimizer: FnSpec
+    metrics: dict[str | None, list[FnSpec]] = field(default_factory=dict)
+    batch_size: int = 32
+    epochs: int = 1
+    validation_split: float = 0.0
+    shuffle: bool = True
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(eq=False)
+class Graph:
+    name: str
+    inputs: list[Value]
+    outputs: list[Value]
+    nodes: list[Node]
+    declared_outputs: list[TensorType | None] = field(default_factory=list)  # `-> probs: f32[batch, 10]`
+    train: TrainSpec | None = None
+    span: Span | None = None
+    output_spans: list[Span | None] = field(default_factory=list)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [value.name for value in self.outputs]
+
+    def layers(self) -> list[Layer]:
+        """Each layer once, in the order of its first call."""
+        seen: dict[int, Layer] = {}
+        for node in self.nodes:
+            seen.setdefault(id(node.layer), node.layer)
+        return list(seen.values())
+
+    def param_count(self, trainable: bool | None = None) -> int:
+        return sum(layer.param_count(trainable) for layer in self.layers())
+
+    def structure(self) -> tuple:
+        """Everything that gives the model its meaning, with intermediate value names left out."""
+        index: dict[int, int] = {}
+        for value in self.inputs:
+            index[id(value)] = len(index)
+        nodes = []
+        layer_names = {id(layer): layer.name for layer in self.layers()}
+        for node in self.nodes:
+            inputs = tuple(index[id(v)] for v in node.inputs)
+            for value in node.outputs:
+                index[id(value)] = len(index)
+            nodes.append((layer_names[id(node.layer)], inputs, len(node.outputs)))
+        layers = tuple((layer.name, layer.kind.name, tuple(sorted(layer.config.items()))) for layer in self.layers())
+        return (
+            self.name,
+            tuple((v.name, v.type) for v in self.inputs),
+            tuple((v.name, index[id(v)]) for v in self.outputs),
+            tuple(self.declared_outputs),
+            tuple(nodes),
+            layers,
+            self.train,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Graph) and self.structure() == other.structure()
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,0 +1,481 @@
+"""Syntax tree to IR: resolve names, bind layer arguments, build one `Graph` per model.
+
+Positional arguments of a layer call are its inputs when they are tensors (`dense(h, 10)`:
+`h`) and its settings otherwise (`10` is `units`); a call with no tensor input is an
+unapplied layer, which `|>`, `layer NAME = ...` and wrappers like `bidirectional` take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdsl import catalogue
+from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
+from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
+from kdsl.catalogue.recurrent import Recurrent
+from kdsl.errors import KdslArgumentError, KdslNameError, KdslShapeError, KdslUnsupportedError, Span, did_you_mean
+from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Node, TrainSpec, Value
+from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
+from kdsl.lang import ast
+from kdsl.lang.naming import LayerNamer
+
+RESERVED = {"true", "false", "none", "True", "False", "None"}
+CALL_KEYWORDS_REFUSED = {
+    "mask": "masks come from `embedding(..., mask_zero=true)` and flow to the layers after it",
+    "training": "training and inference modes are chosen by `fit` and `predict`",
+}
+
+
+@dataclass
+class Program:
+    """The models of one `.kd` file, in the order they were written."""
+
+    file: str
+    models: dict[str, Graph] = field(default_factory=dict)
+
+    def model(self, name: str | None = None) -> Graph:
+        if name is None:
+            if len(self.models) != 1:
+                raise KdslNameError(
+                    f"{self.file} defines {len(self.models)} models; say which one",
+                    hint=f"models: {', '.join(self.models) or 'none'}",
+                )
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise KdslNameError(
+                f"{self.file} has no model `{name}`",
+                hint=did_you_mean(name, self.models) or f"models: {', '.join(self.models) or 'none'}",
+            )
+        return self.models[name]
+
+
+def elaborate(module: ast.Module) -> Program:
+    program = Program(module.file)
+    for item in module.items:
+        if isinstance(item, ast.ModelDef):
+            if item.name.id in program.models:
+                raise KdslNameError(f"model `{item.name.id}` is defined twice", item.name.span)
+            program.models[item.name.id] = _ModelBuilder(item).build()
+    for item in module.items:
+        if isinstance(item, ast.TrainDef):
+            model = item.model.id
+            if model not in program.models:
+                raise KdslNameError(
+                    f"train block for unknown model `{model}`",
+                    item.model.span,
+                    hint=did_you_mean(model, program.models) or f"models: {', '.join(program.models) or 'none'}",
+                )
+            graph = program.models[model]
+            if graph.train is not None:
+                raise KdslNameError(f"model `{model}` has two train blocks", item.model.span)
+            graph.train = _train_spec(item, graph)
+    return program
+
+
+# --- arguments as plain values ------------------------------------------------------------------
+
+
+def config_value(expr: ast.Expr) -> Any:
+    """A setting as a plain value: names become identifiers, non-layer calls `RawCall`s."""
+    if isinstance(expr, ast.Literal):
+        return expr.value
+    if isinstance(expr, ast.Name):
+        return expr.id
+    if isinstance(expr, ast.ListExpr):
+        return [config_value(item) for item in expr.items]
+    if isinstance(expr, ast.Call):
+        return RawCall(expr.func.id, _given(expr.args, expr.keywords, config_value), expr.span)
+    raise KdslArgumentError("a setting cannot be a `|>` pipeline", expr.span)
+
+
+def _given(args: list[ast.Expr], keywords: list[ast.Keyword], convert) -> list[Given]:
+    return [Given(convert(a), a.span) for a in args] + [Given(convert(k.value), k.value.span, k.name) for k in keywords]
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class _Unapplied:
+    """A layer call without a tensor input, e.g. the `dense(10)` in `x |> dense(10)`."""
+
+    def __init__(self, spec: LayerSpec, name: str | None, span: Span):
+        self.spec, self.name, self.span = spec, name, span
+
+    def as_layer_spec(self) -> LayerSpec:
+        if self.name is not None:
+            raise ArgError("a layer inside a wrapper takes no `name`", hint="name the wrapper instead")
+        return self.spec
+
+
+class _ModelBuilder:
+    def __init__(self, model: ast.ModelDef):
+        self.model = model
+        self.values: dict[str, Value] = {}
+        self.shared: dict[str, Layer] = {}
+        self.shared_used: set[str] = set()
+        self.nodes: list[Node] = []
+        self.namer = LayerNamer()
+
+    def build(self) -> Graph:
+        inputs = [self.declare_input(decl) for decl in self.model.inputs]
+        for statement in self.model.body:
+            if isinstance(statement, ast.LayerDecl):
+                self.declare_layer(statement)
+            else:
+                self.assign(statement)
+        for name, layer in self.shared.items():
+            if name not in self.shared_used:
+                raise KdslNameError(f"layer `{name}` is declared but never called", layer.span)
+        outputs, declared, spans = [], [], []
+        for out in self.model.outputs:
+            if out.name.id not in self.values:
+                raise KdslNameError(
+                    f"output `{out.name.id}` is never assigned",
+                    out.name.span,
+                    hint=did_you_mean(out.name.id, self.values) or "assign it in the model body",
+                )
+            if self.values[out.name.id] in outputs:
+                raise KdslNameError(f"output `{out.name.id}` is listed twice", out.name.span)
+            outputs.append(self.values[out.name.id])
+            declared.append(self.tensor_type(out.type) if out.type else None)
+            spans.append(out.span)
+        return Graph(self.model.name.id, inputs, outputs, self.nodes, declared, None, self.model.span, spans)
+
+    def declare_input(self, decl: ast.InputDecl) -> Value:
+        name = decl.name.id
+        if name in self.values:
+            raise KdslNameError(f"input `{name}` is declared twice", decl.name.span)
+        type_ = self.tensor_type(decl.type)
+        if not type_.dims or type_.dims[0] != BATCH:
+            raise KdslShapeError(
+                f"input `{name}` must start with the batch dimension",
+                decl.type.span,
+                hint=f"write `{decl.type.dtype.id}[batch, ...]`",
+            )
+        value = Value(name, type_)
+        self.values[name] = value
+        return value
+
+    def tensor_type(self, expr: ast.TensorTypeExpr) -> TensorType:
+        dtype = DTYPE_ALIASES.get(expr.dtype.id)
+        if dtype is None:
+            raise KdslNameError(
+                f"unknown element type `{expr.dtype.id}`",
+                expr.dtype.span,
+                hint=did_you_mean(expr.dtype.id, DTYPE_ALIASES) or "use f32 or i32",
+            )
+        dims = []
+        for position, dim in enumerate(expr.dims):
+            if isinstance(dim, ast.Literal):
+                if dim.value <= 0:
+                    raise KdslShapeError(f"dimension {dim.value} must be positive", dim.span)
+                dims.append(dim.value)
+            else:
+                if dim.id == BATCH and position != 0:
+                    raise KdslShapeError("`batch` can only be the first dimension", dim.span)
+                dims.append(dim.id)
+        return TensorType(dtype, tuple(dims))
+
+    def declare_layer(self, decl: ast.LayerDecl) -> None:
+        name = decl.name.id
+        if catalogue.lookup(name) or name in self.shared or name in RESERVED:
+            raise KdslNameError(f"`{name}` is already a layer name; pick another", decl.name.span)
+        result = self.evaluate(decl.value)
+        if not isinstance(result, _Unapplied):
+            raise KdslArgumentError(
+                f"`layer {name} = ...` needs a layer without inputs, like `lstm(units=32)`", decl.value.span
+            )
+        layer_name = result.name or name
+        if not self.namer.reserve(layer_name):
+            raise KdslNameError(f"layer name `{layer_name}` is used twice", decl.name.span)
+        self.shared[name] = Layer(layer_name, result.spec.kind, dict(result.spec.config), decl.span)
+
+    def assign(self, statement: ast.Assign) -> None:
+        for target in statement.targets:
+            if target.id in RESERVED or target.id in self.shared:
+                raise KdslNameError(f"cannot assign to `{target.id}`", target.span)
+        result = self.evaluate(statement.value)
+        if not isinstance(result, list):
+            hint = "give the layer an input: `dense(x, 10)` or `x |> dense(10)`" if isinstance(result, _Unapplied) else None
+            raise KdslArgumentError("the right side is not a tensor", statement.value.span, hint=hint)
+        if isinstance(statement.value, ast.Name):
+            raise KdslArgumentError(
+                "`a = b` only renames a tensor", statement.span, hint=f"use `{statement.value.id}` directly"
+            )
+        if len(result) != len(statement.targets):
+            names = ", ".join(["out", "h", "c"][: len(result)]) if len(result) <= 3 else "..."
+            raise KdslArgumentError(
+                f"the right side gives {len(result)} tensor(s) but {len(statement.targets)} name(s) receive them",
+                statement.span,
+                hint=f"write `{names} = ...`" if len(result) > 1 else "remove the extra names",
+            )
+        for target, value in zip(statement.targets, result):
+            value.name = target.id
+            self.values[target.id] = value
+
+    # -- expressions --
+
+    def evaluate(self, expr: ast.Expr) -> Any:
+        """Tensors come back as a list of `Value`s; layers as `_Unapplied` or `Layer`; the rest as settings."""
+        if isinstance(expr, ast.Name):
+            if expr.id in self.values:
+                return [self.values[expr.id]]
+            if expr.id in self.shared:
+                return self.shared[expr.id]
+            return expr.id
+        if isinstance(expr, ast.Literal):
+            return expr.value
+        if isinstance(expr, ast.ListExpr):
+            items = [self.evaluate(item) for item in expr.items]
+            if items and all(isinstance(item, list) for item in items):
+                return [value for item in items for value in item]
+            return [self.setting(item, e) for item, e in zip(items, expr.items)]
+        if isinstance(expr, ast.Pipe):
+            value = self.single(self.evaluate(expr.value), expr.value)
+            return self.apply_stage(expr.stage, value, expr.span)
+        return self.call(expr, None)
+
+    def single(self, result: Any, expr: ast.Expr) -> Value:
+        if not isinstance(result, list):
+            raise KdslArgumentError("expected a tensor here", expr.span)
+        if len(result) != 1:
+            raise KdslArgumentError(
+                f"this gives {len(result)} tensors, where one is expected",
+                expr.span,
+                hint="assign them to names first: `out, h, c = lstm(x, 32, return_state=true)`",
+            )
+        return result[0]
+
+    def setting(self, result: Any, expr: ast.Expr) -> Any:
+        if isinstance(result, list):
+            raise KdslArgumentError(f"`{_text(expr)}` is a tensor; a setting was expected here", expr.span)
+        if isinstance(result, Layer):
+            raise KdslArgumentError(
+                f"`{_text(expr)}` is a declared layer; a setting was expected here",
+                expr.span,
+                hint="wrappers take a fresh layer call such as `lstm(32)`",
+            )
+        return result
+
+    def apply_stage(self, stage: ast.Expr, value: Value, span: Span) -> list[Value]:
+        if isinstance(stage, ast.Call):
+            return self.call(stage, value)
+        if isinstance(stage, ast.Name):
+            if stage.id in self.shared:
+                return self.apply(self.shared_call(stage.id), [value], span)
+            if catalogue.lookup(stage.id):
+                return self.call(ast.Call(stage, [], [], stage.span), value)
+            if stage.id in self.values:
+                raise KdslArgumentError(f"`{stage.id}` is a tensor; `|>` needs a layer on its right", stage.span)
+            raise self.unknown_layer(stage)
+        raise KdslArgumentError("`|>` needs a layer on its right, like `dense(10)`", stage.span)
+
+    def shared_call(self, name: str) -> Layer:
+        self.shared_used.add(name)
+        return self.shared[name]
+
+    def unknown_layer(self, name: ast.Name) -> KdslNameError:
+        if name.id in self.values:
+            return KdslNameError(f"`{name.id}` is a tensor, not a layer", name.span)
+        known = catalogue.spellings() + list(self.shared)
+        return KdslNameError(
+            f"unknown layer `{name.id}`",
+            name.span,
+            hint=did_you_mean(name.id, known) or "`kdsl check --layers` lists the layers",
+        )
+
+    def call(self, call: ast.Call, piped: Value | None) -> Any:
+        func = call.func.id
+        inputs = [piped] if piped is not None else []
+        if func in self.shared:
+            layer = self.shared_call(func)
+            for arg in call.args:
+                inputs.extend(self.tensors(arg))
+            states = self.call_keywords(call, layer.kind, allow_settings=False)
+            return self.apply(layer, inputs, call.span, states)
+        kind = catalogue.lookup(func)
+        if kind is None:
+            raise self.unknown_layer(call.func)
+        given = []
+        for arg in call.args:
+            result = self.argument(arg)
+            if isinstance(result, list):
+                inputs.extend(result)
+            elif isinstance(arg, ast.Name) and isinstance(result, str) and not _fits_positional(kind, result):
+                raise KdslNameError(
+                    f"unknown tensor `{arg.id}`",
+                    arg.span,
+                    hint=did_you_mean(arg.id, self.values) or f"tensors defined so far: {', '.join(self.values)}",
+                )
+            else:
+                given.append(Given(self.setting(result, arg), arg.span))
+        name = None
+        for keyword in call.keywords:
+            if keyword.name == "name":
+                name = config_value(keyword.value)
+                if not isinstance(name, str) or not name.isidentifier():
+                    raise KdslArgumentError("a layer `name` must be a name like \"encoder\"", keyword.value.span)
+            elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
+                value = self.setting(self.argument(keyword.value), keyword.value)
+                given.append(Given(value, keyword.value.span, keyword.name))
+        config = kind.bind(given, call.span)
+        states = self.call_keywords(call, kind, allow_settings=True)
+        if not inputs:
+            if states:
+                raise KdslArgumentError("`initial_state` needs an input sequence too", call.span)
+            return _Unapplied(LayerSpec(kind, config), name, call.span)
+        if name is not None and not self.namer.reserve(name):
+            raise KdslNameError(f"layer name `{name}` is used twice", call.span)
+        layer = Layer(name or self.namer.next(kind.name), kind, config, call.span)
+        return self.apply(layer, inputs, call.span, states)
+
+    def argument(self, expr: ast.Expr) -> Any:
+        """An argument of a layer call: calls of things that are not layers (`l2(0.01)`) are settings."""
+        if isinstance(expr, ast.Call) and catalogue.lookup(expr.func.id) is None and expr.func.id not in self.shared:
+            return config_value(expr)
+        return self.evaluate(expr)
+
+    def tensors(self, expr: ast.Expr) -> list[Value]:
+        result = self.evaluate(expr)
+        if not isinstance(result, list):
+            raise KdslArgumentError(
+                "a declared layer takes only tensors", expr.span, hint="its settings belong in its `layer` declaration"
+            )
+        return result
+
+    def call_keywords(self, call: ast.Call, kind: catalogue.LayerKind, allow_settings: bool) -> list[Value]:
+        """Keywords that are not settings: `initial_state=[h, c]`; refuse `mask=` and `training=`."""
+        states: list[Value] = []
+        for keyword in call.keywords:
+            if keyword.name in CALL_KEYWORDS_REFUSED:
+                raise KdslUnsupportedError(
+                    f"call argument `{keyword.name}` is not supported", keyword.span, hint=CALL_KEYWORDS_REFUSED[keyword.name]
+                )
+            if keyword.name == "initial_state":
+                if not isinstance(kind, Recurrent):
+                    raise KdslArgumentError(f"`{kind.name}` takes no `initial_state`", keyword.span)
+                states = self.tensors(keyword.value)
+            elif not allow_settings:
+                raise KdslArgumentError(
+                    f"`{call.func.id}` is a declared layer: its settings belong in its `layer` declaration",
+                    keyword.span,
+                )
+        return states
+
+    def apply(self, layer: Layer, inputs: list[Value], span: Span, states: list[Value] | None = None) -> list[Value]:
+        kind = layer.kind
+        limit = 1 if isinstance(kind, Recurrent) else kind.max_inputs
+        if len(inputs) < kind.min_inputs or (limit is not None and len(inputs) > limit):
+            expected = f"{kind.min_inputs}" + (f" to {limit}" if limit != kind.min_inputs else "")
+            if limit is None:
+                expected = f"at least {kind.min_inputs}"
+            raise KdslArgumentError(
+                f"`{kind.name}` takes {expected} input tensor(s), got {len(inputs)}",
+                span,
+                hint="pass states as `initial_state=[...]`" if isinstance(kind, Recurrent) and len(inputs) > 1 else None,
+            )
+        outputs = [Value(layer.name) for _ in range(kind.num_outputs(layer.config))]
+        self.nodes.append(Node(layer, [*inputs, *(states or [])], outputs, span))
+        return outputs
+
+
+def _fits_positional(kind: catalogue.LayerKind, identifier: str) -> bool:
+    """Whether a bare name can be one of the layer's positional settings (`activation(x, relu)`)."""
+    for arg in kind.args:
+        if arg.positional:
+            try:
+                arg.convert(identifier)
+                return True
+            except ArgError:
+                pass
+    return False
+
+
+def _text(expr: ast.Expr) -> str:
+    return expr.id if isinstance(expr, ast.Name) else "this"
+
+
+# --- train blocks -------------------------------------------------------------------------------
+
+TRAIN_SETTINGS = (
+    Arg("optimizer", OPTIMIZERS, OPTIMIZERS("rmsprop")),
+    Arg("batch_size", positive_int, 32),
+    Arg("epochs", positive_int, 1),
+    Arg("validation_split", rate, 0.0),
+    Arg("shuffle", boolean, True),
+)
+PER_OUTPUT = ("loss", "metrics")
+
+
+def _train_spec(train: ast.TrainDef, graph: Graph) -> TrainSpec:
+    losses: dict[str | None, LossTerm] = {}
+    metrics: dict[str | None, list] = {}
+    given: list[Given] = []
+    for setting in train.settings:
+        key = setting.key.id
+        output = setting.output.id if setting.output else None
+        if key not in PER_OUTPUT:
+            if setting.output is not None:
+                raise KdslArgumentError(f"`{key}` applies to the whole model, not one output", setting.output.span)
+            _no_options(setting)
+            given.append(Given(config_value(setting.value), setting.value.span, key))
+            continue
+        if output is not None and output not in graph.output_names:
+            raise KdslNameError(
+                f"model `{graph.name}` has no output `{output}`",
+                setting.output.span,
+                hint=did_you_mean(output, graph.output_names) or f"outputs: {', '.join(graph.output_names)}",
+            )
+        table = losses if key == "loss" else metrics
+        if output in table or (table and (output is None) != (None in table)):
+            raise KdslArgumentError(
+                f"`{key}` is given twice" if output in table else f"give `{key}` either once for all outputs or per output",
+                setting.span,
+            )
+        if key == "loss":
+            losses[output] = LossTerm(_convert(LOSSES, setting.value), _weight(setting))
+        else:
+            _no_options(setting)
+            items = setting.value.items if isinstance(setting.value, ast.ListExpr) else [setting.value]
+            metrics[output] = [_convert(METRICS, item) for item in items]
+    if not losses:
+        raise KdslArgumentError(
+            f"train block for `{graph.name}` has no `loss`",
+            train.model.span,
+            hint="e.g. `loss = sparse_categorical_crossentropy`",
+        )
+    if None not in losses:
+        missing = [name for name in graph.output_names if name not in losses]
+        if missing:
+            raise KdslArgumentError(
+                f"output `{missing[0]}` has no loss", train.model.span, hint=f"add `loss {missing[0]} = ...`"
+            )
+    settings = bind("train", TRAIN_SETTINGS, given, span=train.span)
+    return TrainSpec(losses, metrics=metrics, span=train.span, **settings)
+
+
+def _convert(table, expr: ast.Expr):
+    try:
+        return table(config_value(expr))
+    except ArgError as error:
+        raise KdslArgumentError(error.message, expr.span, hint=error.hint) from None
+
+
+def _weight(setting: ast.Setting) -> float:
+    weight = 1.0
+    for option in setting.options:
+        if option.name != "weight":
+            raise KdslArgumentError(f"unknown option `{option.name}`", option.span, hint="only `weight` may follow a loss")
+        value = config_value(option.value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise KdslArgumentError("a loss weight is a number ≥ 0", option.value.span)
+        weight = float(value)
+    return weight
+
+
+def _no_options(setting: ast.Setting) -> None:
+    if setting.options:
+        option = setting.options[0]
+        raise KdslArgumentError(f"`{setting.key.id}` takes no `{option.name}`", option.span)
+

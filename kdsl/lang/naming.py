@@ -1,0 +1,32 @@
+"""Keras-style automatic layer names: `dense`, `dense_1`, `dense_2`, skipping names already taken."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class LayerNamer:
+    """Hands out layer names for one model, in the order layers are created."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.counts: Counter[str] = Counter()
+
+    def peek(self, base: str) -> str:
+        count = self.counts[base]
+        while (name := base if count == 0 else f"{base}_{count}") in self.taken:
+            count += 1
+        return name
+
+    def next(self, base: str) -> str:
+        name = self.peek(base)
+        self.counts[base] = int(name.rsplit("_", 1)[1]) + 1 if name != base else 1
+        self.taken.add(name)
+        return name
+
+    def reserve(self, name: str) -> bool:
+        """Claim a name given by the user; False when it is already taken."""
+        if name in self.taken:
+            return False
+        self.taken.add(name)
+        return True

@@ -1,0 +1,1 @@
+"""Passes over the IR, each a function from graph to graph."""
