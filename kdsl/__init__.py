@@ -1,6 +1,13 @@
-"""kdsl: a model-graph compiler for dense and recurrent networks."""
+"""kdsl: a model-graph compiler for dense and recurrent networks.
 
+Models come from `.kd` files (`kdsl.load_model_file`) or from Keras-style layer calls
+(`kdsl.Input`, `kdsl.layers`, `kdsl.Model`, `kdsl.Sequential`); both give the same IR.
+"""
+
+from kdsl import layers
 from kdsl.errors import KdslError
+from kdsl.layers import Input
+from kdsl.model import Model, Sequential, load_model_file
 
-__all__ = ["KdslError"]
+__all__ = ["Input", "KdslError", "Model", "Sequential", "layers", "load_model_file"]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from typing import Any
 
 from kdsl.catalogue.args import (
     Arg,
+    format_value,
     ArgError,
     FnSpec,
     Given,
@@ -232,3 +233,16 @@ METRICS = FunctionTable(
     },
     aliases={"acc": "accuracy", "mse": "mean_squared_error", "mae": "mean_absolute_error"},
 )
+
+
+TABLES = (INITIALIZERS, REGULARIZERS, LOSSES, OPTIMIZERS, METRICS)
+
+
+def format_spec(spec: FnSpec) -> str:
+    """`.kd` text for a bound function: its name, and in parentheses only the arguments that differ from defaults."""
+    schema = next((table.schemas[spec.name] for table in TABLES if spec.name in table.schemas), ())
+    defaults = {arg.name: arg.default for arg in schema}
+    changed = {k: v for k, v in spec.args.items() if k not in defaults or defaults[k] != v}
+    if not changed:
+        return spec.name
+    return spec.name + "(" + ", ".join(f"{k}={format_value(v)}" for k, v in changed.items()) + ")"

@@ -282,7 +282,7 @@ class _ModelBuilder:
         return KdslNameError(
             f"unknown layer `{name.id}`",
             name.span,
-            hint=did_you_mean(name.id, known) or "`kdsl check --layers` lists the layers",
+            hint=did_you_mean(name.id, known) or "`kdsl layers` lists them",
         )
 
     def call(self, call: ast.Call, piped: Value | None) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+KEYWORDS = frozenset({"model", "train", "layer", "true", "false", "none", "True", "False", "None"})
+
 
 class LayerNamer:
     """Hands out layer names for one model, in the order layers are created."""

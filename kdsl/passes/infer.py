@@ -12,7 +12,7 @@ def infer_shapes(graph: Graph) -> Graph:
     """Type each node's outputs in order; check shared layers and declared output types."""
     for node in graph.nodes:
         try:
-            _infer_node(node)
+            infer_node(node)
         except KdslError as error:
             raise error.at(node.span) from None
     for value, declared, span in zip(graph.outputs, graph.declared_outputs, graph.output_spans):
@@ -25,7 +25,8 @@ def infer_shapes(graph: Graph) -> Graph:
     return graph
 
 
-def _infer_node(node: Node) -> None:
+def infer_node(node: Node) -> None:
+    """Type one node's outputs from its inputs' types; give its layer parameters on the first call."""
     layer, kind = node.layer, node.layer.kind
     count = len(node.inputs)
     if count < kind.min_inputs or (kind.max_inputs is not None and count > kind.max_inputs):

@@ -1,0 +1,130 @@
+"""The `kdsl` command: check, summarize and compile `.kd` model files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kdsl import catalogue
+from kdsl.catalogue.args import REQUIRED
+from kdsl.errors import KdslError, did_you_mean
+from kdsl.ir.printer import print_graph
+from kdsl.lang import load_file, parse_file
+from kdsl.lang.ast import dump
+from kdsl.lang.format import format_setting, to_kd
+from kdsl.summary import summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except KdslError as error:
+        print(error.render(), file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `kdsl ... | head`: the reader has all it wanted
+        sys.stdout = None
+        return 0
+    except Exception as error:  # a bug in kdsl; the user still gets a message, not a traceback
+        print(f"kdsl: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("please report this with the file that caused it", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdsl", description="A model-graph compiler for dense and recurrent networks.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="parse a .kd file and check its shapes", description=_check.__doc__)
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=_check)
+
+    summarize = commands.add_parser("summary", help="print the Keras-style summary table", description=_summary.__doc__)
+    summarize.add_argument("file", metavar="FILE")
+    summarize.add_argument("--model", help="which model of the file (needed when it defines several)")
+    summarize.add_argument("--ascii", action="store_true", help="draw the table with ASCII characters only")
+    summarize.set_defaults(run=_summary)
+
+    compile_ = commands.add_parser("compile", help="compile a model, or show a stage of it", description=_compile.__doc__)
+    compile_.add_argument("file", metavar="FILE")
+    compile_.add_argument("--model", help="which model of the file (needed when it defines several)")
+    compile_.add_argument(
+        "--emit",
+        choices=["ast", "ir", "kd"],
+        required=True,
+        help="ast: the syntax tree; ir: the typed IR graph; kd: the model printed back as .kd text",
+    )
+    compile_.set_defaults(run=_compile)
+
+    layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
+    layers.add_argument("name", nargs="?", help="show one layer's arguments and defaults")
+    layers.set_defaults(run=_layers)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Parse each file, resolve its names and infer every shape; report the first error of each file."""
+    failed = 0
+    for file in args.files:
+        try:
+            program = load_file(file)
+        except KdslError as error:
+            print(error.render(), file=sys.stderr)
+            failed += 1
+            continue
+        models = ", ".join(f"{g.name} ({g.param_count():,} parameters)" for g in program.models.values())
+        print(f"{file}: ok — {models or 'no models'}")
+    return 1 if failed else 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    """Print the summary Keras prints for the same model: layers, output shapes, parameter counts."""
+    graph = load_file(args.file).model(args.model)
+    ascii_only = args.ascii or not _can_print("┏━┃")
+    print(summary(graph, ascii_only=ascii_only))
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """Show a stage of compilation: the syntax tree, the typed IR or the canonical .kd text."""
+    if args.emit == "ast":
+        print(dump(parse_file(args.file).items))
+        return 0
+    program = load_file(args.file)
+    graphs = [program.model(args.model)] if args.model or len(program.models) == 1 else list(program.models.values())
+    render = print_graph if args.emit == "ir" else to_kd
+    print("\n\n".join(render(graph).rstrip() for graph in graphs))
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    """List the layer catalogue, or one layer's arguments with their Keras defaults."""
+    if args.name is None:
+        for kind in catalogue.KINDS:
+            also = f" (also {', '.join(kind.aliases)})" if kind.aliases else ""
+            print(f"{kind.name:<22}{kind.keras}{also}")
+        return 0
+    kind = catalogue.lookup(args.name)
+    if kind is None:
+        raise KdslError(f"unknown layer `{args.name}`", hint=did_you_mean(args.name, catalogue.spellings()))
+    print(f"{kind.name} ({kind.keras})")
+    for arg in kind.args:
+        default = "required" if arg.default is REQUIRED else f"= {format_setting(arg.default)}"
+        print(f"  {arg.name:<28}{default}{'  (may be given by position)' if arg.positional else ''}")
+    for name, hint in kind.unsupported.items():
+        print(f"  {name:<28}not supported: {hint}")
+    return 0
+
+
+def _can_print(text: str) -> bool:
+    try:
+        text.encode(sys.stdout.encoding or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

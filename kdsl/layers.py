@@ -1,0 +1,223 @@
+"""Keras-style layers for building models in Python; they produce the same IR as `.kd` files.
+
+    x = kdsl.Input(shape=(28, 28))
+    h = kdsl.layers.LSTM(64)(x)
+    probs = kdsl.layers.Dense(10, activation="softmax")(h)
+    model = kdsl.Model(x, probs)
+
+Each class takes the arguments of its Keras namesake, checked by the same catalogue as
+`.kd` files; shapes are inferred at every call, so mistakes surface where they are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdsl.catalogue.args import ArgError, Given
+from kdsl.catalogue import LAYERS
+from kdsl.catalogue.base import LayerKind
+from kdsl.catalogue.recurrent import Recurrent
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.ir.graph import Layer as IRLayer
+from kdsl.ir.graph import LayerSpec, Node, Value
+from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
+from kdsl.passes.infer import infer_node
+
+
+@dataclass(eq=False)
+class KerasTensor:
+    """A symbolic tensor: the type of a model input or of a layer call's output, and where it came from."""
+
+    type: TensorType
+    masked: bool = False
+    call: LayerCall | None = None  # None for a model input
+    index: int = 0
+    name: str | None = None
+
+    @property
+    def shape(self) -> tuple[int | str | None, ...]:
+        """Keras's view of the shape: None for the batch dimension."""
+        return tuple(None if d == BATCH else d for d in self.type.dims)
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.type.dtype == "f32" else "int32"
+
+    def __repr__(self) -> str:
+        return f"<KerasTensor shape={self.shape} dtype={self.dtype}>"
+
+
+@dataclass(eq=False)
+class LayerCall:
+    layer: Layer
+    inputs: list[KerasTensor]
+    outputs: list[KerasTensor] = field(default_factory=list)
+
+
+def Input(
+    shape: Sequence[int | str | None],
+    dtype: str = "float32",
+    name: str | None = None,
+    batch_size: int | None = None,
+) -> KerasTensor:
+    """A model input of the given per-sample shape; None (or a name) marks a variable dimension."""
+    if batch_size is not None:
+        raise KdslUnsupportedError(
+            "`Input(batch_size=...)` is not supported", hint="the batch size is chosen per call of fit/predict"
+        )
+    if dtype not in DTYPE_ALIASES:
+        raise KdslArgumentError(f"`Input` dtype must be float32 or int32, got {dtype!r}")
+    if name is not None and not name.isidentifier():
+        raise KdslArgumentError(f"`Input` name must be a name like 'pixels', got {name!r}")
+    dims: list[int | str] = [BATCH]
+    for position, dim in enumerate(tuple(shape), start=1):
+        if dim is None:
+            dims.append(f"d{position}")
+        elif isinstance(dim, str) and dim.isidentifier() and dim != BATCH:
+            dims.append(dim)
+        elif isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+            dims.append(dim)
+        else:
+            raise KdslArgumentError(f"`Input` shape entries are positive numbers or None, got {dim!r}")
+    return KerasTensor(TensorType(DTYPE_ALIASES[dtype], tuple(dims)), name=name)
+
+
+class Layer:
+    """A configured layer; call it on KerasTensors. Calling one instance again shares its weights."""
+
+    kind: LayerKind
+
+    def __init__(self, *args: Any, name: str | None = None, **kwargs: Any):
+        if name is not None and not (isinstance(name, str) and name.isidentifier()):
+            raise KdslArgumentError(f"a layer name must be a name like 'encoder', got {name!r}")
+        given = [Given(value) for value in args] + [Given(value, None, key) for key, value in kwargs.items()]
+        self.config = self.kind.bind(given)
+        self.name = name
+        self._ir = IRLayer(name or self.kind.name, self.kind, self.config)
+
+    def as_layer_spec(self) -> LayerSpec:
+        if self.name is not None:
+            raise ArgError("a layer inside a wrapper takes no `name`", hint="name the wrapper instead")
+        return LayerSpec(self.kind, self.config)
+
+    def __call__(
+        self, inputs: KerasTensor | Sequence[KerasTensor], initial_state: Sequence[KerasTensor] | None = None
+    ) -> KerasTensor | list[KerasTensor]:
+        tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if initial_state is not None:
+            if not isinstance(self.kind, Recurrent):
+                raise KdslArgumentError(f"`{self.kind.keras}` takes no `initial_state`")
+            tensors += list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        for tensor in tensors:
+            if not isinstance(tensor, KerasTensor):
+                raise KdslArgumentError(
+                    f"`{self.kind.keras}` is called on {type(tensor).__name__}, not on a tensor of the model",
+                    hint="start from kdsl.Input(shape=...) and call layers on what they return",
+                )
+        node = Node(self._ir, [Value("x", t.type, t.masked) for t in tensors], [])
+        node.outputs = [Value("y") for _ in range(self.kind.num_outputs(self.config))]
+        infer_node(node)
+        call = LayerCall(self, tensors)
+        call.outputs = [KerasTensor(v.type, v.masked, call, i) for i, v in enumerate(node.outputs)]
+        return call.outputs[0] if len(call.outputs) == 1 else call.outputs
+
+    def __repr__(self) -> str:
+        return f"<{self.kind.keras} name={self.name or '(auto)'}>"
+
+
+class Dense(Layer):
+    """Densely connected layer: `activation(x @ kernel + bias)` on the last axis."""
+
+    kind = LAYERS["dense"]
+
+
+class Activation(Layer):
+    """Applies an activation function element-wise."""
+
+    kind = LAYERS["activation"]
+
+
+class Flatten(Layer):
+    """Flattens every dimension but the batch."""
+
+    kind = LAYERS["flatten"]
+
+
+class Reshape(Layer):
+    """Reshapes each sample to `target_shape` (one entry may be -1)."""
+
+    kind = LAYERS["reshape"]
+
+
+class Dropout(Layer):
+    """Zeroes a `rate` fraction of its inputs while training, scaling the rest by 1 / (1 - rate)."""
+
+    kind = LAYERS["dropout"]
+
+
+class BatchNormalization(Layer):
+    """Normalizes along `axis` with batch statistics while training and moving averages otherwise."""
+
+    kind = LAYERS["batch_normalization"]
+
+
+class Embedding(Layer):
+    """Maps integer ids to dense vectors; `mask_zero=True` masks id 0 for the layers after it."""
+
+    kind = LAYERS["embedding"]
+
+
+class SimpleRNN(Layer):
+    """Fully connected recurrent layer: `h = activation(x @ kernel + h @ recurrent_kernel + bias)`."""
+
+    kind = LAYERS["simple_rnn"]
+
+
+class LSTM(Layer):
+    """Long short-term memory, gates in Keras order i, f, c, o."""
+
+    kind = LAYERS["lstm"]
+
+
+class GRU(Layer):
+    """Gated recurrent unit, gates in Keras order z, r, h; `reset_after=True` by default, as in Keras."""
+
+    kind = LAYERS["gru"]
+
+
+class Bidirectional(Layer):
+    """Runs a recurrent layer forwards and backwards and merges the two."""
+
+    kind = LAYERS["bidirectional"]
+
+
+class TimeDistributed(Layer):
+    """Applies a layer to every timestep."""
+
+    kind = LAYERS["time_distributed"]
+
+
+class Concatenate(Layer):
+    """Concatenates its inputs along `axis`."""
+
+    kind = LAYERS["concatenate"]
+
+
+class Add(Layer):
+    """Adds its inputs element-wise."""
+
+    kind = LAYERS["add"]
+
+
+class Multiply(Layer):
+    """Multiplies its inputs element-wise."""
+
+    kind = LAYERS["multiply"]
+
+
+class RepeatVector(Layer):
+    """Repeats a (batch, features) input `n` times: (batch, n, features)."""
+
+    kind = LAYERS["repeat_vector"]

@@ -1,0 +1,179 @@
+"""`Model` and `Sequential`: a model's IR graph behind the API Keras users know."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kdsl.errors import KdslArgumentError
+from kdsl.ir.graph import Graph, Node, Value
+from kdsl.ir.graph import Layer as IRLayer
+from kdsl.lang import load_file
+from kdsl.lang.format import to_kd
+from kdsl.lang.naming import KEYWORDS, LayerNamer
+from kdsl.layers import KerasTensor, Layer, LayerCall
+from kdsl.passes.infer import infer_shapes
+from kdsl.summary import summary
+
+
+class Model:
+    """A model built from `.kd` text or from Keras-style layer calls: `Model(inputs, outputs)`."""
+
+    def __init__(
+        self,
+        inputs: KerasTensor | Sequence[KerasTensor],
+        outputs: KerasTensor | Sequence[KerasTensor],
+        name: str = "functional",
+    ):
+        self._graph = _graph_from_calls(name, _as_list(inputs), _as_list(outputs))
+
+    @classmethod
+    def from_graph(cls, graph: Graph) -> Model:
+        model = cls.__new__(cls)
+        model._graph = graph
+        return model
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [value.name for value in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.graph.output_names
+
+    def count_params(self) -> int:
+        return self.graph.param_count()
+
+    def summary(self, print_fn: Callable[[str], object] | None = None) -> None:
+        """Print the Keras summary table (or hand it to `print_fn`)."""
+        (print_fn or print)(summary(self.graph))
+
+    def to_kd(self) -> str:
+        """The model as `.kd` text; `kdsl.lang.load(model.to_kd())` gives back an equal graph."""
+        return to_kd(self.graph)
+
+
+class Sequential(Model):
+    """A stack of single-input, single-output layers, starting with `kdsl.Input(shape=...)`."""
+
+    def __init__(self, layers: Sequence[KerasTensor | Layer] | None = None, name: str = "sequential"):
+        self._name = name
+        self._input: KerasTensor | None = None
+        self._output: KerasTensor | None = None
+        self.layers: list[Layer] = []
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer: KerasTensor | Layer) -> None:
+        if isinstance(layer, KerasTensor):
+            if self._input is not None:
+                raise KdslArgumentError("a Sequential model takes one Input, first")
+            self._input = self._output = layer
+            return
+        if not isinstance(layer, Layer):
+            raise KdslArgumentError(f"Sequential.add expects a layer, got {layer!r}")
+        if self._output is None:
+            raise KdslArgumentError(
+                "a Sequential model must start with an Input",
+                hint="Sequential([kdsl.Input(shape=(28, 28)), kdsl.layers.Flatten(), ...])",
+            )
+        output = layer(self._output)
+        if isinstance(output, list):
+            raise KdslArgumentError(f"`{layer.kind.keras}` gives {len(output)} outputs; a Sequential layer gives one")
+        self._output = output
+        self.layers.append(layer)
+
+    @property
+    def graph(self) -> Graph:
+        if self._input is None or self._output is None:
+            raise KdslArgumentError("this Sequential model has no Input yet")
+        return _graph_from_calls(self._name, [self._input], [self._output])
+
+
+def load_model_file(path: str | Path, name: str | None = None) -> Model:
+    """The model `name` (or the only one) of a `.kd` file, with its train block."""
+    return Model.from_graph(load_file(path).model(name))
+
+
+def _as_list(tensors: KerasTensor | Sequence[KerasTensor]) -> list[KerasTensor]:
+    items = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+    for item in items:
+        if not isinstance(item, KerasTensor):
+            raise KdslArgumentError(f"expected a tensor from kdsl.Input or a layer call, got {item!r}")
+    return items
+
+
+def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasTensor]) -> Graph:
+    """Walk back from the outputs to the inputs and build a fresh IR graph with Keras-style names."""
+    if not name.isidentifier() or name in KEYWORDS:
+        raise KdslArgumentError(f"a model name must be a name like 'classifier', got {name!r}")
+    calls = _calls_in_order(outputs, inputs)
+    namer, names = LayerNamer(), set()
+    values: dict[int, Value] = {}
+    for position, tensor in enumerate(inputs):
+        input_name = tensor.name or ("input_layer" if position == 0 else f"input_layer_{position}")
+        if input_name in names:
+            raise KdslArgumentError(f"two model inputs are named {input_name!r}")
+        names.add(input_name)
+        values[id(tensor)] = Value(input_name, tensor.type, tensor.masked)
+    layers: dict[int, IRLayer] = {}
+    for layer in (call.layer for call in calls):
+        if id(layer) in layers:
+            continue
+        if layer.name is not None and not namer.reserve(layer.name):
+            raise KdslArgumentError(f"two layers are named {layer.name!r}")
+        layers[id(layer)] = IRLayer(layer.name, layer.kind, dict(layer.config))
+    nodes = []
+    for call in calls:
+        ir_layer = layers[id(call.layer)]
+        if ir_layer.name is None:
+            ir_layer.name = namer.next(ir_layer.kind.name)
+        outputs_of_call = [Value(ir_layer.name) for _ in call.outputs]
+        for tensor, value in zip(call.outputs, outputs_of_call):
+            values[id(tensor)] = value
+        nodes.append(Node(ir_layer, [values[id(t)] for t in call.inputs], outputs_of_call))
+    for tensor in outputs:
+        value = values[id(tensor)]
+        if value.name in names:
+            suffix = 1
+            while f"{value.name}_{suffix}" in names:
+                suffix += 1
+            value.name = f"{value.name}_{suffix}"
+        names.add(value.name)
+    graph = Graph(name, [values[id(t)] for t in inputs], [values[id(t)] for t in outputs], nodes)
+    graph.declared_outputs = [None] * len(outputs)
+    return infer_shapes(graph)
+
+
+def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> list[LayerCall]:
+    """The layer calls between inputs and outputs, each after the calls it depends on."""
+    order: list[LayerCall] = []
+    done: set[int] = set()
+    known_inputs = {id(t) for t in inputs}
+
+    def visit(tensor: KerasTensor) -> None:
+        if id(tensor) in known_inputs:
+            return
+        if tensor.call is None:
+            raise KdslArgumentError(
+                f"an output depends on an input that is not among the model's inputs ({tensor!r})",
+                hint="pass every Input the outputs depend on to Model(inputs=[...])",
+            )
+        if id(tensor.call) in done:
+            return
+        done.add(id(tensor.call))
+        for source in tensor.call.inputs:
+            visit(source)
+        order.append(tensor.call)
+
+    for tensor in outputs:
+        visit(tensor)
+    return order
