@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdsl", description="A model-graph compiler for dense and recurrent networks.")
+    parser = argparse.ArgumentParser(
+        prog="kdsl", description="A model-graph compiler for dense and recurrent networks."
+    )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="parse a .kd file and check its shapes", description=_check.__doc__)
@@ -47,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     summarize.add_argument("--ascii", action="store_true", help="draw the table with ASCII characters only")
     summarize.set_defaults(run=_summary)
 
-    compile_ = commands.add_parser("compile", help="compile a model, or show a stage of it", description=_compile.__doc__)
+    compile_ = commands.add_parser(
+        "compile", help="compile a model, or show a stage of it", description=_compile.__doc__
+    )
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("--model", help="which model of the file (needed when it defines several)")
     compile_.add_argument(

@@ -11,12 +11,13 @@ Each class takes the arguments of its Keras namesake, checked by the same catalo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdsl.catalogue.args import ArgError, Given
 from kdsl.catalogue import LAYERS
+from kdsl.catalogue.args import ArgError, Given
 from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError
@@ -49,11 +50,17 @@ class KerasTensor:
         return f"<KerasTensor shape={self.shape} dtype={self.dtype}>"
 
 
+_call_counter = itertools.count()
+
+
 @dataclass(eq=False)
 class LayerCall:
+    """One call of a layer. Calls are numbered as they happen: that order is a topological order."""
+
     layer: Layer
     inputs: list[KerasTensor]
     outputs: list[KerasTensor] = field(default_factory=list)
+    order: int = field(default_factory=lambda: next(_call_counter))
 
 
 def Input(
@@ -75,9 +82,9 @@ def Input(
     for position, dim in enumerate(tuple(shape), start=1):
         if dim is None:
             dims.append(f"d{position}")
-        elif isinstance(dim, str) and dim.isidentifier() and dim != BATCH:
-            dims.append(dim)
-        elif isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+        elif (isinstance(dim, str) and dim.isidentifier() and dim != BATCH) or (
+            isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+        ):
             dims.append(dim)
         else:
             raise KdslArgumentError(f"`Input` shape entries are positive numbers or None, got {dim!r}")

@@ -154,26 +154,20 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
 
 
 def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> list[LayerCall]:
-    """The layer calls between inputs and outputs, each after the calls it depends on."""
-    order: list[LayerCall] = []
-    done: set[int] = set()
+    """The layer calls between inputs and outputs, in the order they were made (as Keras lists layers)."""
+    calls: dict[int, LayerCall] = {}
     known_inputs = {id(t) for t in inputs}
-
-    def visit(tensor: KerasTensor) -> None:
+    pending = list(outputs)
+    while pending:
+        tensor = pending.pop()
         if id(tensor) in known_inputs:
-            return
+            continue
         if tensor.call is None:
             raise KdslArgumentError(
                 f"an output depends on an input that is not among the model's inputs ({tensor!r})",
                 hint="pass every Input the outputs depend on to Model(inputs=[...])",
             )
-        if id(tensor.call) in done:
-            return
-        done.add(id(tensor.call))
-        for source in tensor.call.inputs:
-            visit(source)
-        order.append(tensor.call)
-
-    for tensor in outputs:
-        visit(tensor)
-    return order
+        if id(tensor.call) not in calls:
+            calls[id(tensor.call)] = tensor.call
+            pending.extend(tensor.call.inputs)
+    return sorted(calls.values(), key=lambda call: call.order)

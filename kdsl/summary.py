@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from kdsl.ir.graph import Graph, Node
 
-BOX = dict(
-    top="┏━┳┓", head="┃┃┃", rule="┡━╇┩", row="│││", between="├─┼┤", bottom="└─┴┘"
-)  # left, fill, joint, right
+BOX = dict(top="┏━┳┓", head="┃┃┃", rule="┡━╇┩", row="│││", between="├─┼┤", bottom="└─┴┘")  # left, fill, joint, right
 ASCII = dict(top="+-++", head="|||", rule="+=++", row="|||", between="+-++", bottom="+-++")
 
 
@@ -60,7 +58,6 @@ def _producers(graph: Graph) -> dict[int, str]:
         for index, value in enumerate(node.outputs):
             names[id(value)] = f"{node.layer.name}[{call}][{index}]"
     return names
-
 
 
 def _bytes(count: int) -> str:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from kdsl.catalogue.base import LayerKind
-from kdsl.catalogue.core import Activation, BatchNormalization, Dense, Dropout, Embedding, Flatten, RepeatVector, Reshape
+from kdsl.catalogue.core import (
+    Activation,
+    BatchNormalization,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    RepeatVector,
+    Reshape,
+)
 from kdsl.catalogue.merge import Add, Concatenate, Multiply
 from kdsl.catalogue.recurrent import GRU, LSTM, SimpleRNN
 from kdsl.catalogue.wrappers import Bidirectional, TimeDistributed

@@ -107,7 +107,9 @@ def bind(
                     f"`{what}` argument `{arg.name}`: {error.message}", item.span or span, hint=error.hint
                 ) from None
         elif arg.default is REQUIRED:
-            raise KdslArgumentError(f"`{what}` needs the argument `{arg.name}`", span, hint=f"e.g. `{what}({arg.name}=...)`")
+            raise KdslArgumentError(
+                f"`{what}` needs the argument `{arg.name}`", span, hint=f"e.g. `{what}({arg.name}=...)`"
+            )
         else:
             bound[arg.name] = arg.default
     return bound

@@ -130,7 +130,9 @@ def layer_arg(accepts: tuple[str, ...] | None, what: str):
     def convert_layer(value: Any) -> LayerSpec:
         spec = value.as_layer_spec() if hasattr(value, "as_layer_spec") else None
         if spec is None:
-            raise ArgError(f"expected {what}, got `{format_value(value)}`", hint="write the layer as a call, e.g. `lstm(32)`")
+            raise ArgError(
+                f"expected {what}, got `{format_value(value)}`", hint="write the layer as a call, e.g. `lstm(32)`"
+            )
         if accepts is not None and spec.kind.name not in accepts:
             raise ArgError(f"expected {what}, got a `{spec.kind.name}` layer")
         return spec

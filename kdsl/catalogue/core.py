@@ -5,11 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from kdsl.catalogue.args import Arg, ArgError, boolean, int_list, integer, optional, positive, positive_int, rate, seed, unit_interval
+from kdsl.catalogue.args import (
+    Arg,
+    ArgError,
+    boolean,
+    int_list,
+    integer,
+    optional,
+    positive,
+    positive_int,
+    rate,
+    seed,
+    unit_interval,
+)
 from kdsl.catalogue.base import (
     ACTIVITY_HINT,
     CONSTRAINT_HINT,
-    Config,
     LayerKind,
     expect_float,
     expect_min_rank,

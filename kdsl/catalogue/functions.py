@@ -12,13 +12,13 @@ from typing import Any
 
 from kdsl.catalogue.args import (
     Arg,
-    format_value,
     ArgError,
     FnSpec,
     Given,
     bind,
     boolean,
     describe,
+    format_value,
     non_negative,
     number,
     one_of,
@@ -68,7 +68,8 @@ class FunctionTable:
             name, span = self.canonical(value.name), None
             given = [Given(v, None, k) for k, v in value.args.items()]
         else:
-            raise ArgError(f"expected {_article(self.kind)} {self.kind} like {describe(next(iter(self.schemas)))}, got {describe(value)}")
+            example = describe(next(iter(self.schemas)))
+            raise ArgError(f"expected {_article(self.kind)} {self.kind} like {example}, got {describe(value)}")
         try:
             return FnSpec(name, bind(name, self.schemas[name], given, span=span, unsupported=self.unsupported))
         except KdslError as error:

@@ -73,7 +73,9 @@ class TimeDistributed(LayerKind):
         expect_min_rank(self, x, 3)
         inner = _inner(config)
         if inner.kind.num_outputs(inner.config) != 1 or inner.kind.max_inputs != 1:
-            raise KdslShapeError(f"`time_distributed` needs a layer with one input and one output, got `{inner.kind.name}`")
+            raise KdslShapeError(
+                f"`time_distributed` needs a layer with one input and one output, got `{inner.kind.name}`"
+            )
         (step,) = inner.kind.output_types(inner.config, [self._step_type(x)])
         return [step.with_dims((step.dims[0], x.dims[1], *step.dims[1:]))]
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
-Dim = Union[int, str]
+Dim = int | str
 
 BATCH = "batch"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Union
 
 from kdsl.errors import Span
 
@@ -52,7 +51,7 @@ class Pipe:
     span: Span = field(compare=False, repr=False)
 
 
-Expr = Union[Name, Literal, ListExpr, Call, Pipe]
+Expr = Name | Literal | ListExpr | Call | Pipe
 
 
 @dataclass

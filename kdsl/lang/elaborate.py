@@ -169,11 +169,17 @@ class _ModelBuilder:
         for position, dim in enumerate(expr.dims):
             if isinstance(dim, ast.Literal):
                 if dim.value <= 0:
-                    raise KdslShapeError(f"dimension {dim.value} must be positive", dim.span)
+                    raise KdslShapeError(
+                        f"dimension {dim.value} must be positive", dim.span, hint="sizes are whole numbers ≥ 1"
+                    )
                 dims.append(dim.value)
             else:
                 if dim.id == BATCH and position != 0:
-                    raise KdslShapeError("`batch` can only be the first dimension", dim.span)
+                    raise KdslShapeError(
+                        "`batch` can only be the first dimension",
+                        dim.span,
+                        hint="name other variable sizes differently",
+                    )
                 dims.append(dim.id)
         return TensorType(dtype, tuple(dims))
 
@@ -197,7 +203,11 @@ class _ModelBuilder:
                 raise KdslNameError(f"cannot assign to `{target.id}`", target.span)
         result = self.evaluate(statement.value)
         if not isinstance(result, list):
-            hint = "give the layer an input: `dense(x, 10)` or `x |> dense(10)`" if isinstance(result, _Unapplied) else None
+            hint = (
+                "give the layer an input: `dense(x, 10)` or `x |> dense(10)`"
+                if isinstance(result, _Unapplied)
+                else None
+            )
             raise KdslArgumentError("the right side is not a tensor", statement.value.span, hint=hint)
         if isinstance(statement.value, ast.Name):
             raise KdslArgumentError(
@@ -315,7 +325,7 @@ class _ModelBuilder:
             if keyword.name == "name":
                 name = config_value(keyword.value)
                 if not isinstance(name, str) or not name.isidentifier():
-                    raise KdslArgumentError("a layer `name` must be a name like \"encoder\"", keyword.value.span)
+                    raise KdslArgumentError('a layer `name` must be a name like "encoder"', keyword.value.span)
             elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
                 value = self.setting(self.argument(keyword.value), keyword.value)
                 given.append(Given(value, keyword.value.span, keyword.name))
@@ -350,7 +360,9 @@ class _ModelBuilder:
         for keyword in call.keywords:
             if keyword.name in CALL_KEYWORDS_REFUSED:
                 raise KdslUnsupportedError(
-                    f"call argument `{keyword.name}` is not supported", keyword.span, hint=CALL_KEYWORDS_REFUSED[keyword.name]
+                    f"call argument `{keyword.name}` is not supported",
+                    keyword.span,
+                    hint=CALL_KEYWORDS_REFUSED[keyword.name],
                 )
             if keyword.name == "initial_state":
                 if not isinstance(kind, Recurrent):
@@ -373,7 +385,9 @@ class _ModelBuilder:
             raise KdslArgumentError(
                 f"`{kind.name}` takes {expected} input tensor(s), got {len(inputs)}",
                 span,
-                hint="pass states as `initial_state=[...]`" if isinstance(kind, Recurrent) and len(inputs) > 1 else None,
+                hint="pass states as `initial_state=[...]`"
+                if isinstance(kind, Recurrent) and len(inputs) > 1
+                else None,
             )
         outputs = [Value(layer.name) for _ in range(kind.num_outputs(layer.config))]
         self.nodes.append(Node(layer, [*inputs, *(states or [])], outputs, span))
@@ -430,7 +444,9 @@ def _train_spec(train: ast.TrainDef, graph: Graph) -> TrainSpec:
         table = losses if key == "loss" else metrics
         if output in table or (table and (output is None) != (None in table)):
             raise KdslArgumentError(
-                f"`{key}` is given twice" if output in table else f"give `{key}` either once for all outputs or per output",
+                f"`{key}` is given twice"
+                if output in table
+                else f"give `{key}` either once for all outputs or per output",
                 setting.span,
             )
         if key == "loss":
@@ -466,7 +482,9 @@ def _weight(setting: ast.Setting) -> float:
     weight = 1.0
     for option in setting.options:
         if option.name != "weight":
-            raise KdslArgumentError(f"unknown option `{option.name}`", option.span, hint="only `weight` may follow a loss")
+            raise KdslArgumentError(
+                f"unknown option `{option.name}`", option.span, hint="only `weight` may follow a loss"
+            )
         value = config_value(option.value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise KdslArgumentError("a loss weight is a number ≥ 0", option.value.span)
@@ -478,4 +496,3 @@ def _no_options(setting: ast.Setting) -> None:
     if setting.options:
         option = setting.options[0]
         raise KdslArgumentError(f"`{setting.key.id}` takes no `{option.name}`", option.span)
-

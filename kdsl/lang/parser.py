@@ -97,9 +97,7 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def setting(self, meta, children):
         key, output, value, *rest = children
-        options = [
-            ast.Keyword(str(rest[i]), rest[i + 1], self.span(rest[i])) for i in range(0, len(rest), 2)
-        ]
+        options = [ast.Keyword(str(rest[i]), rest[i + 1], self.span(rest[i])) for i in range(0, len(rest), 2)]
         return ast.Setting(
             self.name_of(key), self.name_of(output) if output is not None else None, value, options, self.span(meta)
         )
@@ -269,5 +267,5 @@ def _one_of(options: list[str]) -> str:
     if len(options) <= 1:
         return options[0] if options else "something else"
     if len(options) > 8:
-        options = options[:8] + ["…"]
+        options = [*options[:8], "…"]
     return ", ".join(options[:-1]) + " or " + options[-1]

@@ -14,6 +14,8 @@ def infer_shapes(graph: Graph) -> Graph:
         try:
             infer_node(node)
         except KdslError as error:
+            if error.hint is None:
+                error.hint = ", ".join(f"`{v.name}` is {v.type}" for v in node.inputs)
             raise error.at(node.span) from None
     for value, declared, span in zip(graph.outputs, graph.declared_outputs, graph.output_spans):
         if declared is not None and declared != value.type:

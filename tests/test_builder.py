@@ -1,0 +1,124 @@
+"""The Python builder API: Keras-style layers give the same IR as `.kd` text."""
+
+from __future__ import annotations
+
+import pytest
+
+import kdsl
+from kdsl import layers as L
+from kdsl.errors import KdslArgumentError, KdslShapeError, KdslUnsupportedError
+from kdsl.lang import load
+
+
+def test_sequential_equals_the_kd_pipeline(examples):
+    model = kdsl.Sequential(
+        [
+            kdsl.Input(shape=(28, 28), name="image"),
+            L.Flatten(),
+            L.Dense(300, activation="relu"),
+            L.Dense(100, activation="relu"),
+            L.Dense(10, activation="softmax"),
+        ],
+        name="FashionMLP",
+    )
+    from_file = kdsl.load_model_file(examples / "fashion_mlp.kd")
+    assert model.count_params() == from_file.count_params() == 266_610
+    assert model.graph.layers()[1].params[0].shape == (784, 300)
+    assert [layer.name for layer in model.graph.layers()] == [layer.name for layer in from_file.graph.layers()]
+    assert model.graph.outputs[0].type == from_file.graph.outputs[0].type
+
+
+def test_functional_model_matches_the_headline_example(examples):
+    words = kdsl.Input(shape=(100,), dtype="int32", name="words")
+    extra = kdsl.Input(shape=(5,), name="extra")
+    encoder = L.LSTM(32, name="encoder")
+    code = encoder(L.Embedding(10000, 512)(words))
+    aux = L.Dense(1, activation="sigmoid")(code)
+    x = L.Concatenate()([code, extra])
+    x = L.Dense(64, activation="relu")(x)
+    x = L.Dense(64, activation="relu")(x)
+    main = L.Dense(1, activation="sigmoid")(x)
+    model = kdsl.Model([words, extra], [main, aux], name="Headline")
+    expected = kdsl.load_model_file(examples / "headline.kd").graph
+    assert model.count_params() == expected.param_count() == 5_196_450
+    assert [(layer.name, layer.kind.name) for layer in model.graph.layers()] == [
+        (layer.name, layer.kind.name) for layer in expected.layers()
+    ]
+
+
+def test_keras_tensor_reports_keras_shapes():
+    x = kdsl.Input(shape=(None, 8))
+    out, h, c = L.LSTM(4, return_sequences=True, return_state=True)(x)
+    assert x.shape == (None, "d1", 8)
+    assert out.shape == (None, "d1", 4) and h.shape == (None, 4) and c.shape == (None, 4)
+    assert out.dtype == "float32"
+
+
+def test_shared_layer_keeps_one_set_of_weights_and_prints_as_a_declaration():
+    a, b = kdsl.Input(shape=(6,), name="a"), kdsl.Input(shape=(6,), name="b")
+    shared = L.Dense(3)
+    model = kdsl.Model([a, b], L.Add()([shared(a), shared(b)]))
+    assert model.count_params() == 6 * 3 + 3
+    text = model.to_kd()
+    assert "layer dense_layer = dense(3, name=dense)" in text
+    assert load(text).model() == model.graph
+
+
+def test_shared_layer_on_a_different_width_is_refused():
+    shared = L.Dense(3)
+    shared(kdsl.Input(shape=(6,)))
+    with pytest.raises(KdslShapeError, match="shared layer"):
+        shared(kdsl.Input(shape=(7,)))
+
+
+def test_shapes_are_checked_at_the_call():
+    with pytest.raises(KdslShapeError, match=r"\(None, 4\) and \(None, 5\)"):
+        L.Add()([kdsl.Input(shape=(4,)), kdsl.Input(shape=(5,))])
+    with pytest.raises(KdslShapeError, match="rank-3"):
+        L.LSTM(3)(kdsl.Input(shape=(4,)))
+    with pytest.raises(KdslShapeError, match="i32 token ids"):
+        L.Embedding(10, 3)(kdsl.Input(shape=(4,)))
+
+
+def test_arguments_are_checked_like_keras():
+    with pytest.raises(KdslArgumentError, match="did you mean `units`"):
+        L.Dense(unit=3)
+    with pytest.raises(KdslArgumentError, match="unknown activation"):
+        L.Dense(3, activation="rleu")
+    with pytest.raises(KdslUnsupportedError, match="stateful"):
+        L.LSTM(3, stateful=True)
+    with pytest.raises(KdslArgumentError, match="fraction"):
+        L.Dropout(1.5)
+    with pytest.raises(KdslArgumentError, match="recurrent layer"):
+        L.Bidirectional(L.Dense(3))
+    assert L.Dense(3).config["activation"] == "linear"
+    assert L.GRU(3).config["reset_after"] is True
+
+
+def test_sequential_needs_an_input_first():
+    with pytest.raises(KdslArgumentError, match="must start with an Input"):
+        kdsl.Sequential([L.Dense(3)])
+    with pytest.raises(KdslArgumentError, match="gives 3 outputs"):
+        kdsl.Sequential([kdsl.Input(shape=(2, 3)), L.LSTM(3, return_state=True)])
+
+
+def test_model_refuses_outputs_from_inputs_it_was_not_given():
+    a, b = kdsl.Input(shape=(3,)), kdsl.Input(shape=(3,))
+    with pytest.raises(KdslArgumentError, match="not among the model's inputs"):
+        kdsl.Model(a, L.Add()([a, b]))
+
+
+def test_input_validation():
+    with pytest.raises(KdslUnsupportedError):
+        kdsl.Input(shape=(3,), batch_size=8)
+    with pytest.raises(KdslArgumentError):
+        kdsl.Input(shape=(0,))
+    with pytest.raises(KdslArgumentError):
+        kdsl.Input(shape=(3,), dtype="float16")
+
+
+def test_summary_through_print_fn():
+    model = kdsl.Sequential([kdsl.Input(shape=(4,)), L.Dense(2)])
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    assert "Total params: 10 (40.00 B)" in lines[0]
