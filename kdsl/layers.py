@@ -24,6 +24,7 @@ from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.ir.graph import LayerSpec, Node, Value
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
+from kdsl.lang.naming import is_valid_name
 from kdsl.passes.infer import infer_node
 
 
@@ -76,7 +77,7 @@ def Input(
         )
     if dtype not in DTYPE_ALIASES:
         raise KdslArgumentError(f"`Input` dtype must be float32 or int32, got {dtype!r}")
-    if name is not None and not name.isidentifier():
+    if name is not None and not is_valid_name(name):
         raise KdslArgumentError(f"`Input` name must be a name like 'pixels', got {name!r}")
     dims: list[int | str] = [BATCH]
     for position, dim in enumerate(tuple(shape), start=1):
@@ -97,7 +98,7 @@ class Layer:
     kind: LayerKind
 
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any):
-        if name is not None and not (isinstance(name, str) and name.isidentifier()):
+        if name is not None and not is_valid_name(name):
             raise KdslArgumentError(f"a layer name must be a name like 'encoder', got {name!r}")
         given = [Given(value) for value in args] + [Given(value, None, key) for key, value in kwargs.items()]
         self.config = self.kind.bind(given)

@@ -10,7 +10,7 @@ from kdsl.ir.graph import Graph, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.lang import load_file
 from kdsl.lang.format import to_kd
-from kdsl.lang.naming import KEYWORDS, LayerNamer
+from kdsl.lang.naming import LayerNamer, is_valid_name
 from kdsl.layers import KerasTensor, Layer, LayerCall
 from kdsl.passes.infer import infer_shapes
 from kdsl.summary import summary
@@ -113,7 +113,7 @@ def _as_list(tensors: KerasTensor | Sequence[KerasTensor]) -> list[KerasTensor]:
 
 def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasTensor]) -> Graph:
     """Walk back from the outputs to the inputs and build a fresh IR graph with Keras-style names."""
-    if not name.isidentifier() or name in KEYWORDS:
+    if not is_valid_name(name):
         raise KdslArgumentError(f"a model name must be a name like 'classifier', got {name!r}")
     calls = _calls_in_order(outputs, inputs)
     namer, names = LayerNamer(), set()

@@ -7,6 +7,11 @@ from collections import Counter
 KEYWORDS = frozenset({"model", "train", "layer", "true", "false", "none", "True", "False", "None"})
 
 
+def is_valid_name(name: object) -> bool:
+    """Whether `name` can name a model, input or layer in `.kd` text."""
+    return isinstance(name, str) and name.isidentifier() and name not in KEYWORDS
+
+
 class LayerNamer:
     """Hands out layer names for one model, in the order layers are created."""
 
