@@ -30,8 +30,8 @@ class Span:
     def source_line(self) -> str | None:
         if self.source is None:
             return None
-        lines = self.source.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else None
+        lines = self.source.split("\n")  # the parser counts lines at "\n" only
+        return lines[self.line - 1].rstrip("\r") if 0 < self.line <= len(lines) else None
 
 
 class KdslError(Exception):

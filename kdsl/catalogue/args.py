@@ -52,8 +52,13 @@ class Given:
     """One argument as the user gave it, with its place in the source when there is one."""
 
     value: Any
-    span: Span | None = None
+    span: Span | None = None  # where the value is written
     name: str | None = None  # None for a positional argument
+    key_span: Span | None = None  # where `name=value` is written
+
+    @property
+    def whole_span(self) -> Span | None:
+        return self.key_span or self.span
 
 
 def bind(
@@ -85,16 +90,18 @@ def bind(
             arg = by_name[item.name]
         elif item.name in unsupported:
             raise KdslUnsupportedError(
-                f"`{what}` argument `{item.name}` is not supported", item.span or span, hint=unsupported[item.name]
+                f"`{what}` argument `{item.name}` is not supported",
+                item.whole_span or span,
+                hint=unsupported[item.name],
             )
         else:
             raise KdslArgumentError(
                 f"`{what}` has no argument `{item.name}`",
-                item.span or span,
+                item.whole_span or span,
                 hint=did_you_mean(item.name, by_name) or f"its arguments are {', '.join(by_name) or 'none'}",
             )
         if arg.name in raw:
-            raise KdslArgumentError(f"`{what}` got argument `{arg.name}` twice", item.span or span)
+            raise KdslArgumentError(f"`{what}` got argument `{arg.name}` twice", item.whole_span or span)
         raw[arg.name] = item
     bound: dict[str, Any] = {}
     for arg in schema:

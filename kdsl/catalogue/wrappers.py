@@ -72,7 +72,7 @@ class TimeDistributed(LayerKind):
         (x,) = inputs
         expect_min_rank(self, x, 3)
         inner = _inner(config)
-        if inner.kind.num_outputs(inner.config) != 1 or inner.kind.max_inputs != 1:
+        if inner.kind.num_outputs(inner.config) != 1 or inner.kind.min_inputs != 1:
             raise KdslShapeError(
                 f"`time_distributed` needs a layer with one input and one output, got `{inner.kind.name}`"
             )

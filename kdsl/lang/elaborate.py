@@ -14,10 +14,19 @@ from kdsl import catalogue
 from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
 from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
 from kdsl.catalogue.recurrent import Recurrent
-from kdsl.errors import KdslArgumentError, KdslNameError, KdslShapeError, KdslUnsupportedError, Span, did_you_mean
+from kdsl.errors import (
+    KdslArgumentError,
+    KdslNameError,
+    KdslShapeError,
+    KdslSyntaxError,
+    KdslUnsupportedError,
+    Span,
+    did_you_mean,
+)
 from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Node, TrainSpec, Value
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
 from kdsl.lang import ast
+from kdsl.lang.format import format_setting
 from kdsl.lang.naming import LayerNamer
 
 RESERVED = {"true", "false", "none", "True", "False", "None"}
@@ -51,6 +60,17 @@ class Program:
 
 
 def elaborate(module: ast.Module) -> Program:
+    """Every model of the module as a graph, with its train block attached."""
+    try:
+        return _elaborate(module)
+    except RecursionError:
+        first = next((item.span for item in module.items), None)
+        raise KdslSyntaxError(
+            "expressions are nested too deeply", first, hint="assign inner results to names first"
+        ) from None
+
+
+def _elaborate(module: ast.Module) -> Program:
     program = Program(module.file)
     for item in module.items:
         if isinstance(item, ast.ModelDef):
@@ -90,10 +110,16 @@ def config_value(expr: ast.Expr) -> Any:
 
 
 def _given(args: list[ast.Expr], keywords: list[ast.Keyword], convert) -> list[Given]:
-    return [Given(convert(a), a.span) for a in args] + [Given(convert(k.value), k.value.span, k.name) for k in keywords]
+    return [Given(convert(a), a.span) for a in args] + [
+        Given(convert(k.value), k.value.span, k.name, k.span) for k in keywords
+    ]
 
 
 # --- models -------------------------------------------------------------------------------------
+
+
+class _Tensors(list):
+    """What an expression evaluates to when it denotes tensors (as opposed to a list of settings)."""
 
 
 class _Unapplied:
@@ -101,6 +127,9 @@ class _Unapplied:
 
     def __init__(self, spec: LayerSpec, name: str | None, span: Span):
         self.spec, self.name, self.span = spec, name, span
+
+    def __str__(self) -> str:
+        return format_setting(self.spec)
 
     def as_layer_spec(self) -> LayerSpec:
         if self.name is not None:
@@ -202,7 +231,7 @@ class _ModelBuilder:
             if target.id in RESERVED or target.id in self.shared:
                 raise KdslNameError(f"cannot assign to `{target.id}`", target.span)
         result = self.evaluate(statement.value)
-        if not isinstance(result, list):
+        if not isinstance(result, _Tensors):
             hint = (
                 "give the layer an input: `dense(x, 10)` or `x |> dense(10)`"
                 if isinstance(result, _Unapplied)
@@ -214,7 +243,7 @@ class _ModelBuilder:
                 "`a = b` only renames a tensor", statement.span, hint=f"use `{statement.value.id}` directly"
             )
         if len(result) != len(statement.targets):
-            names = ", ".join(["out", "h", "c"][: len(result)]) if len(result) <= 3 else "..."
+            names = ", ".join(["out", *(f"state{i}" for i in range(1, len(result)))])
             raise KdslArgumentError(
                 f"the right side gives {len(result)} tensor(s) but {len(statement.targets)} name(s) receive them",
                 statement.span,
@@ -230,7 +259,7 @@ class _ModelBuilder:
         """Tensors come back as a list of `Value`s; layers as `_Unapplied` or `Layer`; the rest as settings."""
         if isinstance(expr, ast.Name):
             if expr.id in self.values:
-                return [self.values[expr.id]]
+                return _Tensors([self.values[expr.id]])
             if expr.id in self.shared:
                 return self.shared[expr.id]
             return expr.id
@@ -238,8 +267,8 @@ class _ModelBuilder:
             return expr.value
         if isinstance(expr, ast.ListExpr):
             items = [self.evaluate(item) for item in expr.items]
-            if items and all(isinstance(item, list) for item in items):
-                return [value for item in items for value in item]
+            if items and all(isinstance(item, _Tensors) for item in items):
+                return _Tensors(value for item in items for value in item)
             return [self.setting(item, e) for item, e in zip(items, expr.items)]
         if isinstance(expr, ast.Pipe):
             value = self.single(self.evaluate(expr.value), expr.value)
@@ -247,7 +276,7 @@ class _ModelBuilder:
         return self.call(expr, None)
 
     def single(self, result: Any, expr: ast.Expr) -> Value:
-        if not isinstance(result, list):
+        if not isinstance(result, _Tensors):
             raise KdslArgumentError("expected a tensor here", expr.span)
         if len(result) != 1:
             raise KdslArgumentError(
@@ -258,7 +287,7 @@ class _ModelBuilder:
         return result[0]
 
     def setting(self, result: Any, expr: ast.Expr) -> Any:
-        if isinstance(result, list):
+        if isinstance(result, _Tensors):
             raise KdslArgumentError(f"`{_text(expr)}` is a tensor; a setting was expected here", expr.span)
         if isinstance(result, Layer):
             raise KdslArgumentError(
@@ -310,7 +339,7 @@ class _ModelBuilder:
         given = []
         for arg in call.args:
             result = self.argument(arg)
-            if isinstance(result, list):
+            if isinstance(result, _Tensors):
                 inputs.extend(result)
             elif isinstance(arg, ast.Name) and isinstance(result, str) and not _fits_positional(kind, result):
                 raise KdslNameError(
@@ -328,7 +357,7 @@ class _ModelBuilder:
                     raise KdslArgumentError('a layer `name` must be a name like "encoder"', keyword.value.span)
             elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
                 value = self.setting(self.argument(keyword.value), keyword.value)
-                given.append(Given(value, keyword.value.span, keyword.name))
+                given.append(Given(value, keyword.value.span, keyword.name, keyword.span))
         config = kind.bind(given, call.span)
         states = self.call_keywords(call, kind, allow_settings=True)
         if not inputs:
@@ -341,16 +370,19 @@ class _ModelBuilder:
         return self.apply(layer, inputs, call.span, states)
 
     def argument(self, expr: ast.Expr) -> Any:
-        """An argument of a layer call: calls of things that are not layers (`l2(0.01)`) are settings."""
+        """An argument of a layer call: calls of things that are not layers (`l2(0.01)`) are settings,
+        and a bare layer name (`time_distributed(flatten)`) is that layer with its defaults."""
         if isinstance(expr, ast.Call) and catalogue.lookup(expr.func.id) is None and expr.func.id not in self.shared:
             return config_value(expr)
+        if isinstance(expr, ast.Name) and expr.id not in self.values and catalogue.lookup(expr.id):
+            return self.call(ast.Call(expr, [], [], expr.span), None)
         return self.evaluate(expr)
 
     def tensors(self, expr: ast.Expr) -> list[Value]:
         result = self.evaluate(expr)
-        if not isinstance(result, list):
+        if not isinstance(result, _Tensors):
             raise KdslArgumentError(
-                "a declared layer takes only tensors", expr.span, hint="its settings belong in its `layer` declaration"
+                "tensors were expected here", expr.span, hint="its settings belong in its `layer` declaration"
             )
         return result
 
@@ -391,7 +423,7 @@ class _ModelBuilder:
             )
         outputs = [Value(layer.name) for _ in range(kind.num_outputs(layer.config))]
         self.nodes.append(Node(layer, [*inputs, *(states or [])], outputs, span))
-        return outputs
+        return _Tensors(outputs)
 
 
 def _fits_positional(kind: catalogue.LayerKind, identifier: str) -> bool:
@@ -433,7 +465,7 @@ def _train_spec(train: ast.TrainDef, graph: Graph) -> TrainSpec:
             if setting.output is not None:
                 raise KdslArgumentError(f"`{key}` applies to the whole model, not one output", setting.output.span)
             _no_options(setting)
-            given.append(Given(config_value(setting.value), setting.value.span, key))
+            given.append(Given(config_value(setting.value), setting.value.span, key, setting.span))
             continue
         if output is not None and output not in graph.output_names:
             raise KdslNameError(

@@ -212,7 +212,7 @@ def _syntax_error(error: UnexpectedInput, text: str, file: str) -> KdslSyntaxErr
             return KdslSyntaxError(
                 f"`{char}` is never closed", _point(text, file, line, column), hint=f"add the matching `{_CLOSE[char]}`"
             )
-        lines = text.splitlines() or [""]
+        lines = text.split("\n")
         return KdslSyntaxError(
             "the file ends in the middle of a definition",
             _point(text, file, len(lines), len(lines[-1]) + 1),
