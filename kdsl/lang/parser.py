@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lark.exceptions import (
 from kdsl.errors import KdslError, KdslSyntaxError, Span
 from kdsl.lang import ast
 
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t"}
 KEYWORD_LITERALS = {"true": True, "True": True, "false": False, "False": False, "none": None, "None": None}
 
 
@@ -125,11 +127,16 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def string(self, meta, children):
         raw = str(children[0])[1:-1]
-        try:
-            value = raw.encode("latin-1", "backslashreplace").decode("unicode_escape")
-        except UnicodeDecodeError as error:
-            raise KdslSyntaxError(f"bad escape in string: {error.reason}", self.span(meta)) from None
-        return ast.Literal(value, self.span(meta))
+
+        def unescape(match: re.Match) -> str:
+            escape = match.group(0)
+            if escape[1] in _ESCAPES:
+                return _ESCAPES[escape[1]]
+            raise KdslSyntaxError(
+                f"unknown escape `{escape}` in a string", self.span(meta), hint=r"use \\ for a backslash"
+            )
+
+        return ast.Literal(re.sub(r"\\.", unescape, raw), self.span(meta))
 
     @v_args(meta=True)
     def call(self, meta, children):
