@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError, Span, did_you_mean
+from kdsl.lang.naming import is_valid_name
 
 
 class ArgError(Exception):
@@ -131,7 +132,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):
-        if value.isidentifier():
+        if is_valid_name(value):
             return value
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
         return f'"{escaped}"'
