@@ -24,7 +24,7 @@ from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.ir.graph import LayerSpec, Node, Value
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
-from kdsl.lang.naming import is_valid_name
+from kdsl.naming import is_valid_name
 from kdsl.passes.infer import infer_node
 
 

@@ -10,8 +10,8 @@ from kdsl.ir.graph import Graph, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.lang import load_file
 from kdsl.lang.format import to_kd
-from kdsl.lang.naming import LayerNamer, is_valid_name
 from kdsl.layers import KerasTensor, Layer, LayerCall
+from kdsl.naming import LayerNamer, is_valid_name
 from kdsl.passes.infer import infer_shapes
 from kdsl.summary import summary
 

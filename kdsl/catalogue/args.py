@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError, Span, did_you_mean
-from kdsl.lang.naming import is_valid_name
+from kdsl.naming import is_valid_name
 
 
 class ArgError(Exception):

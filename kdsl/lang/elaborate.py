@@ -27,7 +27,7 @@ from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Node, TrainSpec, Va
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
 from kdsl.lang import ast
 from kdsl.lang.format import format_setting
-from kdsl.lang.naming import LayerNamer
+from kdsl.naming import LayerNamer
 
 RESERVED = {"true", "false", "none", "True", "False", "None"}
 CALL_KEYWORDS_REFUSED = {

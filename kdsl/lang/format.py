@@ -10,7 +10,7 @@ from kdsl.catalogue.base import COMMON_ARGS, LayerKind
 from kdsl.catalogue.functions import format_spec
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.ir.graph import Graph, LayerSpec, TrainSpec
-from kdsl.lang.naming import KEYWORDS, LayerNamer
+from kdsl.naming import KEYWORDS, LayerNamer
 
 INDENT = "    "
 
