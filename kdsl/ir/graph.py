@@ -77,10 +77,6 @@ class Layer:
     span: Span | None = None
     params: list[ParamSpec] | None = None
 
-    @property
-    def spec(self) -> LayerSpec:
-        return LayerSpec(self.kind, self.config)
-
     def param_count(self, trainable: bool | None = None) -> int:
         return sum(p.size for p in self.params or [] if trainable is None or p.trainable == trainable)
 
@@ -91,10 +87,6 @@ class Node:
     inputs: list[Value]
     outputs: list[Value]
     span: Span | None = None
-
-    @property
-    def op(self) -> str:
-        return self.layer.kind.name
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ Dim = int | str
 
 BATCH = "batch"
 
-DTYPES = {"f32": "float32", "i32": "int32"}
 DTYPE_ALIASES = {"f32": "f32", "float32": "f32", "i32": "i32", "int32": "i32"}
 
 
@@ -47,7 +46,3 @@ def dim_product(dims: tuple[Dim, ...] | list[Dim]) -> Dim:
     if number == 0:
         return 0
     return "*".join(([str(number)] if number != 1 else []) + symbols)
-
-
-def is_fixed(dim: Dim) -> bool:
-    return isinstance(dim, int)

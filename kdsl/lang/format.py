@@ -6,7 +6,7 @@ from typing import Any
 
 from kdsl import catalogue
 from kdsl.catalogue.args import REQUIRED, FnSpec, format_value
-from kdsl.catalogue.base import COMMON_ARGS, LayerKind
+from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.functions import format_spec
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.ir.graph import Graph, LayerSpec, TrainSpec
@@ -34,7 +34,7 @@ def format_setting(value: Any) -> str:
 
 
 def non_default_settings(kind: LayerKind, config: dict[str, Any]) -> dict[str, Any]:
-    defaults = {arg.name: arg.default for arg in (*kind.args, *COMMON_ARGS)}
+    defaults = kind.defaults()
     return {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
 
 
