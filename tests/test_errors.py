@@ -429,3 +429,8 @@ def test_unknown_loss_option():
 def test_two_train_blocks_for_one_model():
     text = with_train(with_train(model("y = dense(x, 8)"), "loss = mse"), "loss = mae")
     expect(text, KdslNameError, "M {", "two train blocks", occurrence=2)
+
+
+@pytest.mark.parametrize("body", ["y = x", "h, y = [x, x]"])
+def test_a_statement_that_only_renames_is_refused(body):
+    expect(model(body), KdslArgumentError, body, "only gives another name", "first name")

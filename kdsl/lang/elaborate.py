@@ -230,6 +230,7 @@ class _ModelBuilder:
         for target in statement.targets:
             if target.id in RESERVED or target.id in self.shared:
                 raise KdslNameError(f"cannot assign to `{target.id}`", target.span)
+        first_new_node = len(self.nodes)
         result = self.evaluate(statement.value)
         if not isinstance(result, _Tensors):
             hint = (
@@ -238,9 +239,12 @@ class _ModelBuilder:
                 else None
             )
             raise KdslArgumentError("the right side is not a tensor", statement.value.span, hint=hint)
-        if isinstance(statement.value, ast.Name):
+        computed_here = {id(v) for node in self.nodes[first_new_node:] for v in node.outputs}
+        if any(id(value) not in computed_here for value in result):
             raise KdslArgumentError(
-                "`a = b` only renames a tensor", statement.span, hint=f"use `{statement.value.id}` directly"
+                "this only gives another name to a tensor computed before",
+                statement.span,
+                hint="use the tensor's first name; a statement binds names to what a layer computes",
             )
         if len(result) != len(statement.targets):
             names = ", ".join(["out", *(f"state{i}" for i in range(1, len(result)))])
