@@ -1,0 +1,1 @@
+"""What runs a compiled model: weight initialization today; training and inference as they land."""
