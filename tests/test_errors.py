@@ -269,7 +269,7 @@ def test_unknown_element_type():
 # --- syntax -------------------------------------------------------------------------------------
 
 
-def syntax_error(text: str, needle: str, message: str, hint: str = "", occurrence: int = 1) -> KdslError:
+def expect_syntax_error(text: str, needle: str, message: str, hint: str = "", occurrence: int = 1) -> KdslError:
     """A syntax error at `needle`, with the caret of its rendering under that same column."""
     error = expect(text, KdslSyntaxError, needle, message, hint, occurrence)
     line, column = position(text, needle, occurrence)
@@ -280,36 +280,36 @@ def syntax_error(text: str, needle: str, message: str, hint: str = "", occurrenc
 
 
 def test_missing_comma_between_arguments():
-    syntax_error(model("y = dense(x 10)"), "10", "unexpected `10`", "`,` between arguments")
+    expect_syntax_error(model("y = dense(x 10)"), "10", "unexpected `10`", "`,` between arguments")
 
 
 def test_missing_comma_between_keyword_arguments():
     text = model("y = dense(x, 10 activation=relu)")
-    syntax_error(text, "activation", "unexpected `activation`", "`,` between arguments")
+    expect_syntax_error(text, "activation", "unexpected `activation`", "`,` between arguments")
 
 
 def test_unclosed_brace_points_at_the_brace():
     text = "model M(x: f32[batch, 4]) -> y {\n    y = dense(x, 8)\n"
-    syntax_error(text, "{", "`{` is never closed", "`}`")
+    expect_syntax_error(text, "{", "`{` is never closed", "`}`")
 
 
 def test_unclosed_parenthesis_at_end_of_file_points_at_it():
     text = "model M(x: f32[batch, 4]) -> y {\n    y = dense(x, 8\n"
-    syntax_error(text, "(x, 8", "`(` is never closed", "`)`")
+    expect_syntax_error(text, "(x, 8", "`(` is never closed", "`)`")
 
 
 def test_unclosed_parenthesis_before_the_closing_brace():
     text = model("y = dense(x, 8\n")
-    syntax_error(text, "}", "unexpected `}`", "`)`")
+    expect_syntax_error(text, "}", "unexpected `}`", "`)`")
 
 
 def test_unclosed_train_block():
     text = model("y = dense(x, 8)") + "train M {\n    loss = mse\n"
-    syntax_error(text, "{", "`{` is never closed", occurrence=2)
+    expect_syntax_error(text, "{", "`{` is never closed", occurrence=2)
 
 
 def test_stray_character():
-    syntax_error(model("h = dense(x, 8)\ny = dense($h, 4)"), "$", "unexpected character '$'")
+    expect_syntax_error(model("h = dense(x, 8)\ny = dense($h, 4)"), "$", "unexpected character '$'")
 
 
 def test_stray_character_after_a_tab_keeps_the_caret_aligned():
@@ -320,11 +320,11 @@ def test_stray_character_after_a_tab_keeps_the_caret_aligned():
 
 
 def test_missing_equals_sign():
-    syntax_error(model("h = dense(x, 8)\ny dense(h, 4)"), "dense(h", "unexpected `dense`", "`=`")
+    expect_syntax_error(model("h = dense(x, 8)\ny dense(h, 4)"), "dense(h", "unexpected `dense`", "`=`")
 
 
 def test_missing_arrow():
-    syntax_error("model M(x: f32[batch, 4]) y {\n    y = dense(x, 8)\n}\n", "y {", "unexpected `y`", "`->`")
+    expect_syntax_error("model M(x: f32[batch, 4]) y {\n    y = dense(x, 8)\n}\n", "y {", "unexpected `y`", "`->`")
 
 
 def test_empty_file_is_an_empty_program():
@@ -333,7 +333,7 @@ def test_empty_file_is_an_empty_program():
 
 
 def test_unterminated_string():
-    syntax_error(model('y = dense(x, 8, name="enc)'), '"', "unexpected character")
+    expect_syntax_error(model('y = dense(x, 8, name="enc)'), '"', "unexpected character")
 
 
 @pytest.mark.parametrize("separator", ["\f", "\r", "\u2028"])
