@@ -27,7 +27,7 @@ from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Node, TrainSpec, Va
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
 from kdsl.lang import ast
 from kdsl.lang.format import format_setting
-from kdsl.naming import LayerNamer
+from kdsl.naming import LayerNamer, is_valid_name
 
 RESERVED = {"true", "false", "none", "True", "False", "None"}
 CALL_KEYWORDS_REFUSED = {
@@ -334,7 +334,7 @@ class _ModelBuilder:
         if func in self.shared:
             layer = self.shared_call(func)
             for arg in call.args:
-                inputs.extend(self.tensors(arg))
+                inputs.extend(self.tensors(arg, hint="a declared layer's settings belong in its `layer` declaration"))
             states = self.call_keywords(call, layer.kind, allow_settings=False)
             return self.apply(layer, inputs, call.span, states)
         kind = catalogue.lookup(func)
@@ -357,7 +357,7 @@ class _ModelBuilder:
         for keyword in call.keywords:
             if keyword.name == "name":
                 name = config_value(keyword.value)
-                if not isinstance(name, str) or not name.isidentifier():
+                if not is_valid_name(name):
                     raise KdslArgumentError('a layer `name` must be a name like "encoder"', keyword.value.span)
             elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
                 value = self.setting(self.argument(keyword.value), keyword.value)
@@ -382,12 +382,10 @@ class _ModelBuilder:
             return self.call(ast.Call(expr, [], [], expr.span), None)
         return self.evaluate(expr)
 
-    def tensors(self, expr: ast.Expr) -> list[Value]:
+    def tensors(self, expr: ast.Expr, hint: str) -> list[Value]:
         result = self.evaluate(expr)
         if not isinstance(result, _Tensors):
-            raise KdslArgumentError(
-                "tensors were expected here", expr.span, hint="its settings belong in its `layer` declaration"
-            )
+            raise KdslArgumentError("tensors were expected here", expr.span, hint=hint)
         return result
 
     def call_keywords(self, call: ast.Call, kind: catalogue.LayerKind, allow_settings: bool) -> list[Value]:
@@ -403,7 +401,7 @@ class _ModelBuilder:
             if keyword.name == "initial_state":
                 if not isinstance(kind, Recurrent):
                     raise KdslArgumentError(f"`{kind.name}` takes no `initial_state`", keyword.span)
-                states = self.tensors(keyword.value)
+                states = self.tensors(keyword.value, hint="initial states are tensors: `initial_state=[h, c]`")
             elif not allow_settings:
                 raise KdslArgumentError(
                     f"`{call.func.id}` is a declared layer: its settings belong in its `layer` declaration",
