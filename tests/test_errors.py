@@ -184,34 +184,32 @@ def test_unsupported_arguments_are_refused(call, argument, hint):
 # --- shapes -------------------------------------------------------------------------------------
 
 
-def test_add_of_different_shapes_names_both():
-    text = model("y = add(a, b)", inputs="a: f32[batch, 3], b: f32[batch, 4]")
-    expect(text, KdslShapeError, "add(", "(None, 3) and (None, 4)")
-
-
-def test_concatenate_needs_equal_shapes_off_its_axis():
-    text = model("y = concatenate(a, b)", inputs="a: f32[batch, 5, 3], b: f32[batch, 4, 3]")
-    expect(text, KdslShapeError, "concatenate(", "(None, 5, 3) and (None, 4, 3)")
-
-
-def test_concatenate_of_different_ranks():
-    text = model("y = concatenate(a, b)", inputs="a: f32[batch, 5, 3], b: f32[batch, 3]")
-    expect(text, KdslShapeError, "concatenate(", "(None, 5, 3) and (None, 3)")
-
-
-def test_dense_on_integer_input():
-    text = model("y = dense(ids, 4)", inputs="ids: i32[batch, 3]")
-    expect(text, KdslShapeError, "dense(", "expects f32", "embedding")
-
-
-def test_embedding_on_float_input():
-    text = model("y = embedding(x, 10, 4)", inputs="x: f32[batch, 3]")
-    expect(text, KdslShapeError, "embedding(", "expects i32", "i32[batch")
-
-
-def test_lstm_on_rank_2_input():
-    text = model("y = lstm(x, 4)", inputs="x: f32[batch, 3]")
-    expect(text, KdslShapeError, "lstm(", "rank-3")
+@pytest.mark.parametrize(
+    ("statement", "inputs", "needle", "message", "hint"),
+    [
+        ("y = add(a, b)", "a: f32[batch, 3], b: f32[batch, 4]", "add(", "(None, 3) and (None, 4)", ""),
+        (
+            "y = concatenate(a, b)",
+            "a: f32[batch, 5, 3], b: f32[batch, 4, 3]",
+            "concatenate(",
+            "(None, 5, 3) and (None, 4, 3)",
+            "",
+        ),
+        (
+            "y = concatenate(a, b)",
+            "a: f32[batch, 5, 3], b: f32[batch, 3]",
+            "concatenate(",
+            "(None, 5, 3) and (None, 3)",
+            "",
+        ),
+        ("y = dense(ids, 4)", "ids: i32[batch, 3]", "dense(", "expects f32", "embedding"),
+        ("y = embedding(x, 10, 4)", "x: f32[batch, 3]", "embedding(", "expects i32", "i32[batch"),
+        ("y = lstm(x, 4)", "x: f32[batch, 3]", "lstm(", "rank-3", ""),
+    ],
+    ids=["add", "concatenate-off-axis", "concatenate-ranks", "dense-on-i32", "embedding-on-f32", "lstm-on-rank-2"],
+)
+def test_shape_mismatch_points_at_the_call(statement, inputs, needle, message, hint):
+    expect(model(statement, inputs=inputs), KdslShapeError, needle, message, hint)
 
 
 def test_shape_error_inside_a_pipeline_points_at_the_failing_stage():
