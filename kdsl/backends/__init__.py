@@ -1,0 +1,1 @@
+"""Backends that run lowered programs: the NumPy reference interpreter and the Numba CPU code generator."""

@@ -1,0 +1,265 @@
+"""Elementwise ops: arithmetic, activations and their derivatives, constants, masks.
+
+Each is a NumPy function, a scalar Numba template and a gradient rule. The CPU backend
+fuses any chain of them, broadcasting included, into a single loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from kdsl.ir.ops.base import Op, broadcast_dims, unbroadcast
+from kdsl.ir.types import TensorType
+
+
+class Elementwise(Op):
+    elementwise = True
+
+    def infer(self, attrs, *types):
+        dtype = "f32" if any(t.dtype == "f32" for t in types) else types[0].dtype
+        return [TensorType(dtype, broadcast_dims(*(t.dims for t in types)))]
+
+
+class Const(Elementwise):
+    """A scalar constant; the builder makes one from every Python number it is given."""
+
+    name = "const"
+    differentiable = False
+
+    def infer(self, attrs):
+        return [TensorType(attrs["dtype"], ())]
+
+    def reference(self, attrs):
+        return [np.asarray(attrs["value"], np.float32 if attrs["dtype"] == "f32" else np.int32)]
+
+    def vjp(self, b, eqn, grads):
+        return []
+
+    def scalar(self, attrs):
+        return f"np.float32({attrs['value']!r})" if attrs["dtype"] == "f32" else f"np.int32({int(attrs['value'])})"
+
+
+@dataclass(frozen=True)
+class Arithmetic(Elementwise):
+    """`+ - * /` and friends; the gradient rule gets (builder, inputs, output, output gradient)."""
+
+    name: str
+    numpy: Callable
+    template: str
+    grad: Callable
+
+    def reference(self, attrs, *xs):
+        return [np.asarray(self.numpy(*xs))]
+
+    def scalar(self, attrs, *args):
+        return self.template.format(*args)
+
+    def vjp(self, b, eqn, grads):
+        (g,) = grads
+        partials = self.grad(b, *eqn.inputs, eqn.out, g)
+        return [unbroadcast(b, p, x) if p is not None else None for p, x in zip(partials, eqn.inputs)]
+
+
+ARITHMETIC = [
+    Arithmetic("add", np.add, "({0} + {1})", lambda b, x, y, out, g: (g, g)),
+    Arithmetic("sub", np.subtract, "({0} - {1})", lambda b, x, y, out, g: (g, b.neg(g))),
+    Arithmetic("mul", np.multiply, "({0} * {1})", lambda b, x, y, out, g: (b.mul(g, y), b.mul(g, x))),
+    Arithmetic("div", np.divide, "({0} / {1})", lambda b, x, y, out, g: (b.div(g, y), b.neg(b.mul(g, b.div(out, y))))),
+    Arithmetic("neg", np.negative, "(-{0})", lambda b, x, out, g: (b.neg(g),)),
+    Arithmetic("exp", np.exp, "math.exp({0})", lambda b, x, out, g: (b.mul(g, out),)),
+    Arithmetic("log", np.log, "math.log({0})", lambda b, x, out, g: (b.div(g, x),)),
+    Arithmetic("square", np.square, "({0} * {0})", lambda b, x, out, g: (b.mul(g, b.mul(x, 2.0)),)),
+    Arithmetic("abs", np.abs, "abs({0})", lambda b, x, out, g: (b.mul(g, b.sign(x)),)),
+    Arithmetic("sign", np.sign, "np.float32(np.sign({0}))", lambda b, x, out, g: (None,)),
+    Arithmetic("rsqrt", lambda x: 1 / np.sqrt(x), "(np.float32(1.0) / math.sqrt({0}))",
+               lambda b, x, out, g: (b.mul(g, b.mul(b.mul(out, b.mul(out, out)), -0.5)),)),
+]
+
+
+class Clip(Elementwise):
+    """Clamp to [lo, hi]; the gradient passes only where the value was inside (as Keras's clipping does)."""
+
+    name = "clip"
+
+    def reference(self, attrs, x):
+        return [np.clip(x, attrs["lo"], attrs["hi"]).astype(x.dtype)]
+
+    def scalar(self, attrs, x):
+        return f"min(max({x}, np.float32({attrs['lo']!r})), np.float32({attrs['hi']!r}))"
+
+    def vjp(self, b, eqn, grads):
+        return [b.mul(grads[0], b.inside(eqn.inputs[0], lo=eqn.attrs["lo"], hi=eqn.attrs["hi"]))]
+
+
+class Inside(Elementwise):
+    """1 where lo <= x <= hi, else 0."""
+
+    name = "inside"
+    differentiable = False
+
+    def reference(self, attrs, x):
+        return [((x >= attrs["lo"]) & (x <= attrs["hi"])).astype(np.float32)]
+
+    def scalar(self, attrs, x):
+        return f"np.float32(np.float32({attrs['lo']!r}) <= {x} <= np.float32({attrs['hi']!r}))"
+
+
+class NotEqual(Elementwise):
+    """The padding mask: 1.0 where a token id differs from `value`."""
+
+    name = "not_equal"
+    differentiable = False
+
+    def infer(self, attrs, x):
+        return [TensorType("f32", x.dims)]
+
+    def reference(self, attrs, x):
+        return [(x != attrs["value"]).astype(np.float32)]
+
+    def scalar(self, attrs, x):
+        return f"np.float32({x} != {attrs['value']})"
+
+
+class OneHot(Op):
+    """Class ids as rows of 0/1 over `classes`: the targets of a crossentropy on probabilities."""
+
+    name = "one_hot"
+    differentiable = False
+
+    def infer(self, attrs, ids):
+        return [TensorType("f32", (*ids.dims, attrs["classes"]))]
+
+    def reference(self, attrs, ids):
+        return [np.eye(attrs["classes"], dtype=np.float32)[ids]]
+
+    def cpu(self, em, eqn):
+        (ids,), y = eqn.inputs, eqn.out
+        em.line(f"{em.ref(y)}[...] = np.float32(0.0)")
+        with em.loops(ids) as idx:
+            em.line(f"{em.ref(y)}[{', '.join(idx)}{', ' if idx else ''}{em.index(ids, idx)}] = np.float32(1.0)")
+
+
+class Cast(Elementwise):
+    """Integer labels as float32 (binary targets given as i32)."""
+
+    name = "cast"
+    differentiable = False
+
+    def infer(self, attrs, x):
+        return [TensorType("f32", x.dims)]
+
+    def reference(self, attrs, x):
+        return [x.astype(np.float32)]
+
+    def scalar(self, attrs, x):
+        return f"np.float32({x})"
+
+
+class BroadcastLike(Elementwise):
+    """`x` broadcast to the shape of `like` (whose values are not read): gradients of reductions."""
+
+    name = "broadcast_like"
+
+    def infer(self, attrs, x, like):
+        broadcast_dims(x.dims, like.dims)
+        return [TensorType(x.dtype, like.dims)]
+
+    def reference(self, attrs, x, like):
+        return [np.broadcast_to(x, like.shape).astype(x.dtype)]
+
+    def scalar(self, attrs, x, like):
+        return x
+
+    def vjp(self, b, eqn, grads):
+        return [unbroadcast(b, grads[0], eqn.inputs[0]), None]
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+@dataclass(frozen=True)
+class ActivationFn:
+    """An activation: its NumPy forward, its derivative in terms of x and y, and both as Numba templates."""
+
+    numpy: Callable
+    derivative: Callable  # (x, y) -> dy/dx
+    template: str
+    derivative_template: str  # in terms of {x} and {y}
+
+
+SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
+F = "np.float32"
+ACTIVATION_FNS = {
+    "relu": ActivationFn(lambda x: np.maximum(x, 0), lambda x, y: (x > 0) * 1.0, "relu_f32({x})", "step_f32({x})"),
+    "relu6": ActivationFn(lambda x: np.clip(x, 0, 6), lambda x, y: ((x > 0) & (x < 6)) * 1.0,
+                          "relu6_f32({x})", f"{F}(({F}(0) < {{x}}) and ({{x}} < {F}(6)))"),
+    "leaky_relu": ActivationFn(lambda x: np.where(x > 0, x, 0.2 * x), lambda x, y: np.where(x > 0, 1.0, 0.2),
+                               "leaky_relu_f32({x})", f"({F}(1) if {{x}} > {F}(0) else {F}(0.2))"),
+    "elu": ActivationFn(lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), lambda x, y: np.where(x > 0, 1, y + 1),
+                        "elu_f32({x})", f"({F}(1) if {{x}} > {F}(0) else {{y}} + {F}(1))"),
+    "selu": ActivationFn(
+        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
+        lambda x, y: np.where(x > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA),
+        "selu_f32({x})", f"(_SELU_SCALE if {{x}} > {F}(0) else {{y}} + _SELU_SCALE * _SELU_ALPHA)"),
+    "gelu": ActivationFn(lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+                         lambda x, y: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi),
+                         "gelu_f32({x})", "gelu_grad_f32({x})"),
+    "sigmoid": ActivationFn(_sigmoid, lambda x, y: y * (1 - y), "sigmoid_f32({x})", f"{{y}} * ({F}(1) - {{y}})"),
+    "hard_sigmoid": ActivationFn(lambda x: np.clip(x + 3, 0, 6) / 6, lambda x, y: ((x > -3) & (x < 3)) / 6.0,
+                                 f"relu6_f32({{x}} + {F}(3)) / {F}(6)",
+                                 f"{F}(({F}(-3) < {{x}}) and ({{x}} < {F}(3))) / {F}(6)"),
+    "tanh": ActivationFn(np.tanh, lambda x, y: 1 - y * y, "tanh_f32({x})", f"({F}(1) - {{y}} * {{y}})"),
+    "softplus": ActivationFn(lambda x: np.logaddexp(x, 0), lambda x, y: _sigmoid(x),
+                             "softplus_f32({x})", "sigmoid_f32({x})"),
+    "softsign": ActivationFn(lambda x: x / (1 + np.abs(x)), lambda x, y: 1 / np.square(1 + np.abs(x)),
+                             f"({{x}} / ({F}(1) + abs({{x}})))", f"{F}(1) / (({F}(1) + abs({{x}})) ** 2)"),
+    "silu": ActivationFn(lambda x: x * _sigmoid(x), lambda x, y: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+                         "({x} * sigmoid_f32({x}))",
+                         f"(sigmoid_f32({{x}}) * ({F}(1) + {{x}} * ({F}(1) - sigmoid_f32({{x}}))))"),
+    "exponential": ActivationFn(np.exp, lambda x, y: y, "math.exp({x})", "{y}"),
+}
+
+
+@dataclass(frozen=True)
+class Activation(Elementwise):
+    name: str
+    fn: ActivationFn
+
+    def reference(self, attrs, x):
+        return [self.fn.numpy(x.astype(np.float64)).astype(x.dtype)]
+
+    def scalar(self, attrs, x):
+        return self.fn.template.format(x=x)
+
+    def vjp(self, b, eqn, grads):
+        (x,), (g,) = eqn.inputs, grads
+        return [b.emit(ACTIVATION_GRADS[self.name], (x, eqn.out, g))[0]]
+
+
+@dataclass(frozen=True)
+class ActivationGrad(Elementwise):
+    """dL/dx of an activation from x, y and dL/dy; fused into the backward loop like any elementwise op."""
+
+    name: str
+    fn: ActivationFn
+
+    def reference(self, attrs, x, y, g):
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        return [(g * self.fn.derivative(x64, y64)).astype(g.dtype)]
+
+    def scalar(self, attrs, x, y, g):
+        return f"({g} * {self.fn.derivative_template.format(x=x, y=y)})"
+
+
+ACTIVATIONS = {name: Activation(name, fn) for name, fn in ACTIVATION_FNS.items()}
+ACTIVATION_GRADS = {name: ActivationGrad(f"d_{name}", fn) for name, fn in ACTIVATION_FNS.items()}
+
+OPS = [
+    Const(), Clip(), Inside(), NotEqual(), OneHot(), Cast(), BroadcastLike(), *ARITHMETIC,
+    *ACTIVATIONS.values(), *ACTIVATION_GRADS.values(),
+]

@@ -1,0 +1,205 @@
+"""Reductions and row-wise ops: sums, counts, softmax, and softmax fused with cross-entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdsl.ir.ops.base import Op
+from kdsl.ir.types import TensorType
+
+
+class ReduceSum(Op):
+    name = "reduce_sum"
+
+    def infer(self, attrs, x):
+        axes, keep = attrs["axes"], attrs.get("keepdims", False)
+        dims = [1 if i in axes else d for i, d in enumerate(x.dims)] if keep else [
+            d for i, d in enumerate(x.dims) if i not in axes
+        ]
+        return [TensorType(x.dtype, tuple(dims))]
+
+    def reference(self, attrs, x):
+        total = np.sum(x, axis=tuple(attrs["axes"]), keepdims=attrs.get("keepdims", False), dtype=np.float64)
+        return [np.asarray(total, x.dtype)]
+
+    def vjp(self, b, eqn, grads):
+        (x,), (g,) = eqn.inputs, grads
+        if not eqn.attrs.get("keepdims", False) and g.rank:
+            g = b.reshape_like(g, b.reduce_sum(x, axes=eqn.attrs["axes"], keepdims=True))
+        return [b.broadcast_like(g, x)]
+
+    def cpu(self, em, eqn):
+        (x,), y = eqn.inputs, eqn.out
+        axes, keep = eqn.attrs["axes"], eqn.attrs.get("keepdims", False)
+        total = em.fresh("total") if y.rank == 0 else None
+        if total:
+            em.line(f"{total} = np.float32(0.0)")
+        else:
+            em.line(f"{em.ref(y)}[...] = np.float32(0.0)")
+        with em.loops(x) as idx:
+            if keep:
+                out_idx = ["0" if a in axes else i for a, i in enumerate(idx)]
+            else:
+                out_idx = [i for a, i in enumerate(idx) if a not in axes]
+            target = total or f"{em.ref(y)}[{', '.join(out_idx)}]"
+            em.line(f"{target} += {em.ref(x)}[{', '.join(idx)}]")
+        if total:
+            em.bind(y, total)
+
+
+class Count(Op):
+    """The number of elements of `x` along `axes`, as a float32 scalar (a mean's divisor)."""
+
+    name = "count"
+    differentiable = False
+
+    def infer(self, attrs, x):
+        return [TensorType("f32", ())]
+
+    def reference(self, attrs, x):
+        return [np.float32(np.prod([x.shape[a] for a in attrs["axes"]]))]
+
+    def cpu(self, em, eqn):
+        dims = " * ".join(f"{em.ref(eqn.inputs[0])}.shape[{a}]" for a in eqn.attrs["axes"])
+        em.bind(eqn.out, f"np.float32({dims or 1})")
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _emit_row_softmax(em, x, y, idx, log: bool) -> None:
+    """Numba loop body computing (log-)softmax over the last axis of one row."""
+    row = ", ".join(idx)
+    n, j, top, total = f"{em.ref(x)}.shape[-1]", em.fresh("j"), em.fresh("top"), em.fresh("total")
+    X, Y = f"{em.ref(x)}[{row}{', ' if row else ''}{j}]", f"{em.ref(y)}[{row}{', ' if row else ''}{j}]"
+    em.line(f"{top} = {em.ref(x)}[{row}{', ' if row else ''}0]")
+    with em.block(f"for {j} in range(1, {n}):"):
+        em.line(f"{top} = max({top}, {X})")
+    em.line(f"{total} = np.float32(0.0)")
+    with em.block(f"for {j} in range({n}):"):
+        if log:
+            em.line(f"{total} += math.exp({X} - {top})")
+        else:
+            em.line(f"{Y} = math.exp({X} - {top})")
+            em.line(f"{total} += {Y}")
+    if log:
+        em.line(f"{total} = {top} + math.log({total})")
+    with em.block(f"for {j} in range({n}):"):
+        em.line(f"{Y} = {X} - {total}" if log else f"{Y} /= {total}")
+
+
+class Softmax(Op):
+    name = "softmax"
+
+    def infer(self, attrs, x):
+        return [x]
+
+    def reference(self, attrs, x):
+        return [_softmax(x.astype(np.float64)).astype(x.dtype)]
+
+    def vjp(self, b, eqn, grads):
+        y, (g,) = eqn.out, grads
+        return [b.mul(y, b.sub(g, b.reduce_sum(b.mul(g, y), axes=(y.rank - 1,), keepdims=True)))]
+
+    def cpu(self, em, eqn):
+        with em.loops(eqn.out, skip_last=True) as idx:
+            _emit_row_softmax(em, eqn.inputs[0], eqn.out, idx, log=False)
+
+
+class LogSoftmax(Op):
+    name = "log_softmax"
+
+    def infer(self, attrs, x):
+        return [x]
+
+    def reference(self, attrs, x):
+        x64 = x.astype(np.float64)
+        return [np.log(_softmax(x64)).astype(x.dtype)]
+
+    def vjp(self, b, eqn, grads):
+        y, (g,) = eqn.out, grads
+        return [b.sub(g, b.mul(b.exp(y), b.reduce_sum(g, axes=(y.rank - 1,), keepdims=True)))]
+
+    def cpu(self, em, eqn):
+        with em.loops(eqn.out, skip_last=True) as idx:
+            _emit_row_softmax(em, eqn.inputs[0], eqn.out, idx, log=True)
+
+
+class SoftmaxCrossEntropy(Op):
+    """(probs, loss) from logits and labels in one pass; its gradient is simply probs - labels.
+
+    Labels are class ids (`sparse`) or probability rows. The fusion keeps training numerically
+    exact where a separate softmax then log would lose the small probabilities.
+    """
+
+    name = "softmax_cross_entropy"
+    single_output = False
+
+    def infer(self, attrs, logits, labels):
+        return [logits, TensorType("f32", logits.dims[:-1])]
+
+    def reference(self, attrs, logits, labels):
+        x = logits.astype(np.float64)
+        logp = x - x.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        if attrs["sparse"]:
+            loss = -np.take_along_axis(logp, labels[..., None].astype(np.int64), -1)[..., 0]
+        else:
+            loss = -(labels * logp).sum(-1)
+        return [np.exp(logp).astype(logits.dtype), loss.astype(logits.dtype)]
+
+    def vjp(self, b, eqn, grads):
+        (logits, labels), (_, g) = eqn.inputs, grads
+        probs = eqn.outputs[0]
+        return [b.softmax_cross_entropy_grad(probs, labels, g, sparse=eqn.attrs["sparse"]), None]
+
+    def cpu(self, em, eqn):
+        (logits, labels), (probs, loss) = eqn.inputs, eqn.outputs
+        with em.loops(loss) as idx:
+            row = ", ".join(idx) + (", " if idx else "")
+            _emit_row_softmax(em, logits, probs, idx, log=True)  # probs holds log-probabilities here
+            j = em.fresh("j")
+            if eqn.attrs["sparse"]:
+                em.line(f"{em.index(loss, idx)} = -{em.ref(probs)}[{row}{em.index(labels, idx)}]")
+            else:
+                em.line(f"{em.index(loss, idx)} = np.float32(0.0)")
+                with em.block(f"for {j} in range({em.ref(logits)}.shape[-1]):"):
+                    em.line(f"{em.index(loss, idx)} -= {em.ref(labels)}[{row}{j}] * {em.ref(probs)}[{row}{j}]")
+            with em.block(f"for {j} in range({em.ref(logits)}.shape[-1]):"):
+                em.line(f"{em.ref(probs)}[{row}{j}] = math.exp({em.ref(probs)}[{row}{j}])")
+
+
+class SoftmaxCrossEntropyGrad(Op):
+    """d loss / d logits = (probs·Σlabels - labels)·g, labels as ids (`sparse`) or rows (Σ = 1 for ids)."""
+
+    name = "softmax_cross_entropy_grad"
+
+    def infer(self, attrs, probs, labels, g):
+        return [probs]
+
+    def reference(self, attrs, probs, labels, g):
+        target = np.eye(probs.shape[-1], dtype=np.float32)[labels] if attrs["sparse"] else labels
+        mass = target.sum(-1, keepdims=True)
+        return [((probs * mass - target) * g[..., None]).astype(probs.dtype)]
+
+    def cpu(self, em, eqn):
+        (probs, labels, g), dx = eqn.inputs, eqn.out
+        with em.loops(g) as idx:
+            row = ", ".join(idx) + (", " if idx else "")
+            j = em.fresh("j")
+            with em.block(f"for {j} in range({em.ref(probs)}.shape[-1]):"):
+                em.line(f"{em.ref(dx)}[{row}{j}] = {em.ref(probs)}[{row}{j}] * {em.index(g, idx)}")
+            if eqn.attrs["sparse"]:
+                em.line(f"{em.ref(dx)}[{row}{em.index(labels, idx)}] -= {em.index(g, idx)}")
+            else:
+                mass = em.fresh("mass")
+                em.line(f"{mass} = np.float32(0.0)")
+                with em.block(f"for {j} in range({em.ref(probs)}.shape[-1]):"):
+                    em.line(f"{mass} += {em.ref(labels)}[{row}{j}]")
+                with em.block(f"for {j} in range({em.ref(probs)}.shape[-1]):"):
+                    em.line(f"{em.ref(dx)}[{row}{j}] = {em.ref(dx)}[{row}{j}] * {mass} - {em.ref(labels)}[{row}{j}] * {em.index(g, idx)}")
+
+
+OPS = [ReduceSum(), Count(), Softmax(), LogSoftmax(), SoftmaxCrossEntropy(), SoftmaxCrossEntropyGrad()]

@@ -1,0 +1,39 @@
+"""Reverse-mode autodiff over lowered programs.
+
+`backprop` walks equations backwards, asking each op for its vector-Jacobian product and
+summing the gradients of values used more than once. It differentiates only along paths
+from the requested inputs; whatever it emits that no output needs, `dce` removes. Scans
+differentiate through their own rule (`kdsl.ir.ops.scan`), which calls back in here for the
+cell: backpropagation through time is a second scan running the other way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from kdsl.ir.program import Builder, Eqn, Var
+
+
+def active_vars(eqns: Iterable[Eqn], wrt: Iterable[Var]) -> set[int]:
+    """Variables that depend differentiably on `wrt`."""
+    active = {id(v) for v in wrt}
+    for eqn in eqns:
+        if eqn.op.differentiable and any(id(x) in active for x in eqn.inputs):
+            active.update(id(v) for v in eqn.outputs if v.type.dtype == "f32")
+    return active
+
+
+def backprop(b: Builder, eqns: Sequence[Eqn], seeds: dict[int, Var], wrt: Sequence[Var]) -> list[Var | None]:
+    """Gradients of `wrt`, given the gradients `seeds` (by variable id) of some values computed by `eqns`."""
+    active = active_vars(eqns, wrt)
+    grads: dict[int, Var] = dict(seeds)
+    for eqn in reversed(list(eqns)):  # vjp rules append to the list being walked
+        out_grads = [grads.get(id(v)) for v in eqn.outputs]
+        if all(g is None for g in out_grads) or not any(id(x) in active for x in eqn.inputs):
+            continue
+        b.origin = eqn.origin
+        for x, g in zip(eqn.inputs, eqn.op.vjp(b, eqn, out_grads)):
+            if g is None or id(x) not in active:
+                continue
+            grads[id(x)] = b.add(grads[id(x)], g) if id(x) in grads else g
+    return [grads.get(id(v)) for v in wrt]

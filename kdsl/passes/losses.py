@@ -1,0 +1,90 @@
+"""Losses and weight regularizers in primitive ops, with Keras's definitions.
+
+Each loss gives one value per sample (averaged over the last axis where Keras does); the
+training program averages it over the batch, as Keras's `sum_over_batch_size` does.
+Crossentropy on probabilities clips them to [1e-7, 1 - 1e-7] as Keras does — except when
+they come straight from a softmax: then softmax and crossentropy fuse into one op whose
+gradient is exactly `probs - labels` (see `fuse_softmax_cross_entropy`).
+"""
+
+from __future__ import annotations
+
+from kdsl.catalogue.args import FnSpec
+from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.types import TensorType
+
+EPSILON = 1e-7
+
+
+def target_type(loss: FnSpec, output: TensorType) -> TensorType:
+    """What the labels of an output look like: class ids for the sparse crossentropy, else the output's shape."""
+    if loss.name == "sparse_categorical_crossentropy":
+        return TensorType("i32", output.dims[:-1])
+    return TensorType("f32", output.dims)
+
+
+def _mean_last(b: Builder, x: Var) -> Var:
+    return b.mul(b.reduce_sum(x, axes=(x.rank - 1,)), 1.0 / x.shape[-1])
+
+
+def _normalized_log(b: Builder, p: Var) -> Var:
+    """log of probabilities renormalized over the last axis and clipped, as Keras's crossentropy takes them."""
+    p = b.div(p, b.reduce_sum(p, axes=(p.rank - 1,), keepdims=True))
+    return b.log(b.clip(p, lo=EPSILON, hi=1.0 - EPSILON))
+
+
+def per_sample_loss(
+    b: Builder, loss: FnSpec, labels: Var, predicted: Var, softmax_logits: Var | None
+) -> tuple[Var, Var | None]:
+    """The loss of each sample, and the probabilities if softmax and crossentropy were fused.
+
+    `softmax_logits` are the logits when `predicted` is their softmax.
+    """
+    args, name = loss.args, loss.name
+    if name in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        sparse = name.startswith("sparse")
+        if not sparse and args.get("label_smoothing", 0.0):
+            smoothing = args["label_smoothing"]
+            labels = b.add(b.mul(labels, 1.0 - smoothing), smoothing / predicted.shape[-1])
+        logits = predicted if args.get("from_logits") else softmax_logits
+        if logits is not None:
+            probs, loss_value = b.softmax_cross_entropy(logits, labels, sparse=sparse)
+            return loss_value, None if args.get("from_logits") else probs
+        target = b.one_hot(labels, classes=predicted.shape[-1]) if sparse else labels
+        log_p = _normalized_log(b, predicted)
+        return b.neg(b.reduce_sum(b.mul(target, log_p), axes=(predicted.rank - 1,))), None
+    if name == "binary_crossentropy":
+        smoothing = args.get("label_smoothing", 0.0)
+        if smoothing:
+            labels = b.add(b.mul(labels, 1.0 - smoothing), 0.5 * smoothing)
+        if args.get("from_logits"):  # max(x, 0) - x·y + log(1 + exp(-|x|))
+            x = predicted
+            elementwise = b.add(b.sub(b.relu(x), b.mul(x, labels)), b.softplus(b.neg(b.abs(x))))
+        else:
+            p = b.clip(predicted, lo=EPSILON, hi=1.0 - EPSILON)
+            elementwise = b.neg(b.add(b.mul(labels, b.log(p)), b.mul(b.sub(1.0, labels), b.log(b.sub(1.0, p)))))
+        return _mean_last(b, elementwise), None
+    if name == "mean_squared_error":
+        return _mean_last(b, b.square(b.sub(labels, predicted))), None
+    if name == "mean_absolute_error":
+        return _mean_last(b, b.abs(b.sub(labels, predicted))), None
+    raise NotImplementedError(f"loss `{name}`")
+
+
+def regularization(b: Builder, spec: FnSpec, weight: Var) -> Var:
+    """Keras's l1 / l2 / l1_l2 penalties: l1·Σ|w| + l2·Σw²."""
+    l1 = spec.args.get("l1", 0.0) if spec.name != "l2" else 0.0
+    l2 = spec.args.get("l2", 0.0) if spec.name != "l1" else 0.0
+    everything = tuple(range(weight.rank))
+    terms = []
+    if l1:
+        terms.append(b.mul(b.reduce_sum(b.abs(weight), axes=everything), l1))
+    if l2:
+        terms.append(b.mul(b.reduce_sum(b.square(weight), axes=everything), l2))
+    return terms[0] if len(terms) == 1 else b.add(*terms) if terms else b.const(0.0)
+
+
+def softmax_logits(program: Program, output: Var) -> Var | None:
+    """The logits, when `output` is computed by a softmax in `program`."""
+    maker = program.producers().get(id(output))
+    return maker.inputs[0] if maker is not None and maker.op.name == "softmax" else None

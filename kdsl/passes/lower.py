@@ -1,0 +1,150 @@
+"""Lowering: a graph of layer calls becomes one program of primitive ops.
+
+Program inputs are, in order, the model inputs, every parameter (in Keras's `get_weights`
+order), and, when training, the dropout keep-masks the host draws for each step.
+Outputs are the model outputs, then (training) the new moving statistics of each
+BatchNormalization. Masks from `embedding(mask_zero=true)` travel beside the values they
+belong to, as float 0/1 tensors of shape (batch, timesteps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
+from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.types import TensorType
+from kdsl.passes.dce import dce
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A dropout keep-mask input: Bernoulli(1 - rate) / (1 - rate), drawn by the host each step."""
+
+    var: Var
+    rate: float
+    seed: int | None
+    layer: str
+
+
+@dataclass
+class Lowered:
+    program: Program
+    inputs: list[Var]
+    params: list[tuple[str, ParamSpec, Var]]  # (full name "layer/param", spec, variable)
+    noise: list[Noise]
+    outputs: list[Var]
+    updates: list[tuple[int, Var]] = field(default_factory=list)  # (param index, new value) after a step
+
+
+@dataclass
+class LayerContext:
+    """What a layer's lowering rule sees: a builder, its parameters and whether it is training."""
+
+    b: Builder
+    layer: Layer
+    params: dict[str, Var]
+    training: bool
+    lowering: _Lowering
+    new_mask: Var | None = None  # set by a layer that creates a mask (embedding with mask_zero)
+
+    def param(self, name: str) -> Var | None:
+        return self.params.get(name)
+
+    def noise(self, type: TensorType, rate: float, seed: int | None) -> Var:
+        return self.lowering.add_noise(type, rate, seed, self.layer.name)
+
+    def update(self, name: str, value: Var) -> None:
+        self.lowering.updates.append((self.params[name], value))
+
+
+Rule = Callable[[LayerContext, dict[str, Any], list[Var], list[Var | None], list[TensorType]], list[Var]]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*kinds: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for kind in kinds:
+            RULES[kind] = fn
+        return fn
+
+    return register
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, training: bool):
+        self.graph, self.training = graph, training
+        self.b = Builder()
+        self.noise: list[Noise] = []
+        self.updates: list[tuple[Var, Var]] = []
+
+    def add_noise(self, type: TensorType, rate: float, seed: int | None, layer: str) -> Var:
+        var = self.b.var(type, "keep")
+        self.noise.append(Noise(var, rate, seed, layer))
+        return var
+
+    def run(self) -> Lowered:
+        b = self.b
+        inputs = [b.var(v.type, v.name, exact=True) for v in self.graph.inputs]
+        env: dict[int, Var] = {id(v): var for v, var in zip(self.graph.inputs, inputs)}
+        masks: dict[int, Var | None] = {}
+        params: list[tuple[str, ParamSpec, Var]] = []
+        layer_params: dict[int, dict[str, Var]] = {}
+        for layer in self.graph.layers():
+            named = {}
+            for spec in layer.params or []:
+                var = b.var(TensorType("f32", spec.shape), f"{layer.name}/{spec.name}", exact=True)
+                params.append((f"{layer.name}/{spec.name}", spec, var))
+                named[spec.name] = var
+            layer_params[id(layer)] = named
+        for node in self.graph.nodes:
+            self.lower_node(node, env, masks, layer_params[id(node.layer)])
+        outputs = [env[id(v)] for v in self.graph.outputs]
+        index = {id(var): i for i, (_, _, var) in enumerate(params)}
+        updates = [(index[id(p)], value) for p, value in self.updates]
+        program = b.program(
+            [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
+            [*outputs, *(value for _, value in updates)],
+        )
+        return Lowered(dce(program), inputs, params, self.noise, outputs, updates)
+
+    def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
+        layer = node.layer
+        self.b.origin = layer.name
+        ctx = LayerContext(self.b, layer, params, self.training, self)
+        inputs = [env[id(v)] for v in node.inputs]
+        in_masks = [masks.get(id(v)) for v in node.inputs]
+        outputs = RULES[layer.kind.name](ctx, layer.config, inputs, in_masks, [v.type for v in node.outputs])
+        mask_flags = layer.kind.output_masks(layer.config, [m is not None for m in in_masks])
+        first_mask = next((m for m in in_masks if m is not None), None)
+        for value, var, masked in zip(node.outputs, outputs, mask_flags):
+            env[id(value)] = var
+            masks[id(value)] = ctx.new_mask or (first_mask if masked else None)
+
+
+def lower(graph: Graph, training: bool = False) -> Lowered:
+    """The graph as one program of primitive ops; `training` picks dropout and batch-statistics behaviour."""
+    from kdsl.passes import lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
+
+    return _Lowering(graph, training).run()
+
+
+def activate(b: Builder, name: str, x: Var) -> Var:
+    """Apply a catalogue activation by name."""
+    return x if name == "linear" else getattr(b, name)(x)
+
+
+def broadcast_to_axis(b: Builder, v: Var, axis: int, rank: int) -> Var:
+    """A per-channel vector shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    if axis == rank - 1:
+        return v
+    return b.reshape(v, shape=(v.shape[0], *([1] * (rank - 1 - axis))))
+
+
+def sum_all(b: Builder, xs: Sequence[Var], op: str) -> Var:
+    total = xs[0]
+    for x in xs[1:]:
+        total = getattr(b, op)(total, x)
+    return total

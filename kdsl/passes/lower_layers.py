@@ -1,0 +1,95 @@
+"""Lowering rules of the non-recurrent layers, each the Keras equations in primitive ops."""
+
+from __future__ import annotations
+
+from kdsl.catalogue.base import normalize_axis
+from kdsl.errors import KdslUnsupportedError
+from kdsl.passes.lower import RULES, activate, broadcast_to_axis, rule, sum_all
+
+
+@rule("dense")
+def dense(ctx, config, inputs, masks, types):
+    (x,) = inputs
+    y = ctx.b.matmul(x, ctx.param("kernel"))
+    if config["use_bias"]:
+        y = ctx.b.add(y, ctx.param("bias"))
+    return [activate(ctx.b, config["activation"], y)]
+
+
+@rule("activation")
+def activation(ctx, config, inputs, masks, types):
+    return [activate(ctx.b, config["activation"], inputs[0])]
+
+
+@rule("flatten", "reshape")
+def reshape(ctx, config, inputs, masks, types):
+    return [ctx.b.reshape(inputs[0], shape=types[0].dims)]
+
+
+@rule("dropout")
+def dropout(ctx, config, inputs, masks, types):
+    (x,) = inputs
+    if not ctx.training or config["rate"] == 0:
+        return [x]
+    return [ctx.b.mul(x, ctx.noise(x.type, config["rate"], config["seed"]))]
+
+
+@rule("repeat_vector")
+def repeat_vector(ctx, config, inputs, masks, types):
+    return [ctx.b.repeat(inputs[0], n=config["n"])]
+
+
+@rule("embedding")
+def embedding(ctx, config, inputs, masks, types):
+    (ids,) = inputs
+    if config["mask_zero"]:
+        ctx.new_mask = ctx.b.not_equal(ids, value=0)
+    return [ctx.b.gather(ctx.param("embeddings"), ids)]
+
+
+@rule("batch_normalization")
+def batch_normalization(ctx, config, inputs, masks, types):
+    """Batch statistics (biased variance) when training, moving statistics otherwise, as Keras."""
+    b, (x,) = ctx.b, inputs
+    axis = normalize_axis(ctx.layer.kind, config["axis"], x.rank)
+    shaped = {name: broadcast_to_axis(b, v, axis, x.rank) for name, v in ctx.params.items()}
+    if ctx.training:
+        axes = tuple(a for a in range(x.rank) if a != axis)
+        n = b.count(x, axes=axes)
+        mean = b.div(b.reduce_sum(x, axes=axes, keepdims=True), n)
+        centred = b.sub(x, mean)
+        variance = b.div(b.reduce_sum(b.square(centred), axes=axes, keepdims=True), n)
+        momentum = config["momentum"]
+        for name, batch_value in (("moving_mean", mean), ("moving_variance", variance)):
+            flat = b.reshape_like(batch_value, ctx.params[name])
+            ctx.update(name, b.add(b.mul(ctx.params[name], momentum), b.mul(flat, 1.0 - momentum)))
+    else:
+        centred, variance = b.sub(x, shaped["moving_mean"]), shaped["moving_variance"]
+    y = b.mul(centred, b.rsqrt(b.add(variance, config["epsilon"])))
+    if config["scale"]:
+        y = b.mul(y, shaped["gamma"])
+    if config["center"]:
+        y = b.add(y, shaped["beta"])
+    return [y]
+
+
+@rule("concatenate")
+def concatenate(ctx, config, inputs, masks, types):
+    return [ctx.b.concat(*inputs, axis=config["axis"] % inputs[0].rank)]
+
+
+@rule("add", "multiply")
+def merge(ctx, config, inputs, masks, types):
+    return [sum_all(ctx.b, inputs, "add" if ctx.layer.kind.name == "add" else "mul")]
+
+
+@rule("time_distributed")
+def time_distributed(ctx, config, inputs, masks, types):
+    """The inner layer's equations hold for any leading axes, so it runs on all timesteps at once."""
+    inner = config["layer"]
+    if inner.kind.name in ("simple_rnn", "lstm", "gru", "bidirectional"):
+        raise KdslUnsupportedError(
+            f"`time_distributed({inner.kind.name})` is not supported", ctx.layer.span,
+            hint="reshape the input so the recurrent layer sees (batch, timesteps, features)",
+        )
+    return RULES[inner.kind.name](ctx, inner.config, inputs, masks, types)

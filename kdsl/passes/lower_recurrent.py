@@ -1,0 +1,190 @@
+"""Lowering of SimpleRNN, LSTM, GRU and Bidirectional to a `scan` over their cell.
+
+The input projection x·W + b of every timestep is one matmul before the scan (time-major,
+so step t reads a contiguous slice); only h·U and the gate math stay in the loop. A
+masked step keeps the previous state: state = h + m·(h_new - h), m the step's 0/1 mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdsl.ir.program import Builder, Program, Var
+from kdsl.passes.lower import activate, rule
+
+
+@dataclass
+class Cell:
+    """The per-step inputs of a recurrent cell, inside the scan body."""
+
+    b: Builder
+    config: dict
+    projected: Var  # x_t·W + b_input, (batch, gates·units)
+    weights: dict[str, Var]  # recurrent_kernel (or its split parts), recurrent bias, dropout mask
+
+    def recurrent(self, h: Var, kernel: str = "recurrent_kernel") -> Var:
+        """h·U (with the recurrent dropout mask applied to h first, as Keras does)."""
+        if "recurrent_keep" in self.weights:
+            h = self.b.mul(h, self.weights["recurrent_keep"])
+        return self.b.matmul(h, self.weights[kernel])
+
+    def act(self, x: Var) -> Var:
+        return activate(self.b, self.config["activation"], x)
+
+    def gate(self, x: Var) -> Var:
+        return activate(self.b, self.config["recurrent_activation"], x)
+
+    def gates(self, x: Var, n: int) -> list[Var]:
+        units = self.config["units"]
+        return self.b.split(x, sizes=(units,) * n, axis=1)
+
+
+def simple_rnn_cell(c: Cell, h: Var) -> list[Var]:
+    return [c.act(c.b.add(c.projected, c.recurrent(h)))]
+
+
+def lstm_cell(c: Cell, h: Var, state: Var) -> list[Var]:
+    b = c.b
+    zi, zf, zc, zo = c.gates(b.add(c.projected, c.recurrent(h)), 4)
+    i, f, o = c.gate(zi), c.gate(zf), c.gate(zo)
+    new_state = b.add(b.mul(f, state), b.mul(i, c.act(zc)))
+    return [b.mul(o, c.act(new_state)), new_state]
+
+
+def gru_cell(c: Cell, h: Var) -> list[Var]:
+    b = c.b
+    xz, xr, xh = c.gates(c.projected, 3)
+    if c.config["reset_after"]:
+        hu = c.recurrent(h)
+        if "recurrent_bias" in c.weights:
+            hu = b.add(hu, c.weights["recurrent_bias"])
+        hz, hr, hh = c.gates(hu, 3)
+        z, r = c.gate(b.add(xz, hz)), c.gate(b.add(xr, hr))
+        candidate = c.act(b.add(xh, b.mul(r, hh)))
+    else:
+        hz, hr = c.b.split(c.recurrent(h, "recurrent_kernel_zr"), sizes=(c.config["units"],) * 2, axis=1)
+        z, r = c.gate(b.add(xz, hz)), c.gate(b.add(xr, hr))
+        candidate = c.act(b.add(xh, c.recurrent(b.mul(r, h), "recurrent_kernel_h")))
+    return [b.add(b.mul(z, h), b.mul(b.sub(1.0, z), candidate))]
+
+
+CELLS = {"simple_rnn": simple_rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
+STATES = {"simple_rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+
+
+@dataclass
+class Run:
+    """One direction of a recurrent layer, lowered: stacked outputs (time-major, input order) and final states."""
+
+    sequence: Var
+    last: Var
+    states: list[Var]
+
+
+def run_recurrent(ctx, kind: str, config: dict, params: dict[str, Var], inputs: list[Var], mask: Var | None,
+                  go_backwards: bool, zero_output_for_mask: bool = False) -> Run:
+    b, units = ctx.b, config["units"]
+    x, *initial = inputs
+    batch = x.shape[0]
+    if ctx.training and config["dropout"] > 0:  # one keep-mask per sequence, shared by all steps (Keras 3)
+        keep = ctx.noise(x.type.with_dims((batch, x.shape[2])), config["dropout"], config["seed"])
+        x = b.mul(x, b.reshape(keep, shape=(batch, 1, x.shape[2])))
+    projected = b.matmul(b.transpose(x, perm=(1, 0, 2)), params["kernel"])
+    bias = params.get("bias")
+    weights: dict[str, Var] = {}
+    if bias is not None and bias.rank == 2:  # GRU reset_after: input bias row, recurrent bias row
+        input_bias, recurrent_bias = b.split(bias, sizes=(1, 1), axis=0)
+        bias = b.reshape(input_bias, shape=(3 * units,))
+        weights["recurrent_bias"] = b.reshape(recurrent_bias, shape=(3 * units,))
+    if bias is not None:
+        projected = b.add(projected, bias)
+    if kind == "gru" and not config["reset_after"]:
+        weights["recurrent_kernel_zr"], weights["recurrent_kernel_h"] = b.split(
+            params["recurrent_kernel"], sizes=(2 * units, units), axis=1
+        )
+    else:
+        weights["recurrent_kernel"] = params["recurrent_kernel"]
+    if ctx.training and config["recurrent_dropout"] > 0:
+        state_type = x.type.with_dims((batch, units))
+        weights["recurrent_keep"] = ctx.noise(state_type, config["recurrent_dropout"], config["seed"])
+    # Keras carries the last output separately from the state, starting at zeros: it differs from h
+    # only while leading steps are masked and the initial state is not zero
+    carry_output = mask is not None and bool(initial) and not zero_output_for_mask
+    if not initial:
+        initial = [b.fill(x, value=0.0, lead=1, tail=(units,)) for _ in STATES[kind]]
+    carries = [*initial, b.fill(x, value=0.0, lead=1, tail=(units,))] if carry_output else list(initial)
+
+    xs = [projected]
+    if mask is not None:
+        xs.append(b.reshape(b.transpose(mask, perm=(1, 0)), shape=(mask.shape[1], batch, 1)))
+    body = _cell_body(kind, config, carries, xs, weights, len(initial), carry_output, zero_output_for_mask)
+    outs = b.scan(*carries, *xs, *weights.values(), body=body, num_carry=len(carries), num_xs=len(xs),
+                  reverse=go_backwards)
+    states, sequence = outs[: len(initial)], outs[len(carries)]
+    last = outs[len(initial)] if carry_output else states[0]
+    return Run(sequence, last, states)
+
+
+def _cell_body(kind, config, carries, xs, weights, num_states, carry_output, zero_output_for_mask) -> Program:
+    bb = Builder()
+    inner_carries = [bb.var(v.type, "h") for v in carries]
+    inner_xs = [bb.var(v.type.with_dims(v.shape[1:]), "x") for v in xs]
+    inner_weights = {name: bb.var(v.type, name[:1]) for name, v in weights.items()}
+    states = inner_carries[:num_states]
+    new = CELLS[kind](Cell(bb, config, inner_xs[0], inner_weights), *states)
+    output = new[0]
+    if len(inner_xs) > 1:  # masked: a step whose mask is 0 keeps the previous state
+        step_mask = inner_xs[1]
+        new = [bb.add(old, bb.mul(step_mask, bb.sub(value, old))) for old, value in zip(states, new)]
+        if carry_output:
+            previous = inner_carries[-1]
+            output = bb.add(previous, bb.mul(step_mask, bb.sub(output, previous)))
+            new.append(output)
+        elif zero_output_for_mask:
+            output = bb.mul(output, step_mask)
+        else:
+            output = new[0]
+    return bb.program([*inner_carries, *inner_xs, *inner_weights.values()], [*new, output])
+
+
+def _sequence_output(b: Builder, run: Run, reversed_time: bool) -> Var:
+    """Batch-major; Keras returns a go_backwards layer's outputs in processing order, reversed time."""
+    sequence = b.flip(run.sequence, axis=0) if reversed_time else run.sequence
+    return b.transpose(sequence, perm=(1, 0, 2))
+
+
+@rule("simple_rnn", "lstm", "gru")
+def recurrent(ctx, config, inputs, masks, types):
+    kind = ctx.layer.kind.name
+    run = run_recurrent(ctx, kind, config, ctx.params, inputs, masks[0], config["go_backwards"])
+    output = _sequence_output(ctx.b, run, config["go_backwards"]) if config["return_sequences"] else run.last
+    return [output, *run.states] if config["return_state"] else [output]
+
+
+@rule("bidirectional")
+def bidirectional(ctx, config, inputs, masks, types):
+    """Keras's Bidirectional: with a mask and return_sequences, masked steps output zeros in both directions."""
+    b, inner = ctx.b, config["layer"]
+    kind, inner_config = inner.kind.name, inner.config
+    outputs, states = [], []
+    for direction, backwards in (("forward", False), ("backward", True)):
+        prefix = f"{direction}_{kind}/"
+        params = {k[len(prefix):]: v for k, v in ctx.params.items() if k.startswith(prefix)}
+        go_backwards = backwards != inner_config["go_backwards"]
+        zero_output = inner_config["return_sequences"] and masks[0] is not None
+        run = run_recurrent(ctx, kind, inner_config, params, inputs, masks[0], go_backwards, zero_output)
+        if inner_config["return_sequences"]:
+            # the backward copy's output is flipped back to input order
+            outputs.append(_sequence_output(b, run, go_backwards != backwards))
+        else:
+            outputs.append(run.last)
+        states += run.states
+    forward, backward = outputs
+    merged = {
+        "concat": lambda: [b.concat(forward, backward, axis=forward.rank - 1)],
+        "sum": lambda: [b.add(forward, backward)],
+        "mul": lambda: [b.mul(forward, backward)],
+        "ave": lambda: [b.mul(b.add(forward, backward), 0.5)],
+        None: lambda: [forward, backward],
+    }[config["merge_mode"]]()
+    return [*merged, *states] if inner_config["return_state"] else merged
