@@ -45,7 +45,8 @@ def simple_rnn_cell(c: Cell, h: Var) -> list[Var]:
 
 def lstm_cell(c: Cell, h: Var, state: Var) -> list[Var]:
     b = c.b
-    zi, zf, zc, zo = c.gates(b.add(c.projected, c.recurrent(h)), 4)
+    # split before adding, so each gate's sum is a fused elementwise op over (batch, units)
+    zi, zf, zc, zo = (b.add(x, r) for x, r in zip(c.gates(c.projected, 4), c.gates(c.recurrent(h), 4)))
     i, f, o = c.gate(zi), c.gate(zf), c.gate(zo)
     new_state = b.add(b.mul(f, state), b.mul(i, c.act(zc)))
     return [b.mul(o, c.act(new_state)), new_state]

@@ -15,6 +15,7 @@ import numpy as np
 
 from kdsl.catalogue.args import FnSpec
 from kdsl.errors import KdslArgumentError
+from kdsl.ir.graph import Graph
 
 TRUNCATED_STDDEV_CORRECTION = 0.87962566103423978  # stddev of a unit normal truncated to [-2, 2]
 
@@ -104,3 +105,20 @@ _INITIALIZERS: dict[str, Callable[[dict, Shape, np.random.Generator], np.ndarray
     "orthogonal": _orthogonal,
     "identity": _identity,
 }
+
+
+def initial_weights(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
+    """Every parameter of `graph`, in `get_weights` order, drawn by its initializer.
+
+    An LSTM's `unit_forget_bias` sets the forget-gate quarter of its bias to one, as Keras does.
+    """
+    weights = []
+    for layer in graph.layers():
+        config = layer.config["layer"].config if "layer" in layer.config else layer.config
+        for spec in layer.params or []:
+            value = initialize(spec.initializer, spec.shape, rng)
+            if config.get("unit_forget_bias") and spec.name.endswith("bias"):
+                units = config["units"]
+                value[units : 2 * units] = 1.0
+            weights.append(value)
+    return weights

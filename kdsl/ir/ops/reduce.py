@@ -25,7 +25,7 @@ class ReduceSum(Op):
     def vjp(self, b, eqn, grads):
         (x,), (g,) = eqn.inputs, grads
         if not eqn.attrs.get("keepdims", False) and g.rank:
-            g = b.reshape_like(g, b.reduce_sum(x, axes=eqn.attrs["axes"], keepdims=True))
+            g = b.reshape(g, shape=tuple(1 if a in eqn.attrs["axes"] else d for a, d in enumerate(x.shape)))
         return [b.broadcast_like(g, x)]
 
     def cpu(self, em, eqn):

@@ -1,0 +1,152 @@
+"""`compile_model`: a graph made runnable on a backend, with its weights in Keras's layout.
+
+`CompiledModel` is the seam between the compiler and the runtime: `forward` runs inference,
+`train_step` runs forward, loss and backward for one batch and leaves the gradients in
+`grads` (same order and shapes as `weights`' trainable entries); the runtime's optimizers
+apply them. Dropout keep-masks are drawn here, by a seeded NumPy generator, so every
+backend sees the same masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from kdsl.backends.cpu.codegen import Entry, generate_module
+from kdsl.backends.numpy_ref import bind_sizes, run_program
+from kdsl.ir.graph import Graph, LossTerm
+from kdsl.passes.fuse import cse
+from kdsl.passes.lower import Lowered, lower
+from kdsl.passes.training import Training, build_training, losses_per_output
+from kdsl.runtime.initializers import initial_weights
+
+TARGETS = ("numpy", "cpu")
+
+
+def cache_dir() -> Path:
+    """Where generated modules (and Numba's compiled kernels beside them) are kept: $KDSL_CACHE_DIR or ~/.cache/kdsl."""
+    return Path(os.environ.get("KDSL_CACHE_DIR") or Path.home() / ".cache" / "kdsl")
+
+
+class CompiledModel:
+    def __init__(
+        self,
+        graph: Graph,
+        target: str = "cpu",
+        training: bool = True,
+        losses: Sequence[LossTerm] | None = None,
+        seed: int = 0,
+        parallel: bool = True,
+    ):
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        self.graph, self.target = graph, target
+        self.rng = np.random.default_rng(seed)
+        self.inference: Lowered = lower(graph, training=False)
+        self.training: Training | None = None
+        if training:
+            self.training = build_training(graph, list(losses) if losses else losses_per_output(graph))
+        self.param_names = [name for name, _, _ in self.inference.params]
+        self.weights = initial_weights(graph, self.rng)
+        self.trainable = [i for i, (_, spec, _) in enumerate(self.inference.params) if spec.trainable]
+        self.grads = [np.zeros_like(self.weights[i]) for i in self.trainable]
+        self.module = self._build_module(parallel) if target == "cpu" else None
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def forward(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Inference: the model outputs for one batch of inputs (in the graph's input order)."""
+        arrays = [*self._inputs(inputs), *self.weights]
+        if self.module is not None:
+            return [np.array(x) for x in self.module.forward(*arrays)]
+        return run_program(self.inference.program, arrays)
+
+    def train_step(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
+        """Loss of one batch; leaves its gradients in `grads` and new BatchNormalization statistics in `weights`."""
+        if self.training is None:
+            raise RuntimeError("this model was compiled with training=False")
+        inputs = self._inputs(inputs)
+        targets = [np.asarray(t, np.int32 if v.type.dtype == "i32" else np.float32)
+                   for t, v in zip(targets, self.training.targets, strict=True)]
+        noise = self._noise(inputs)
+        arrays = [*inputs, *targets, *self.weights, *noise]
+        results = self.module.train_step(*arrays) if self.module is not None else run_program(
+            self.training.program, arrays
+        )
+        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
+        self.outputs = list(results[1 : 1 + n_out])
+        for grad, value in zip(self.grads, results[1 + n_out : 1 + n_out + n_grad]):
+            grad[...] = value
+        for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
+            self.weights[index][...] = value
+        return float(results[0])
+
+    def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.graph.inputs):
+            raise ValueError(f"model `{self.graph.name}` takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
+        return [np.asarray(x, np.int32 if v.type.dtype == "i32" else np.float32)
+                for x, v in zip(inputs, self.graph.inputs)]
+
+    def _noise(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Dropout keep-masks for one step: Bernoulli(1 - rate), scaled by 1 / (1 - rate)."""
+        assert self.training is not None
+        sizes = bind_sizes(self.training.lowered.inputs, inputs)
+        masks = []
+        for noise in self.training.lowered.noise:
+            shape = [d if isinstance(d, int) else sizes[d] for d in noise.var.shape]
+            keep = self.rng.random(shape, dtype=np.float32) >= noise.rate
+            masks.append(keep.astype(np.float32) / np.float32(1.0 - noise.rate))
+        return masks
+
+    # --- code generation ------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """The programs the CPU module exposes: `forward`, and `train_step` when training."""
+        data = [v.name for v in self.graph.inputs]
+        entries = [Entry("forward", cse(self.inference.program), [*data, *self.param_names], self.graph.output_names)]
+        if self.training is not None:
+            t = self.training
+            noise = [f"{n.layer}/keep{i}" for i, n in enumerate(t.lowered.noise)]
+            targets = [v.name for v in t.targets]
+            results = ["loss", *self.graph.output_names, *(f"grad/{self.param_names[i]}" for i in self.trainable)]
+            results += [f"update/{self.param_names[i]}" for i, _ in t.lowered.updates]
+            entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))
+        return entries
+
+    def source(self, parallel: bool = True) -> str:
+        return generate_module(f"Kernels of model `{self.graph.name}`.", self.entries(), parallel)
+
+    def _build_module(self, parallel: bool) -> ModuleType:
+        return load_module(self.source(parallel))
+
+
+def load_module(source: str) -> ModuleType:
+    """Import generated source from a file named by its hash, so Numba's disk cache finds it next time."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    path = cache_dir() / f"kdsl_{digest}.py"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(source)
+        partial.replace(path)
+    name = f"kdsl_generated_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_model(graph: Graph, target: str = "cpu", training: bool = True, **options) -> CompiledModel:
+    """Lower, differentiate, fuse and generate code for `graph`; see `CompiledModel`."""
+    return CompiledModel(graph, target, training, **options)

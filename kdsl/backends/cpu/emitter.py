@@ -1,0 +1,270 @@
+"""Numba source for a lowered program, following its fusion plan.
+
+Every value the plan materializes gets a buffer carved from one preallocated float32
+arena (see `kdsl.passes.memory`), so a step allocates nothing. Fused loops keep their
+intermediate values in registers. A scan becomes a plain `for` loop in the same
+function: its cell runs with no Python in between, and its per-step buffers are
+reused at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from kdsl.ir.program import Eqn, Program, Var
+from kdsl.ir.types import Dim
+from kdsl.passes.fuse import Kernel, Plan, plan
+
+
+@dataclass
+class Buffer:
+    name: str
+    dims: tuple[Dim, ...]
+    first: int  # the top-level equation that first writes it
+    last: int  # the top-level equation that last reads it
+
+
+@dataclass
+class Emitter:
+    parallel: bool = False
+    lines: list[str] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+    buffers: list[Buffer] = field(default_factory=list)
+    symbols: set[str] = field(default_factory=set)
+    _depth: int = 1
+    _count: int = 0
+    _plan: Plan | None = None
+    _registers: dict[int, str] = field(default_factory=dict)
+    _step: int = 0  # index of the top-level equation being emitted
+    _in_scan: int = 0
+    _buffer_of: dict[int, Buffer] = field(default_factory=dict)
+    _constants: dict[int, str] = field(default_factory=dict)  # const values, inlined as literals
+    _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
+
+    # --- text -----------------------------------------------------------------------------------
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self._depth + text)
+
+    @contextmanager
+    def block(self, header: str) -> Iterator[None]:
+        self.line(header)
+        self._depth += 1
+        yield
+        self._depth -= 1
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    # --- values ---------------------------------------------------------------------------------
+
+    def dim(self, d: Dim) -> str:
+        if isinstance(d, int):
+            return str(d)
+        factors = d.split("*")
+        self.symbols.update(f for f in factors if not f.isdigit())
+        return " * ".join(f if f.isdigit() else f"n_{f}" for f in factors)
+
+    def ref(self, var: Var) -> str:
+        if id(var) in self.names:
+            return self.names[id(var)]
+        if self._plan and id(var) in self._plan.pieces:
+            raise AssertionError(f"{var} is a piece of another value; loops read it, ops must not")
+        return self.allocate(var)
+
+    def bind(self, var: Var, expr: str) -> None:
+        self.names[id(var)] = expr
+
+    def allocate(self, var: Var) -> str:
+        """A buffer for `var`, carved from the arena."""
+        if var.type.dtype != "f32":
+            raise NotImplementedError(f"buffers of {var.type.dtype}")
+        if var.rank == 0:
+            name = self.fresh("s")
+            self.names[id(var)] = name
+            return name
+        name = f"buf{len(self.buffers)}"
+        buffer = Buffer(name, var.shape, self._step, self._step)
+        self.buffers.append(buffer)
+        self._buffer_of[id(var)] = buffer
+        self.names[id(var)] = name
+        return name
+
+    def touch(self, var: Var) -> None:
+        """Record a read of `var` at the current step, extending its buffer's lifetime."""
+        while id(var) in self._alias:
+            var = self._alias[id(var)]
+        buffer = self._buffer_of.get(id(var))
+        if buffer is not None:
+            buffer.last = max(buffer.last, self._step)
+
+    def index(self, var: Var, idx: Sequence[str]) -> str:
+        if var.rank == 0:
+            return self.ref(var)
+        return f"{self.ref(var)}[{', '.join(idx)}]"
+
+    def matrix(self, var: Var) -> str:
+        """`var` as a 2-D matrix of its last axis (contiguous, for BLAS)."""
+        if var.rank == 2:
+            return self.ref(var)
+        r, k = self.ref(var), self.dim(var.shape[-1])
+        return f"{r}.reshape(({r}.size // {k}, {k}))"
+
+    @contextmanager
+    def loops(
+        self, var: Var, skip_last: bool = False, parallel: bool | None = None, over: str | None = None
+    ) -> Iterator[list[str]]:
+        """Nested loops over `var`'s shape; the outermost is a `prange` at top level in a parallel kernel.
+
+        Sizes are read from the array `over` (by default `var`'s own).
+        """
+        rank = var.rank - (1 if skip_last else 0)
+        idx = [self.fresh("i") for _ in range(rank)]
+        parallel = self.parallel and not self._in_scan if parallel is None else parallel
+        depth = self._depth
+        for axis, i in enumerate(idx):
+            loop = "prange" if parallel and axis == 0 else "range"
+            size = f"{over}.shape[{axis}]" if over is not None and axis < var.rank - 1 else None
+            size = size or (self.dim(var.shape[axis]) if over is not None else f"{self.ref(var)}.shape[{axis}]")
+            self.line(f"for {i} in {loop}({size}):")
+            self._depth += 1
+        yield idx
+        self._depth = depth
+
+    # --- programs -------------------------------------------------------------------------------
+
+    def program(self, program: Program, top: bool = False) -> None:
+        saved, self._plan = self._plan, plan(program)
+        for eqn in program.eqns:
+            if eqn.op.name == "const":
+                self._constants[id(eqn.out)] = eqn.op.scalar(eqn.attrs)
+        for kernel in self._plan.kernels:
+            if top:
+                self._step += 1
+            for eqn in kernel.eqns:
+                for x in eqn.inputs:
+                    self.touch(x)
+            if kernel.kind == "loop":
+                self.fused_loop(kernel)
+            elif kernel.kind == "view":
+                self.view(kernel.eqns[0])
+            else:
+                kernel.eqns[0].op.cpu(self, kernel.eqns[0])
+        if top:
+            self._step += 1
+            for var in program.outputs:
+                self.touch(var)
+        self._plan = saved
+
+    def view(self, eqn: Eqn) -> None:
+        if eqn.op.name == "concat":  # computed in place: its pieces were stored into it
+            for piece in eqn.inputs:
+                self._alias[id(piece)] = eqn.out
+            return
+        for out in eqn.outputs:
+            self._alias[id(out)] = eqn.inputs[0]
+        if not eqn.attrs.get("free"):
+            eqn.op.cpu(self, eqn)
+
+    def fused_loop(self, kernel: Kernel) -> None:
+        assert self._plan is not None
+        shape_var = kernel.eqns[-1].out
+        if shape_var.rank == 0:
+            for eqn in kernel.eqns:
+                args = [self.load(x, [], ()) for x in eqn.inputs]
+                self.line(f"{self.ref(eqn.out)} = {eqn.op.scalar(eqn.attrs, *args)}")
+            return
+        anchor = next((e.out for e in kernel.eqns if id(e.out) not in self._plan.registers), shape_var)
+        with self.loops(anchor, over=self.store_target(anchor)) as idx:
+            for eqn in kernel.eqns:
+                args = [self.load(x, idx, kernel.shape) for x in eqn.inputs]
+                value = eqn.op.scalar(eqn.attrs, *args)
+                register = self.fresh("r")
+                self._registers[id(eqn.out)] = register
+                self.line(f"{register} = {value}")
+                if id(eqn.out) not in self._plan.registers:
+                    self.line(f"{self.place(eqn.out, idx)} = {register}")
+        for eqn in kernel.eqns:
+            self._registers.pop(id(eqn.out), None)
+
+    def store_target(self, var: Var) -> str:
+        """The array a loop iterates over: the buffer of `var` (or of the whole `var` is a piece of)."""
+        if self._plan and id(var) in self._plan.pieces:
+            whole, _ = self._plan.pieces[id(var)]
+            return self.ref(whole)
+        return self.ref(var)
+
+    def place(self, var: Var, idx: Sequence[str]) -> str:
+        """Where element `idx` of `var` lives: its own buffer, or a slice of the value it is a piece of."""
+        assert self._plan is not None
+        if id(var) in self._plan.pieces:
+            whole, offset = self._plan.pieces[id(var)]
+            return self.place(whole, [*idx[:-1], f"{offset} + {idx[-1]}"])
+        return self.index(var, idx)
+
+    def load(self, var: Var, idx: Sequence[str], shape: tuple[Dim, ...]) -> str:
+        """Element `idx` of the loop's iteration space, read from `var` with NumPy broadcasting."""
+        if id(var) in self._registers:
+            return self._registers[id(var)]
+        if id(var) in self._constants:
+            return self._constants[id(var)]
+        if var.rank == 0:
+            return self.ref(var)
+        lead = len(shape) - var.rank
+        own = [("0" if d == 1 and shape[lead + a] != 1 else idx[lead + a]) for a, d in enumerate(var.shape)]
+        return self.place(var, own)
+
+    # --- scan -----------------------------------------------------------------------------------
+
+    def scan(self, eqn: Eqn) -> None:
+        body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+        steps = f"{self.ref(eqn.inputs[nc])}.shape[0]"
+        stacked = [self.ref(v) for v in eqn.outputs[nc:]]
+        finals = [self.ref(v) for v in eqn.outputs[:nc]]
+        current = []
+        for init, inner in zip(eqn.inputs[:nc], body.inputs[:nc]):
+            name = self.fresh("carry")
+            self.line(f"{name} = {self.allocate(inner)}")
+            self.line(f"{name}[...] = {self.ref(init)}")
+            current.append(name)
+        inputs = {id(v) for v in body.inputs}
+        swapped = {}  # carry index -> the second buffer its new value is written to
+        for k, var in enumerate(body.outputs[:nc]):
+            if id(var) in inputs or not any(y is var for y in body.outputs[nc:]):
+                swapped[k] = self.fresh("next")
+                self.line(f"{swapped[k]} = {self.allocate(var)}")
+        t, it = self.fresh("t"), self.fresh("step")
+        self._in_scan += 1
+        with self.block(f"for {it} in range({steps}):"):
+            self.line(f"{t} = {steps} - 1 - {it}" if eqn.attrs["reverse"] else f"{t} = {it}")
+            for name, inner in zip(current, body.inputs[:nc]):
+                self.bind(inner, name)
+            for outer, inner in zip(eqn.inputs[nc : nc + nx], body.inputs[nc : nc + nx]):
+                self.bind(inner, f"{self.ref(outer)}[{t}]")
+            for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
+                self.bind(inner, self.ref(outer))
+            copies = []  # (destination, value) for outputs that a body value cannot be computed into directly
+            for j, var in enumerate(body.outputs[nc:]):
+                if id(var) in inputs or id(var) in self.names:
+                    copies.append((f"{stacked[j]}[{t}]", var))
+                else:
+                    self.bind(var, f"{stacked[j]}[{t}]")
+            for k, var in enumerate(body.outputs[:nc]):
+                if k in swapped and id(var) in inputs:
+                    copies.append((swapped[k], var))
+                elif k in swapped:
+                    self.bind(var, swapped[k])
+            self.program(body)
+            for destination, var in copies:
+                self.line(f"{destination}[...] = {self.ref(var)}")
+            for k, name in enumerate(current):
+                if k in swapped:
+                    self.line(f"{name}, {swapped[k]} = {swapped[k]}, {name}")
+                else:
+                    self.line(f"{name} = {self.ref(body.outputs[k])}")
+        self._in_scan -= 1
+        for final, name in zip(finals, current):
+            self.line(f"{final}[...] = {name}")

@@ -1,0 +1,64 @@
+"""The Python side of a generated entry point: check and bind the arguments, hand the kernel its arena.
+
+This module's source is copied into generated modules, so it uses only NumPy and the
+layout planner next to it.
+"""
+
+import numpy as np
+
+
+class EntryPoint:
+    """One compiled program: `outputs = entry(*arrays)`, arrays in the order of `arguments`.
+
+    The arena holding every intermediate buffer is allocated once per set of symbolic
+    sizes (the batch size, usually) and reused by every later call. Returned arrays are
+    views of that arena: they stay valid until the next call.
+    """
+
+    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout):
+        self.kernel = kernel
+        self.arguments = arguments  # [(name, dtype, dims)]
+        self.buffers = buffers  # dims of each buffer
+        self.lifetimes = lifetimes
+        self.plan_layout = plan_layout
+        self.arenas = {}
+
+    def symbols(self, arrays):
+        sizes = {}
+        for (name, dtype, dims), array in zip(self.arguments, arrays):
+            if array.ndim != len(dims):
+                raise ValueError(f"`{name}` must have {len(dims)} dimensions {tuple(dims)}, got shape {array.shape}")
+            for dim, size in zip(dims, array.shape):
+                if isinstance(dim, int) or "*" in dim:
+                    expected = dim if isinstance(dim, int) else numel([dim], sizes)
+                    if size != expected:
+                        raise ValueError(f"`{name}` must have shape {tuple(dims)}, got {array.shape}")
+                elif sizes.setdefault(dim, size) != size:
+                    raise ValueError(f"`{name}` has {dim}={size}, but another argument has {dim}={sizes[dim]}")
+        return sizes
+
+    def arena(self, sizes):
+        key = tuple(sorted(sizes.items()))
+        if key not in self.arenas:
+            numels = [numel(dims, sizes) for dims in self.buffers]
+            offsets, total = self.plan_layout(numels, self.lifetimes)
+            self.arenas[key] = (np.empty(total, np.float32), offsets)
+        return self.arenas[key]
+
+    def __call__(self, *arrays):
+        if len(arrays) != len(self.arguments):
+            raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
+        arrays = [
+            np.ascontiguousarray(a, np.float32 if dtype == "f32" else np.int32)
+            for a, (_, dtype, _) in zip(arrays, self.arguments)
+        ]
+        arena, offsets = self.arena(self.symbols(arrays))
+        return self.kernel(arena, offsets, *arrays)
+
+
+def numel(dims, sizes):
+    total = 1
+    for dim in dims:
+        for factor in str(dim).split("*"):
+            total *= int(factor) if factor.isdigit() else sizes[factor]
+    return total

@@ -1,0 +1,143 @@
+"""Fusion: which equations become one kernel, and which values never reach memory.
+
+Consecutive elementwise equations over one iteration shape form a single loop; a value
+used only inside its loop stays in a register. A `split` whose pieces only feed loops
+is free: the loops read the pieces at an offset of the source (a recurrent cell's gates
+from one projection). A `concat` of values computed in loops is free too: the loops
+store straight into the pieces of its output (a cell's gate gradients). Identical
+equations are computed once. The same plan drives the CPU code and `--explain`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdsl.ir.program import Eqn, Program, Var
+from kdsl.ir.types import Dim
+
+FREE_OPS = ("const",)
+
+
+@dataclass
+class Kernel:
+    """One unit of generated code: a fused `loop`, a single `op`, or a `view` that emits nothing."""
+
+    kind: str
+    eqns: list[Eqn]
+    shape: tuple[Dim, ...] = ()
+
+    @property
+    def origin(self) -> str | None:
+        return next((e.origin for e in self.eqns if e.origin), None)
+
+
+@dataclass
+class Plan:
+    kernels: list[Kernel]
+    registers: set[int] = field(default_factory=set)  # values that live only inside their loop
+    pieces: dict[int, tuple[Var, int]] = field(default_factory=dict)  # value -> (whole, offset on last axis)
+
+
+def cse(program: Program) -> Program:
+    """Replace each equation that repeats an earlier one (same op, inputs and attributes) by the earlier result."""
+    seen: dict[tuple, Eqn] = {}
+    rename: dict[int, Var] = {}
+    kept = []
+    for eqn in program.eqns:
+        eqn.inputs = tuple(rename.get(id(x), x) for x in eqn.inputs)
+        if "body" in eqn.attrs:
+            cse(eqn.attrs["body"])
+            kept.append(eqn)
+            continue
+        key = (eqn.op.name, tuple(id(x) for x in eqn.inputs), repr(sorted(eqn.attrs.items())))
+        if key in seen:
+            for old, new in zip(eqn.outputs, seen[key].outputs):
+                rename[id(old)] = new
+            continue
+        seen[key] = eqn
+        kept.append(eqn)
+    program.eqns = kept
+    program.outputs = [rename.get(id(v), v) for v in program.outputs]
+    return program
+
+
+def plan(program: Program) -> Plan:
+    users = program.uses()
+    outputs = {id(v) for v in program.outputs}
+    producers = program.producers()
+    result = Plan([])
+
+    def feeds_loops_only(var: Var) -> bool:
+        return id(var) not in outputs and all(e.op.elementwise for e in users.get(id(var), []))
+
+    for eqn in program.eqns:
+        if eqn.op.name == "split" and eqn.attrs["axis"] == eqn.inputs[0].rank - 1 and all(
+            feeds_loops_only(v) for v in eqn.outputs
+        ):
+            offset = 0
+            for piece, size in zip(eqn.outputs, eqn.attrs["sizes"]):
+                result.pieces[id(piece)] = (eqn.inputs[0], offset)
+                offset += size
+            eqn.attrs["free"] = True
+        elif eqn.op.name == "concat" and _concat_in_place(eqn, producers, users, outputs, result):
+            offset = 0
+            for piece in eqn.inputs:
+                result.pieces[id(piece)] = (eqn.out, offset)
+                offset += piece.shape[-1]
+            eqn.attrs["free"] = True
+
+    current: Kernel | None = None
+    for eqn in program.eqns:
+        if eqn.op.name in FREE_OPS:
+            continue
+        if eqn.attrs.get("free") or getattr(eqn.op, "view", False):
+            view = Kernel("view", [eqn])
+            computed_in_loop = current is not None and any(
+                x is e.out for e in current.eqns for x in eqn.inputs
+            )
+            if current is None or computed_in_loop:
+                current = None
+                result.kernels.append(view)
+            else:  # it reads only earlier values: put it before the open loop, which may read it
+                result.kernels.insert(result.kernels.index(current), view)
+            continue
+        if eqn.op.elementwise:
+            if current is None or current.shape != eqn.out.shape:
+                current = Kernel("loop", [], eqn.out.shape)
+                result.kernels.append(current)
+            current.eqns.append(eqn)
+            continue
+        current = None
+        result.kernels.append(Kernel("op", [eqn]))
+
+    loop_of = {id(v): id(k) for k in result.kernels if k.kind == "loop" for e in k.eqns for v in e.outputs}
+    for kernel in result.kernels:
+        if kernel.kind != "loop":
+            continue
+        for eqn in kernel.eqns:
+            v = eqn.out
+            readers = users.get(id(v), [])
+            if (
+                v.rank
+                and id(v) not in outputs
+                and id(v) not in result.pieces
+                and all(loop_of.get(id(r.out)) == id(kernel) for r in readers if r.op.elementwise and r.outputs)
+                and all(r.op.elementwise for r in readers)
+            ):
+                result.registers.add(id(v))
+    return result
+
+
+def _concat_in_place(eqn: Eqn, producers, users, outputs, result: Plan) -> bool:
+    """A last-axis concat whose every piece is computed by a loop, read by nothing but loops and this concat."""
+    if eqn.attrs["axis"] != eqn.out.rank - 1 or len({id(x) for x in eqn.inputs}) != len(eqn.inputs):
+        return False
+    for piece in eqn.inputs:
+        maker = producers.get(id(piece))
+        if maker is None or not maker.op.elementwise or maker.op.name in FREE_OPS or id(piece) in outputs:
+            return False
+        if id(piece) in result.pieces or piece.shape[:-1] != eqn.out.shape[:-1]:
+            return False
+        if any(u is not eqn and not u.op.elementwise for u in users.get(id(piece), [])):
+            return False
+    return True
