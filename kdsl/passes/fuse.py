@@ -47,6 +47,7 @@ def cse(program: Program) -> Program:
         eqn.inputs = tuple(rename.get(id(x), x) for x in eqn.inputs)
         if "body" in eqn.attrs:
             cse(eqn.attrs["body"])
+            _merge_repeated_outputs(eqn, rename)
             kept.append(eqn)
             continue
         key = (eqn.op.name, tuple(id(x) for x in eqn.inputs), repr(sorted(eqn.attrs.items())))
@@ -59,6 +60,22 @@ def cse(program: Program) -> Program:
     program.eqns = kept
     program.outputs = [rename.get(id(v), v) for v in program.outputs]
     return program
+
+
+def _merge_repeated_outputs(scan: Eqn, rename: dict[int, Var]) -> None:
+    """A cell value stacked twice (say as a residual and as a gradient operand) is stacked once."""
+    body, nc = scan.attrs["body"], scan.attrs["num_carry"]
+    first: dict[int, Var] = {}
+    keep = list(range(nc))
+    for j in range(nc, len(body.outputs)):
+        var = body.outputs[j]
+        if id(var) in first:
+            rename[id(scan.outputs[j])] = first[id(var)]
+        else:
+            first[id(var)] = scan.outputs[j]
+            keep.append(j)
+    body.outputs = [body.outputs[j] for j in keep]
+    scan.outputs = tuple(scan.outputs[j] for j in keep)
 
 
 def plan(program: Program) -> Plan:

@@ -243,15 +243,20 @@ class Emitter:
             for name, inner in zip(current, body.inputs[:nc]):
                 self.bind(inner, name)
             for outer, inner in zip(eqn.inputs[nc : nc + nx], body.inputs[nc : nc + nx]):
-                self.bind(inner, f"{self.ref(outer)}[{t}]")
+                self.bind(inner, self.fresh("x"))
+                self.line(f"{self.ref(inner)} = {self.ref(outer)}[{t}]")
+            steps_of = []
+            for j, name in enumerate(stacked):
+                steps_of.append(self.fresh("y"))
+                self.line(f"{steps_of[j]} = {name}[{t}]")
             for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
                 self.bind(inner, self.ref(outer))
             copies = []  # (destination, value) for outputs that a body value cannot be computed into directly
             for j, var in enumerate(body.outputs[nc:]):
                 if id(var) in inputs or id(var) in self.names:
-                    copies.append((f"{stacked[j]}[{t}]", var))
+                    copies.append((steps_of[j], var))
                 else:
-                    self.bind(var, f"{stacked[j]}[{t}]")
+                    self.bind(var, steps_of[j])
             for k, var in enumerate(body.outputs[:nc]):
                 if k in swapped and id(var) in inputs:
                     copies.append((swapped[k], var))

@@ -31,7 +31,7 @@ _SQRT_HALF, _INV_SQRT_2PI = np.float32(0.7071067811865476), np.float32(0.3989422
 _LEAKY_SLOPE = np.float32(0.2)
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def tanh_f32(x):
     """tanh as a 13/6 rational function on [-7.9, 7.9]; outside, tanh is ±1 in float32."""
     x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
@@ -49,52 +49,52 @@ def tanh_f32(x):
     return p / q
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def sigmoid_f32(x):
     return _HALF + _HALF * tanh_f32(_HALF * x)
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def relu_f32(x):
     return max(x, _ZERO)
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def step_f32(x):
     """The derivative of relu: 1 where x > 0."""
     return _ONE if x > _ZERO else _ZERO
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def relu6_f32(x):
     return min(max(x, _ZERO), _SIX)
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def leaky_relu_f32(x):
     return x if x > _ZERO else _LEAKY_SLOPE * x
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def elu_f32(x):
     return x if x > _ZERO else math.exp(x) - _ONE
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def selu_f32(x):
     return _SELU_SCALE * (x if x > _ZERO else _SELU_ALPHA * (math.exp(x) - _ONE))
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def gelu_f32(x):
     return _HALF * x * (_ONE + math.erf(x * _SQRT_HALF))
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def gelu_grad_f32(x):
     return _HALF * (_ONE + math.erf(x * _SQRT_HALF)) + x * _INV_SQRT_2PI * math.exp(-_HALF * x * x)
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def softplus_f32(x):
     return max(x, _ZERO) + math.log1p(math.exp(-abs(x)))

@@ -184,44 +184,48 @@ def _sigmoid(x):
 
 @dataclass(frozen=True)
 class ActivationFn:
-    """An activation: its NumPy forward, its derivative in terms of x and y, and both as Numba templates."""
+    """An activation: NumPy forward and derivative, and both as Numba templates.
+
+    The derivative is a function of the input (`of="x"`) or, where it can be, of the output
+    (`of="y"`): then the backward pass needs only the output, which it keeps anyway.
+    """
 
     numpy: Callable
-    derivative: Callable  # (x, y) -> dy/dx
-    template: str
-    derivative_template: str  # in terms of {x} and {y}
+    template: str  # in terms of {x}
+    of: str
+    derivative: Callable  # of x or y -> dy/dx
+    derivative_template: str  # in terms of {v}, the x or y named by `of`
 
 
 SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
 F = "np.float32"
 ACTIVATION_FNS = {
-    "relu": ActivationFn(lambda x: np.maximum(x, 0), lambda x, y: (x > 0) * 1.0, "relu_f32({x})", "step_f32({x})"),
-    "relu6": ActivationFn(lambda x: np.clip(x, 0, 6), lambda x, y: ((x > 0) & (x < 6)) * 1.0,
-                          "relu6_f32({x})", f"{F}(({F}(0) < {{x}}) and ({{x}} < {F}(6)))"),
-    "leaky_relu": ActivationFn(lambda x: np.where(x > 0, x, 0.2 * x), lambda x, y: np.where(x > 0, 1.0, 0.2),
-                               "leaky_relu_f32({x})", f"({F}(1) if {{x}} > {F}(0) else {F}(0.2))"),
-    "elu": ActivationFn(lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), lambda x, y: np.where(x > 0, 1, y + 1),
-                        "elu_f32({x})", f"({F}(1) if {{x}} > {F}(0) else {{y}} + {F}(1))"),
+    "relu": ActivationFn(lambda x: np.maximum(x, 0), "relu_f32({x})", "y", lambda y: (y > 0) * 1.0, "step_f32({v})"),
+    "relu6": ActivationFn(lambda x: np.clip(x, 0, 6), "relu6_f32({x})", "y", lambda y: ((y > 0) & (y < 6)) * 1.0,
+                          f"({F}(1) if {F}(0) < {{v}} < {F}(6) else {F}(0))"),
+    "leaky_relu": ActivationFn(lambda x: np.where(x > 0, x, 0.2 * x), "leaky_relu_f32({x})", "y",
+                               lambda y: np.where(y > 0, 1.0, 0.2), f"({F}(1) if {{v}} > {F}(0) else {F}(0.2))"),
+    "elu": ActivationFn(lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), "elu_f32({x})", "y",
+                        lambda y: np.where(y > 0, 1, y + 1), f"({F}(1) if {{v}} > {F}(0) else {{v}} + {F}(1))"),
     "selu": ActivationFn(
-        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
-        lambda x, y: np.where(x > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA),
-        "selu_f32({x})", f"(_SELU_SCALE if {{x}} > {F}(0) else {{y}} + _SELU_SCALE * _SELU_ALPHA)"),
-    "gelu": ActivationFn(lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
-                         lambda x, y: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi),
-                         "gelu_f32({x})", "gelu_grad_f32({x})"),
-    "sigmoid": ActivationFn(_sigmoid, lambda x, y: y * (1 - y), "sigmoid_f32({x})", f"{{y}} * ({F}(1) - {{y}})"),
-    "hard_sigmoid": ActivationFn(lambda x: np.clip(x + 3, 0, 6) / 6, lambda x, y: ((x > -3) & (x < 3)) / 6.0,
-                                 f"relu6_f32({{x}} + {F}(3)) / {F}(6)",
-                                 f"{F}(({F}(-3) < {{x}}) and ({{x}} < {F}(3))) / {F}(6)"),
-    "tanh": ActivationFn(np.tanh, lambda x, y: 1 - y * y, "tanh_f32({x})", f"({F}(1) - {{y}} * {{y}})"),
-    "softplus": ActivationFn(lambda x: np.logaddexp(x, 0), lambda x, y: _sigmoid(x),
-                             "softplus_f32({x})", "sigmoid_f32({x})"),
-    "softsign": ActivationFn(lambda x: x / (1 + np.abs(x)), lambda x, y: 1 / np.square(1 + np.abs(x)),
-                             f"({{x}} / ({F}(1) + abs({{x}})))", f"{F}(1) / (({F}(1) + abs({{x}})) ** 2)"),
-    "silu": ActivationFn(lambda x: x * _sigmoid(x), lambda x, y: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
-                         "({x} * sigmoid_f32({x}))",
-                         f"(sigmoid_f32({{x}}) * ({F}(1) + {{x}} * ({F}(1) - sigmoid_f32({{x}}))))"),
-    "exponential": ActivationFn(np.exp, lambda x, y: y, "math.exp({x})", "{y}"),
+        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))), "selu_f32({x})", "y",
+        lambda y: np.where(y > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA),
+        f"(_SELU_SCALE if {{v}} > {F}(0) else {{v}} + _SELU_SCALE * _SELU_ALPHA)"),
+    "gelu": ActivationFn(lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))), "gelu_f32({x})", "x",
+                         lambda x: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi),
+                         "gelu_grad_f32({v})"),
+    "sigmoid": ActivationFn(_sigmoid, "sigmoid_f32({x})", "y", lambda y: y * (1 - y), f"{{v}} * ({F}(1) - {{v}})"),
+    "hard_sigmoid": ActivationFn(lambda x: np.clip(x + 3, 0, 6) / 6, f"relu6_f32({{x}} + {F}(3)) / {F}(6)", "y",
+                                 lambda y: ((y > 0) & (y < 1)) / 6.0,
+                                 f"({F}(1 / 6) if {F}(0) < {{v}} < {F}(1) else {F}(0))"),
+    "tanh": ActivationFn(np.tanh, "tanh_f32({x})", "y", lambda y: 1 - y * y, f"({F}(1) - {{v}} * {{v}})"),
+    "softplus": ActivationFn(lambda x: np.logaddexp(x, 0), "softplus_f32({x})", "x", _sigmoid, "sigmoid_f32({v})"),
+    "softsign": ActivationFn(lambda x: x / (1 + np.abs(x)), f"({{x}} / ({F}(1) + abs({{x}})))", "x",
+                             lambda x: 1 / np.square(1 + np.abs(x)), f"{F}(1) / (({F}(1) + abs({{v}})) ** 2)"),
+    "silu": ActivationFn(lambda x: x * _sigmoid(x), "({x} * sigmoid_f32({x}))", "x",
+                         lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+                         f"(sigmoid_f32({{v}}) * ({F}(1) + {{v}} * ({F}(1) - sigmoid_f32({{v}}))))"),
+    "exponential": ActivationFn(np.exp, "math.exp({x})", "y", lambda y: y, "{v}"),
 }
 
 
@@ -238,22 +242,21 @@ class Activation(Elementwise):
 
     def vjp(self, b, eqn, grads):
         (x,), (g,) = eqn.inputs, grads
-        return [b.emit(ACTIVATION_GRADS[self.name], (x, eqn.out, g))[0]]
+        return [b.emit(ACTIVATION_GRADS[self.name], (x if self.fn.of == "x" else eqn.out, g))[0]]
 
 
 @dataclass(frozen=True)
 class ActivationGrad(Elementwise):
-    """dL/dx of an activation from x, y and dL/dy; fused into the backward loop like any elementwise op."""
+    """dL/dx of an activation from its input or output (per `fn.of`) and dL/dy; fused like any elementwise op."""
 
     name: str
     fn: ActivationFn
 
-    def reference(self, attrs, x, y, g):
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
-        return [(g * self.fn.derivative(x64, y64)).astype(g.dtype)]
+    def reference(self, attrs, v, g):
+        return [(g * self.fn.derivative(v.astype(np.float64))).astype(g.dtype)]
 
-    def scalar(self, attrs, x, y, g):
-        return f"({g} * {self.fn.derivative_template.format(x=x, y=y)})"
+    def scalar(self, attrs, v, g):
+        return f"({g} * {self.fn.derivative_template.format(v=v)})"
 
 
 ACTIVATIONS = {name: Activation(name, fn) for name, fn in ACTIVATION_FNS.items()}
