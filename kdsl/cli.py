@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from kdsl import catalogue
 from kdsl.catalogue.args import REQUIRED
 from kdsl.errors import KdslError, did_you_mean
+from kdsl.backends.compiled import cache_dir, compile_model
+from kdsl.explain import explain, format_fused
 from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
@@ -56,10 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--model", help="which model of the file (needed when it defines several)")
     compile_.add_argument(
         "--emit",
-        choices=["ast", "ir", "kd"],
-        required=True,
-        help="ast: the syntax tree; ir: the typed IR graph; kd: the model printed back as .kd text",
+        choices=["ast", "ir", "kd", "py"],
+        help="ast: the syntax tree; ir: the typed IR graph and its lowered, fused kernels; "
+        "kd: the model printed back as .kd text; py: the generated Numba module",
     )
+    compile_.add_argument("-o", "--output", metavar="DIR", help="write a standalone module, metadata and weights")
+    compile_.add_argument("--explain", action="store_true", help="per layer: kernels, fusion, cost, fallbacks")
+    compile_.add_argument("--inference", action="store_true", help="inference only: no training step")
+    compile_.add_argument("--batch", type=int, default=32, help="batch size for the costs --explain reports")
     compile_.set_defaults(run=_compile)
 
     layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
@@ -92,14 +99,39 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    """Show a stage of compilation: the syntax tree, the typed IR or the canonical .kd text."""
+    """Compile a model to Numba CPU kernels (cached on disk), or show a stage of it.
+
+    With no option, generates and compiles the kernels so later runs start fast.
+    """
     if args.emit == "ast":
         print(dump(parse_file(args.file).items))
         return 0
     program = load_file(args.file)
     graphs = [program.model(args.model)] if args.model or len(program.models) == 1 else list(program.models.values())
-    render = print_graph if args.emit == "ir" else to_kd
-    print("\n\n".join(render(graph).rstrip() for graph in graphs))
+    if args.emit == "kd":
+        print("\n\n".join(to_kd(graph).rstrip() for graph in graphs))
+        return 0
+    for graph in graphs:
+        training = not args.inference and graph.train is not None
+        compiled = compile_model(graph, target="numpy", training=training)
+        programs = {entry.name: entry.program for entry in compiled.entries()}
+        if args.emit == "ir":
+            print(print_graph(graph).rstrip())
+            for name, lowered in programs.items():
+                print(f"\n# {name}: lowered and fused\n{format_fused(lowered)}")
+        elif args.emit == "py":
+            print(compiled.source())
+        if args.explain:
+            print(explain(graph, programs, batch=args.batch))
+        if args.output:
+            path = compiled.export(args.output)
+            print(f"wrote {path}, {path.with_suffix('.json').name} and {path.with_suffix('.npz').name}")
+        if not (args.emit or args.explain or args.output):
+            started = time.perf_counter()
+            compiled = compile_model(graph, target="cpu", training=training)
+            compiled.warm_up()
+            print(f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
+                  f"(cached in {cache_dir()})")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ class CompiledModel:
         training: bool = True,
         losses: Sequence[LossTerm] | None = None,
         seed: int = 0,
-        parallel: bool = True,
+        parallel: bool = False,
     ):
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -88,6 +89,17 @@ class CompiledModel:
             self.weights[index][...] = value
         return float(results[0])
 
+    def warm_up(self, batch: int = 2) -> None:
+        """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""
+        sizes = {"batch": batch}
+        zeros = [np.zeros([sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
+                          np.int32 if v.type.dtype == "i32" else np.float32) for v in self.graph.inputs]
+        self.forward(*zeros)
+        if self.training is not None:
+            targets = [np.zeros([sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
+                                np.int32 if v.type.dtype == "i32" else np.float32) for v in self.training.targets]
+            self.train_step(zeros, targets)
+
     def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"model `{self.graph.name}` takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
@@ -120,11 +132,42 @@ class CompiledModel:
             entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))
         return entries
 
-    def source(self, parallel: bool = True) -> str:
+    def export(self, directory: Path | str, parallel: bool = False) -> Path:
+        """Write a standalone module `<model>.py`, its metadata `<model>.json` and initial weights `<model>.npz`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = directory / self.graph.name
+        entries = self.entries()
+        _write_atomically(stem.with_suffix(".py"), self.source(parallel))
+        metadata = {
+            "model": self.graph.name,
+            "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],
+            "outputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)}
+                        for v in self.graph.outputs],
+            "params": [{"name": n, "shape": list(w.shape), "trainable": i in self.trainable}
+                       for i, (n, w) in enumerate(zip(self.param_names, self.weights))],
+            "functions": {e.name: {"arguments": e.argument_names, "results": e.result_names} for e in entries},
+        }
+        _write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+        weights_path = stem.with_suffix(".npz")
+        partial = weights_path.with_suffix(".tmp.npz")
+        np.savez(partial, **dict(zip(self.param_names, self.weights)))
+        partial.replace(weights_path)
+        return stem.with_suffix(".py")
+
+    def source(self, parallel: bool = False) -> str:
         return generate_module(f"Kernels of model `{self.graph.name}`.", self.entries(), parallel)
 
     def _build_module(self, parallel: bool) -> ModuleType:
         return load_module(self.source(parallel))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file, so no reader (or crash) ever sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def load_module(source: str) -> ModuleType:
@@ -132,10 +175,7 @@ def load_module(source: str) -> ModuleType:
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     path = cache_dir() / f"kdsl_{digest}.py"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(source)
-        partial.replace(path)
+        _write_atomically(path, source)
     name = f"kdsl_generated_{digest}"
     if name in sys.modules:
         return sys.modules[name]

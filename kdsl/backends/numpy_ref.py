@@ -31,7 +31,6 @@ def bind_sizes(variables: Sequence[Var], arrays: Sequence[np.ndarray]) -> dict[s
     sizes: dict[str, int] = {}
     for var, array in zip(variables, arrays):
         for dim, size in zip(var.shape, np.shape(array)):
-            if isinstance(dim, str) and "*" not in dim:
-                if sizes.setdefault(dim, size) != size:
-                    raise ValueError(f"dimension `{dim}` is {sizes[dim]} for one input and {size} for `{var.name}`")
+            if isinstance(dim, str) and "*" not in dim and sizes.setdefault(dim, size) != size:
+                raise ValueError(f"dimension `{dim}` is {sizes[dim]} for one input and {size} for `{var.name}`")
     return sizes

@@ -18,7 +18,7 @@ def plan_layout(sizes, lifetimes):
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
         first, last = lifetimes[i]
         size = -(-max(sizes[i], 1) // 16) * 16
-        busy = sorted((o, e) for o, e, f, l in placed if f <= last and first <= l)
+        busy = sorted((start, end) for start, end, born, dies in placed if born <= last and first <= dies)
         offset = 0
         for start, end in busy:
             if offset + size <= start:

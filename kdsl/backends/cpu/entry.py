@@ -25,7 +25,7 @@ class EntryPoint:
 
     def symbols(self, arrays):
         sizes = {}
-        for (name, dtype, dims), array in zip(self.arguments, arrays):
+        for (name, _, dims), array in zip(self.arguments, arrays):
             if array.ndim != len(dims):
                 raise ValueError(f"`{name}` must have {len(dims)} dimensions {tuple(dims)}, got shape {array.shape}")
             for dim, size in zip(dims, array.shape):

@@ -151,7 +151,7 @@ class SoftmaxCrossEntropy(Op):
         return [np.exp(logp).astype(logits.dtype), loss.astype(logits.dtype)]
 
     def vjp(self, b, eqn, grads):
-        (logits, labels), (_, g) = eqn.inputs, grads
+        (_, labels), (_, g) = eqn.inputs, grads
         probs = eqn.outputs[0]
         return [b.softmax_cross_entropy_grad(probs, labels, g, sparse=eqn.attrs["sparse"]), None]
 
@@ -199,7 +199,8 @@ class SoftmaxCrossEntropyGrad(Op):
                 with em.block(f"for {j} in range({em.ref(probs)}.shape[-1]):"):
                     em.line(f"{mass} += {em.ref(labels)}[{row}{j}]")
                 with em.block(f"for {j} in range({em.ref(probs)}.shape[-1]):"):
-                    em.line(f"{em.ref(dx)}[{row}{j}] = {em.ref(dx)}[{row}{j}] * {mass} - {em.ref(labels)}[{row}{j}] * {em.index(g, idx)}")
+                    target, label = f"{em.ref(dx)}[{row}{j}]", f"{em.ref(labels)}[{row}{j}]"
+                    em.line(f"{target} = {target} * {mass} - {label} * {em.index(g, idx)}")
 
 
 OPS = [ReduceSum(), Count(), Softmax(), LogSoftmax(), SoftmaxCrossEntropy(), SoftmaxCrossEntropyGrad()]

@@ -1,0 +1,130 @@
+"""What the compiler did with a model, in words: fused kernels, per layer, with their cost.
+
+`format_fused` prints a lowered program kernel by kernel (`kdsl compile --emit ir`);
+`explain` summarizes each layer: its kernels, what was fused with what, FLOPs and bytes
+per step, and why a faster variant was not used (`kdsl compile --explain`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from kdsl.ir.graph import Graph, Layer
+from kdsl.ir.ops.base import numel
+from kdsl.ir.program import Program
+from kdsl.passes.fuse import Kernel, plan
+
+
+def format_fused(program: Program, indent: str = "") -> str:
+    """The program as its kernels: each fused loop with its ops, values kept in registers marked `~`."""
+    fused = plan(program)
+    lines = [f"{indent}in  {', '.join(map(repr, program.inputs))}"]
+    for kernel in fused.kernels:
+        origin = f"  # {kernel.origin}" if kernel.origin else ""
+        if kernel.kind == "loop":
+            shape = ", ".join(map(str, kernel.shape))
+            lines.append(f"{indent}loop over ({shape}):{origin}")
+            for eqn in kernel.eqns:
+                mark = "~" if id(eqn.out) in fused.registers else " "
+                args = ", ".join(v.name for v in eqn.inputs)
+                lines.append(f"{indent}  {mark} {eqn.out.name} = {eqn.op.name}({args})")
+            continue
+        eqn = kernel.eqns[0]
+        outs = ", ".join(map(repr, eqn.outputs))
+        args = ", ".join(v.name for v in eqn.inputs)
+        attrs = ", ".join(f"{k}={v}" for k, v in eqn.attrs.items() if k not in ("body", "free"))
+        note = "  (no code: a view)" if kernel.kind == "view" else ""
+        lines.append(f"{indent}{outs} = {eqn.op.name}[{attrs}]({args}){note}{origin}".replace("[]", ""))
+        if eqn.op.name == "scan":
+            lines.append(format_fused(eqn.attrs["body"], indent + "    "))
+    lines.append(f"{indent}out {', '.join(v.name for v in program.outputs)}")
+    return "\n".join(lines)
+
+
+def _cost(kernels: list[Kernel], sizes: dict[str, int]) -> tuple[int, int]:
+    """(FLOPs, bytes written to memory) of kernels, scan bodies counted once per step."""
+    flops = written = 0
+    for kernel in kernels:
+        for eqn in kernel.eqns:
+            if eqn.op.name == "scan":
+                steps = numel(eqn.inputs[eqn.attrs["num_carry"]].shape[:1], sizes)
+                body_flops, body_bytes = _cost(plan(eqn.attrs["body"]).kernels, sizes)
+                flops += steps * body_flops
+                written += steps * body_bytes
+                continue
+            if kernel.kind == "view":
+                continue
+            out = numel(eqn.outputs[0].shape, sizes)
+            flops += eqn.op.flops(eqn, sizes) or (out if eqn.op.elementwise else 0)
+        if kernel.kind != "view":
+            written += 4 * sum(numel(e.outputs[0].shape, sizes) for e in kernel.eqns if e.op.name != "scan")
+    return flops, written
+
+
+def _describe(kernel: Kernel) -> str:
+    eqn = kernel.eqns[0]
+    if kernel.kind == "loop":
+        ops = ", ".join(e.op.name for e in kernel.eqns)
+        return f"fused loop over ({', '.join(map(str, kernel.shape))}): {ops}"
+    if eqn.op.name == "scan":
+        body = plan(eqn.attrs["body"])
+        parts = [_describe(k) for k in body.kernels if k.kind != "view"]
+        direction = "backwards" if eqn.attrs["reverse"] else "forwards"
+        return f"one compiled time loop ({direction}); per step: " + "; ".join(parts)
+    if eqn.op.name in ("matmul", "matmul_tn"):
+        return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
+    return f"{eqn.op.name} -> {', '.join(str(v.type) for v in eqn.outputs)}"
+
+
+def _not_chosen(layer: Layer) -> list[str]:
+    """Why this layer's kernels are not the fastest kdsl has."""
+    config = layer.config["layer"].config if "layer" in layer.config else layer.config
+    reasons = []
+    if config.get("recurrent_dropout", 0) > 0:
+        reasons.append("recurrent_dropout > 0: each step multiplies h by a mask before h·U (one more pass per step)")
+    if config.get("reset_after") is False:
+        reasons.append("reset_after=false: r·h is needed before the second product with U, so two GEMMs per step")
+    fast = {"tanh", "sigmoid", "linear", "relu"}
+    for key in ("activation", "recurrent_activation"):
+        if key in config and "units" in config and layer.kind.name != "dense" and config[key] not in fast:
+            reasons.append(f"{key}={config[key]}: computed with libm calls, not the rational tanh/sigmoid")
+    return reasons
+
+
+def explain(graph: Graph, programs: dict[str, Program], batch: int = 32) -> str:
+    """A per-layer report of the compiled `programs` (e.g. forward and train_step) at `batch` samples."""
+    sizes = {"batch": batch}
+    for value in graph.inputs:
+        for d in value.type.dims:
+            if isinstance(d, str) and d not in sizes:
+                sizes[d] = 1
+    lines = [f"model {graph.name}, costs at batch size {batch}"]
+    for name, program in programs.items():
+        by_layer: dict[str | None, list[Kernel]] = defaultdict(list)
+        for kernel in plan(program).kernels:
+            by_layer[kernel.origin].append(kernel)
+        lines.append(f"\n{name}:")
+        for layer in graph.layers():
+            kernels = [k for k in by_layer.get(layer.name, []) if k.kind != "view"]
+            if not kernels:
+                continue
+            flops, written = _cost(kernels, sizes)
+            lines.append(f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
+                         f"{_human(flops)}FLOP, {_human(written)}B written")
+            lines += [f"    - {_describe(k)}" for k in kernels]
+            if name == "forward":
+                lines += [f"    not the fastest variant: {reason}" for reason in _not_chosen(layer)]
+        rest = [k for k in by_layer.get(None, []) if k.kind != "view"]
+        if rest:
+            flops, written = _cost(rest, sizes)
+            lines.append(f"  loss and totals: {len(rest)} kernel(s), {_human(flops)}FLOP, {_human(written)}B written")
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} T"
+
