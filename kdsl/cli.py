@@ -8,9 +8,9 @@ import time
 from collections.abc import Sequence
 
 from kdsl import catalogue
+from kdsl.backends.compiled import cache_dir, compile_model
 from kdsl.catalogue.args import REQUIRED
 from kdsl.errors import KdslError, did_you_mean
-from kdsl.backends.compiled import cache_dir, compile_model
 from kdsl.explain import explain, format_fused
 from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
@@ -130,8 +130,10 @@ def _compile(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             compiled = compile_model(graph, target="cpu", training=training)
             compiled.warm_up()
-            print(f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
-                  f"(cached in {cache_dir()})")
+            print(
+                f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
+                f"(cached in {cache_dir()})"
+            )
     return 0
 
 

@@ -109,8 +109,10 @@ def explain(graph: Graph, programs: dict[str, Program], batch: int = 32) -> str:
             if not kernels:
                 continue
             flops, written = _cost(kernels, sizes)
-            lines.append(f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
-                         f"{_human(flops)}FLOP, {_human(written)}B written")
+            lines.append(
+                f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
+                f"{_human(flops)}FLOP, {_human(written)}B written"
+            )
             lines += [f"    - {_describe(k)}" for k in kernels]
             if name == "forward":
                 lines += [f"    not the fastest variant: {reason}" for reason in _not_chosen(layer)]
@@ -127,4 +129,3 @@ def _human(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:.3g} T"
-

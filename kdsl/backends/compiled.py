@@ -74,12 +74,14 @@ class CompiledModel:
         if self.training is None:
             raise RuntimeError("this model was compiled with training=False")
         inputs = self._inputs(inputs)
-        targets = [np.asarray(t, np.int32 if v.type.dtype == "i32" else np.float32)
-                   for t, v in zip(targets, self.training.targets, strict=True)]
+        targets = [
+            np.asarray(t, np.int32 if v.type.dtype == "i32" else np.float32)
+            for t, v in zip(targets, self.training.targets, strict=True)
+        ]
         noise = self._noise(inputs)
         arrays = [*inputs, *targets, *self.weights, *noise]
-        results = self.module.train_step(*arrays) if self.module is not None else run_program(
-            self.training.program, arrays
+        results = (
+            self.module.train_step(*arrays) if self.module is not None else run_program(self.training.program, arrays)
         )
         n_out, n_grad = len(self.graph.outputs), len(self.trainable)
         self.outputs = list(results[1 : 1 + n_out])
@@ -92,19 +94,30 @@ class CompiledModel:
     def warm_up(self, batch: int = 2) -> None:
         """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""
         sizes = {"batch": batch}
-        zeros = [np.zeros([sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
-                          np.int32 if v.type.dtype == "i32" else np.float32) for v in self.graph.inputs]
+        zeros = [
+            np.zeros(
+                [sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
+                np.int32 if v.type.dtype == "i32" else np.float32,
+            )
+            for v in self.graph.inputs
+        ]
         self.forward(*zeros)
         if self.training is not None:
-            targets = [np.zeros([sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
-                                np.int32 if v.type.dtype == "i32" else np.float32) for v in self.training.targets]
+            targets = [
+                np.zeros(
+                    [sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
+                    np.int32 if v.type.dtype == "i32" else np.float32,
+                )
+                for v in self.training.targets
+            ]
             self.train_step(zeros, targets)
 
     def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"model `{self.graph.name}` takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
-        return [np.asarray(x, np.int32 if v.type.dtype == "i32" else np.float32)
-                for x, v in zip(inputs, self.graph.inputs)]
+        return [
+            np.asarray(x, np.int32 if v.type.dtype == "i32" else np.float32) for x, v in zip(inputs, self.graph.inputs)
+        ]
 
     def _noise(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Dropout keep-masks for one step: Bernoulli(1 - rate), scaled by 1 / (1 - rate)."""
@@ -142,10 +155,13 @@ class CompiledModel:
         metadata = {
             "model": self.graph.name,
             "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],
-            "outputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)}
-                        for v in self.graph.outputs],
-            "params": [{"name": n, "shape": list(w.shape), "trainable": i in self.trainable}
-                       for i, (n, w) in enumerate(zip(self.param_names, self.weights))],
+            "outputs": [
+                {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.outputs
+            ],
+            "params": [
+                {"name": n, "shape": list(w.shape), "trainable": i in self.trainable}
+                for i, (n, w) in enumerate(zip(self.param_names, self.weights))
+            ],
             "functions": {e.name: {"arguments": e.argument_names, "results": e.result_names} for e in entries},
         }
         _write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")

@@ -88,8 +88,10 @@ def plan(program: Program) -> Plan:
         return id(var) not in outputs and all(e.op.elementwise for e in users.get(id(var), []))
 
     for eqn in program.eqns:
-        if eqn.op.name == "split" and eqn.attrs["axis"] == eqn.inputs[0].rank - 1 and all(
-            feeds_loops_only(v) for v in eqn.outputs
+        if (
+            eqn.op.name == "split"
+            and eqn.attrs["axis"] == eqn.inputs[0].rank - 1
+            and all(feeds_loops_only(v) for v in eqn.outputs)
         ):
             offset = 0
             for piece, size in zip(eqn.outputs, eqn.attrs["sizes"]):
@@ -109,9 +111,7 @@ def plan(program: Program) -> Plan:
             continue
         if eqn.attrs.get("free") or getattr(eqn.op, "view", False):
             view = Kernel("view", [eqn])
-            computed_in_loop = current is not None and any(
-                x is e.out for e in current.eqns for x in eqn.inputs
-            )
+            computed_in_loop = current is not None and any(x is e.out for e in current.eqns for x in eqn.inputs)
             if current is None or computed_in_loop:
                 current = None
                 result.kernels.append(view)

@@ -89,7 +89,8 @@ def time_distributed(ctx, config, inputs, masks, types):
     inner = config["layer"]
     if inner.kind.name in ("simple_rnn", "lstm", "gru", "bidirectional"):
         raise KdslUnsupportedError(
-            f"`time_distributed({inner.kind.name})` is not supported", ctx.layer.span,
+            f"`time_distributed({inner.kind.name})` is not supported",
+            ctx.layer.span,
             hint="reshape the input so the recurrent layer sees (batch, timesteps, features)",
         )
     return RULES[inner.kind.name](ctx, inner.config, inputs, masks, types)

@@ -82,8 +82,16 @@ class Run:
     states: list[Var]
 
 
-def run_recurrent(ctx, kind: str, config: dict, params: dict[str, Var], inputs: list[Var], mask: Var | None,
-                  go_backwards: bool, zero_output_for_mask: bool = False) -> Run:
+def run_recurrent(
+    ctx,
+    kind: str,
+    config: dict,
+    params: dict[str, Var],
+    inputs: list[Var],
+    mask: Var | None,
+    go_backwards: bool,
+    zero_output_for_mask: bool = False,
+) -> Run:
     b, units = ctx.b, config["units"]
     x, *initial = inputs
     batch = x.shape[0]
@@ -119,8 +127,9 @@ def run_recurrent(ctx, kind: str, config: dict, params: dict[str, Var], inputs: 
     if mask is not None:
         xs.append(b.reshape(b.transpose(mask, perm=(1, 0)), shape=(mask.shape[1], batch, 1)))
     body = _cell_body(kind, config, carries, xs, weights, len(initial), carry_output, zero_output_for_mask)
-    outs = b.scan(*carries, *xs, *weights.values(), body=body, num_carry=len(carries), num_xs=len(xs),
-                  reverse=go_backwards)
+    outs = b.scan(
+        *carries, *xs, *weights.values(), body=body, num_carry=len(carries), num_xs=len(xs), reverse=go_backwards
+    )
     states, sequence = outs[: len(initial)], outs[len(carries)]
     last = outs[len(initial)] if carry_output else states[0]
     return Run(sequence, last, states)
@@ -170,7 +179,7 @@ def bidirectional(ctx, config, inputs, masks, types):
     outputs, states = [], []
     for direction, backwards in (("forward", False), ("backward", True)):
         prefix = f"{direction}_{kind}/"
-        params = {k[len(prefix):]: v for k, v in ctx.params.items() if k.startswith(prefix)}
+        params = {k[len(prefix) :]: v for k, v in ctx.params.items() if k.startswith(prefix)}
         go_backwards = backwards != inner_config["go_backwards"]
         zero_output = inner_config["return_sequences"] and masks[0] is not None
         run = run_recurrent(ctx, kind, inner_config, params, inputs, masks[0], go_backwards, zero_output)

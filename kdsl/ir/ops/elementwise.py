@@ -64,6 +64,7 @@ class Arithmetic(Elementwise):
         return [unbroadcast(b, p, x) if p is not None else None for p, x in zip(partials, eqn.inputs)]
 
 
+# fmt: off
 ARITHMETIC = [
     Arithmetic("add", np.add, "({0} + {1})", lambda b, x, y, out, g: (g, g)),
     Arithmetic("sub", np.subtract, "({0} - {1})", lambda b, x, y, out, g: (g, b.neg(g))),
@@ -78,6 +79,7 @@ ARITHMETIC = [
     Arithmetic("rsqrt", lambda x: 1 / np.sqrt(x), "(np.float32(1.0) / math.sqrt({0}))",
                lambda b, x, out, g: (b.mul(g, b.mul(b.mul(out, b.mul(out, out)), -0.5)),)),
 ]
+# fmt: on
 
 
 class Clip(Elementwise):
@@ -198,6 +200,7 @@ class ActivationFn:
 
 
 SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
+# fmt: off
 F = "np.float32"
 ACTIVATION_FNS = {
     "relu": ActivationFn(lambda x: np.maximum(x, 0), "relu_f32({x})", "y", lambda y: (y > 0) * 1.0, "step_f32({v})"),
@@ -227,6 +230,7 @@ ACTIVATION_FNS = {
                          f"(sigmoid_f32({{v}}) * ({F}(1) + {{v}} * ({F}(1) - sigmoid_f32({{v}}))))"),
     "exponential": ActivationFn(np.exp, "math.exp({x})", "y", lambda y: y, "{v}"),
 }
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,14 @@ ACTIVATIONS = {name: Activation(name, fn) for name, fn in ACTIVATION_FNS.items()
 ACTIVATION_GRADS = {name: ActivationGrad(f"d_{name}", fn) for name, fn in ACTIVATION_FNS.items()}
 
 OPS = [
-    Const(), Clip(), Inside(), NotEqual(), OneHot(), Cast(), BroadcastLike(), *ARITHMETIC,
-    *ACTIVATIONS.values(), *ACTIVATION_GRADS.values(),
+    Const(),
+    Clip(),
+    Inside(),
+    NotEqual(),
+    OneHot(),
+    Cast(),
+    BroadcastLike(),
+    *ARITHMETIC,
+    *ACTIVATIONS.values(),
+    *ACTIVATION_GRADS.values(),
 ]

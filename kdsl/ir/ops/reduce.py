@@ -13,9 +13,11 @@ class ReduceSum(Op):
 
     def infer(self, attrs, x):
         axes, keep = attrs["axes"], attrs.get("keepdims", False)
-        dims = [1 if i in axes else d for i, d in enumerate(x.dims)] if keep else [
-            d for i, d in enumerate(x.dims) if i not in axes
-        ]
+        dims = (
+            [1 if i in axes else d for i, d in enumerate(x.dims)]
+            if keep
+            else [d for i, d in enumerate(x.dims) if i not in axes]
+        )
         return [TensorType(x.dtype, tuple(dims))]
 
     def reference(self, attrs, x):

@@ -98,8 +98,10 @@ class _BackwardScan:
         for k, g in enumerate(body_grads[nc + nx :]):
             for term in _terms(bb, g) if g is not None else []:
                 maker = _producer(bb, term)
-                hoistable = maker is not None and maker.op.name in ("matmul_tn", "reduce_sum") and (
-                    maker.op.name == "matmul_tn" or (not maker.attrs.get("keepdims") and 0 in maker.attrs["axes"])
+                hoistable = (
+                    maker is not None
+                    and maker.op.name in ("matmul_tn", "reduce_sum")
+                    and (maker.op.name == "matmul_tn" or (not maker.attrs.get("keepdims") and 0 in maker.attrs["axes"]))
                 )
                 (hoisted if hoistable else accumulated).append((k, maker if hoistable else term))
         acc_in = [bb.var(body.inputs[nc + nx + k].type, "acc") for k, _ in accumulated]
