@@ -89,7 +89,7 @@ class CompiledModel:
             grad[...] = value
         for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
             self.weights[index][...] = value
-        return float(results[0])
+        return float(np.asarray(results[0]).reshape(-1)[0])
 
     def warm_up(self, batch: int = 2) -> None:
         """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""

@@ -33,7 +33,7 @@ class ReduceSum(Op):
     def cpu(self, em, eqn):
         (x,), y = eqn.inputs, eqn.out
         axes, keep = eqn.attrs["axes"], eqn.attrs.get("keepdims", False)
-        total = em.fresh("total") if y.rank == 0 else None
+        total = em.fresh("total") if y.rank == 0 else None  # a full sum accumulates in a register
         if total:
             em.line(f"{total} = np.float32(0.0)")
         else:
@@ -46,7 +46,7 @@ class ReduceSum(Op):
             target = total or f"{em.ref(y)}[{', '.join(out_idx)}]"
             em.line(f"{target} += {em.ref(x)}[{', '.join(idx)}]")
         if total:
-            em.bind(y, total)
+            em.line(f"{em.ref(y)} = {total}")
 
 
 class Count(Op):
