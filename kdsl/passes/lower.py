@@ -48,7 +48,11 @@ class LayerContext:
     params: dict[str, Var]
     training: bool
     lowering: _Lowering
-    new_mask: Var | None = None  # set by a layer that creates a mask (embedding with mask_zero)
+    new_mask: Var | None = None  # the output mask, for layers that make their own (embedding, merges)
+    mask_set: bool = False  # whether `new_mask` decides (None then means: no mask)
+
+    def set_mask(self, mask: Var | None) -> None:
+        self.new_mask, self.mask_set = mask, True
 
     def param(self, name: str) -> Var | None:
         return self.params.get(name)
@@ -121,7 +125,7 @@ class _Lowering:
         first_mask = next((m for m in in_masks if m is not None), None)
         for value, var, masked in zip(node.outputs, outputs, mask_flags):
             env[id(value)] = var
-            masks[id(value)] = ctx.new_mask or (first_mask if masked else None)
+            masks[id(value)] = ctx.new_mask if ctx.mask_set else (first_mask if masked else None)
 
 
 def lower(graph: Graph, training: bool = False) -> Lowered:

@@ -43,7 +43,7 @@ def repeat_vector(ctx, config, inputs, masks, types):
 def embedding(ctx, config, inputs, masks, types):
     (ids,) = inputs
     if config["mask_zero"]:
-        ctx.new_mask = ctx.b.not_equal(ids, value=0)
+        ctx.set_mask(ctx.b.not_equal(ids, value=0))
     return [ctx.b.gather(ctx.param("embeddings"), ids)]
 
 
@@ -75,11 +75,19 @@ def batch_normalization(ctx, config, inputs, masks, types):
 
 @rule("concatenate")
 def concatenate(ctx, config, inputs, masks, types):
-    return [ctx.b.concat(*inputs, axis=config["axis"] % inputs[0].rank)]
+    """Keras's merged mask: unmasked inputs count as all true; along time the masks are joined, else OR-ed."""
+    b, axis = ctx.b, config["axis"] % inputs[0].rank
+    if any(m is not None for m in masks):
+        full = [m if m is not None else b.fill(x, value=1.0, lead=2, tail=()) for m, x in zip(masks, inputs)]
+        ctx.set_mask(b.concat(*full, axis=1) if axis == 1 else sum_all(b, full, "maximum"))
+    return [b.concat(*inputs, axis=axis)]
 
 
 @rule("add", "multiply")
 def merge(ctx, config, inputs, masks, types):
+    """Keras's merged mask: the OR of the inputs' masks, or none if any input has none."""
+    if any(m is not None for m in masks):
+        ctx.set_mask(sum_all(ctx.b, masks, "maximum") if all(m is not None for m in masks) else None)
     return [sum_all(ctx.b, inputs, "add" if ctx.layer.kind.name == "add" else "mul")]
 
 
@@ -93,4 +101,7 @@ def time_distributed(ctx, config, inputs, masks, types):
             ctx.layer.span,
             hint="reshape the input so the recurrent layer sees (batch, timesteps, features)",
         )
-    return RULES[inner.kind.name](ctx, inner.config, inputs, masks, types)
+    inner_config = dict(inner.config)
+    if inner.kind.name == "batch_normalization" and inner_config["axis"] >= 0:
+        inner_config["axis"] += 1  # the inner layer's axes count from its per-step input
+    return RULES[inner.kind.name](ctx, inner_config, inputs, masks, types)

@@ -44,7 +44,7 @@ def _support_source(module) -> str:
 
 def generate_kernel(entry: Entry, parallel: bool) -> tuple[str, Emitter]:
     program = entry.program
-    em = Emitter(parallel=parallel)
+    em = Emitter(parallel=parallel, prefix=entry.name)
     names = [f"a{i}_{identifier(n)}" for i, n in enumerate(entry.argument_names)]
     for var, name in zip(program.inputs, names):
         em.bind(var, name)
@@ -63,7 +63,11 @@ def generate_kernel(entry: Entry, parallel: bool) -> tuple[str, Emitter]:
     head += carve
     body = [*head, *em.lines, f"    return ({', '.join(results)},)"]
     decorator = f"@numba.njit(cache=True, error_model='numpy', fastmath={FASTMATH}, parallel={parallel})"
-    return "\n".join([decorator, *body]), em
+    functions = [
+        "\n".join([decorator, f"def {name}({', '.join(arguments)}):", *lines])
+        for name, arguments, lines in em.functions
+    ]
+    return "\n\n\n".join([*functions, "\n".join([decorator, *body])]), em
 
 
 def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:

@@ -9,6 +9,7 @@ reused at every step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,12 @@ from dataclasses import dataclass, field
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import Dim
 from kdsl.passes.fuse import Kernel, Plan, plan
+
+# Numba's compile time grows faster than the length of a function: a training step of 1,000
+# lines took 98 s as one function, while one function per kernel cost a fixed overhead each
+# (examples/mnist_lstm.kd: 10.5 s against 5.7 s). Chunks of this many lines sit between
+# (a masked two-output training step: 131 s as one function, 62 s in 150-line chunks).
+CHUNK_LINES = 400
 
 
 @dataclass
@@ -33,6 +40,9 @@ class Emitter:
     names: dict[int, str] = field(default_factory=dict)
     buffers: list[Buffer] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
+    prefix: str = "kernel"  # of the names of the functions chunks become
+    functions: list[tuple[str, list[str], list[str]]] = field(default_factory=list)  # (name, arguments, body)
+    _chunk_start: int = 0
     _depth: int = 1
     _count: int = 0
     _plan: Plan | None = None
@@ -133,8 +143,7 @@ class Emitter:
     # --- programs -------------------------------------------------------------------------------
 
     def program(self, program: Program, top: bool = False) -> None:
-        """Emit `program` into the current function (Numba compiled a model's kernels split into one
-        function each more slowly than as one function: 10.5 s against 5.7 s for examples/mnist_lstm.kd)."""
+        """Emit `program`; at top level, kernels are grouped into functions of about CHUNK_LINES lines."""
         saved, self._plan = self._plan, plan(program)
         for eqn in program.eqns:
             if eqn.op.name == "const":
@@ -146,7 +155,10 @@ class Emitter:
                 for x in eqn.inputs:
                     self.touch(x)
             self.kernel(kernel)
+            if top and len(self.lines) - self._chunk_start >= CHUNK_LINES:
+                self.close_chunk()
         if top:
+            self.close_chunk()
             self._step += 1
             for var in program.outputs:
                 self.touch(var)
@@ -159,6 +171,18 @@ class Emitter:
             self.view(kernel.eqns[0])
         else:
             kernel.eqns[0].op.cpu(self, kernel.eqns[0])
+
+    def close_chunk(self) -> None:
+        """Make the lines since the last chunk a function of the arrays they name, and call it."""
+        body = self.lines[self._chunk_start :]
+        if not body:
+            return
+        arguments = list(dict.fromkeys(re.findall(r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*)\b", "\n".join(body))))
+        name = f"_{self.prefix}_part{len(self.functions)}"
+        self.functions.append((name, arguments, body))
+        del self.lines[self._chunk_start :]
+        self.line(f"{name}({', '.join(arguments)})")
+        self._chunk_start = len(self.lines)
 
     def view(self, eqn: Eqn) -> None:
         if eqn.op.name == "concat":  # computed in place: its pieces were stored into it

@@ -71,6 +71,7 @@ ARITHMETIC = [
     Arithmetic("mul", np.multiply, "({0} * {1})", lambda b, x, y, out, g: (b.mul(g, y), b.mul(g, x))),
     Arithmetic("div", np.divide, "({0} / {1})", lambda b, x, y, out, g: (b.div(g, y), b.neg(b.mul(g, b.div(out, y))))),
     Arithmetic("neg", np.negative, "(-{0})", lambda b, x, out, g: (b.neg(g),)),
+    Arithmetic("maximum", np.maximum, "max({0}, {1})", lambda b, x, y, out, g: (None, None)),  # of masks only
     Arithmetic("exp", np.exp, "math.exp({0})", lambda b, x, out, g: (b.mul(g, out),)),
     Arithmetic("log", np.log, "math.log({0})", lambda b, x, out, g: (b.div(g, x),)),
     Arithmetic("square", np.square, "({0} * {0})", lambda b, x, out, g: (b.mul(g, b.mul(x, 2.0)),)),
