@@ -104,36 +104,26 @@ def main() -> None:
     y = rng.integers(0, 10, args.batch).astype(np.int32)
     rows = []
     with threadpool_limits(args.threads):
-        for target in ("numpy", "cpu"):
-            model = compile_model(graph, target=target)
-            if target == "cpu":
-                model.weights = [w.copy() for w in reference.weights]
-            else:
-                reference = model
-            rows.append(
-                (
-                    target,
-                    median_ms(lambda m=model: m.train_step([x], [y]), args.repeat),
-                    median_ms(lambda m=model: m.forward(x), args.repeat),
-                )
-            )
+        reference = compile_model(graph, target="numpy")
+        compiled = compile_model(graph, target="cpu")
+        compiled.weights = [w.copy() for w in reference.weights]
+        for name, model in (("kdsl numpy", reference), ("kdsl cpu", compiled)):
+            train = median_ms(lambda m=model: m.train_step([x], [y]), args.repeat)
+            rows.append((name, train, median_ms(lambda m=model: m.forward(x), args.repeat)))
         try:
             import torch
 
             torch.set_num_threads(args.threads)
             train_step, forward = torch_mnist_lstm(args.batch)
-            rows.append(
-                (f"pytorch {torch.__version__}", median_ms(train_step, args.repeat), median_ms(forward, args.repeat))
-            )
+            name = f"pytorch {torch.__version__}"
+            rows.append((name, median_ms(train_step, args.repeat), median_ms(forward, args.repeat)))
         except ImportError:
             print("(PyTorch not installed: no reference row)")
 
     import numba
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"numba {numba.__version__} ({numba.config.THREADING_LAYER} threading layer), {args.threads} threads"
-    )
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}, numba {numba.__version__}, {args.threads} threads")
     print(f"model {args.model}, batch {args.batch}, medians of {args.repeat} runs")
     torch_row = rows[-1] if rows[-1][0].startswith("pytorch") else None
     print(f"{'backend':<22}{'train step ms':>15}{'forward ms':>12}{'train / torch':>15}{'forward / torch':>17}")

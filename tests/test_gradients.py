@@ -66,7 +66,8 @@ def recurrent_models(draw):
     lines.append(f"y = {pooled} {extra} |> dense(3, activation=softmax)")
     inputs = f"ids: i32[batch, {steps}]" if masked else f"x: f32[batch, {steps}, {features}]"
     body = "\n    ".join(lines)
-    return f"model M({inputs}) -> y {{\n    {body}\n}}\ntrain M {{ loss = sparse_categorical_crossentropy\n optimizer = sgd() }}"
+    train = "train M { loss = sparse_categorical_crossentropy\n optimizer = sgd() }"
+    return f"model M({inputs}) -> y {{\n    {body}\n}}\n{train}"
 
 
 @SETTINGS
@@ -89,7 +90,7 @@ def test_bptt_matches_finite_differences(text, batch, seed):
             "categorical_crossentropy(from_logits=true)",
             "sparse_categorical_crossentropy(from_logits=true)",
         ]
-    ),  # fmt: skip
+    ),
     st.sampled_from(["softmax", "sigmoid", "linear", "log_softmax"]),
     st.integers(1, 3),
     st.integers(0, 2**16),
