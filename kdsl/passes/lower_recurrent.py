@@ -19,7 +19,7 @@ class Cell:
 
     b: Builder
     config: dict
-    projected: Var  # x_t·W + b_input, (batch, gates·units)
+    projected: Var  # x_t·W, (batch, gates·units); the input bias is among `weights`
     weights: dict[str, Var]  # recurrent_kernel (or its split parts), recurrent bias, dropout mask
 
     def recurrent(self, h: Var, kernel: str = "recurrent_kernel") -> Var:
@@ -36,17 +36,25 @@ class Cell:
 
     def gates(self, x: Var, n: int) -> list[Var]:
         units = self.config["units"]
-        return self.b.split(x, sizes=(units,) * n, axis=1)
+        return self.b.split(x, sizes=(units,) * n, axis=x.rank - 1)
+
+    def projections(self, n: int) -> list[Var]:
+        """x_t·W + b, one piece per gate."""
+        pieces = self.gates(self.projected, n)
+        if "input_bias" in self.weights:
+            pieces = [self.b.add(p, bias) for p, bias in zip(pieces, self.gates(self.weights["input_bias"], n))]
+        return pieces
 
 
 def simple_rnn_cell(c: Cell, h: Var) -> list[Var]:
-    return [c.act(c.b.add(c.projected, c.recurrent(h)))]
+    (projected,) = c.projections(1)
+    return [c.act(c.b.add(projected, c.recurrent(h)))]
 
 
 def lstm_cell(c: Cell, h: Var, state: Var) -> list[Var]:
     b = c.b
     # split before adding, so each gate's sum is a fused elementwise op over (batch, units)
-    zi, zf, zc, zo = (b.add(x, r) for x, r in zip(c.gates(c.projected, 4), c.gates(c.recurrent(h), 4)))
+    zi, zf, zc, zo = (b.add(x, r) for x, r in zip(c.projections(4), c.gates(c.recurrent(h), 4)))
     i, f, o = c.gate(zi), c.gate(zf), c.gate(zo)
     new_state = b.add(b.mul(f, state), b.mul(i, c.act(zc)))
     return [b.mul(o, c.act(new_state)), new_state]
@@ -54,7 +62,7 @@ def lstm_cell(c: Cell, h: Var, state: Var) -> list[Var]:
 
 def gru_cell(c: Cell, h: Var) -> list[Var]:
     b = c.b
-    xz, xr, xh = c.gates(c.projected, 3)
+    xz, xr, xh = c.projections(3)
     if c.config["reset_after"]:
         hu = c.recurrent(h)
         if "recurrent_bias" in c.weights:
@@ -105,8 +113,8 @@ def run_recurrent(
         input_bias, recurrent_bias = b.split(bias, sizes=(1, 1), axis=0)
         bias = b.reshape(input_bias, shape=(3 * units,))
         weights["recurrent_bias"] = b.reshape(recurrent_bias, shape=(3 * units,))
-    if bias is not None:
-        projected = b.add(projected, bias)
+    if bias is not None:  # added inside the cell, in the loop that reads the projection anyway
+        weights["input_bias"] = bias
     if kind == "gru" and not config["reset_after"]:
         weights["recurrent_kernel_zr"], weights["recurrent_kernel_h"] = b.split(
             params["recurrent_kernel"], sizes=(2 * units, units), axis=1
