@@ -44,7 +44,7 @@ class CompiledModel:
         training: bool = True,
         losses: Sequence[LossTerm] | None = None,
         seed: int = 0,
-        parallel: bool = False,
+        parallel: bool = True,
     ):
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -145,7 +145,7 @@ class CompiledModel:
             entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))
         return entries
 
-    def export(self, directory: Path | str, parallel: bool = False) -> Path:
+    def export(self, directory: Path | str, parallel: bool = True) -> Path:
         """Write a standalone module `<model>.py`, its metadata `<model>.json` and initial weights `<model>.npz`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ class CompiledModel:
         partial.replace(weights_path)
         return stem.with_suffix(".py")
 
-    def source(self, parallel: bool = False) -> str:
+    def source(self, parallel: bool = True) -> str:
         return generate_module(f"Kernels of model `{self.graph.name}`.", self.entries(), parallel)
 
     def _build_module(self, parallel: bool) -> ModuleType:

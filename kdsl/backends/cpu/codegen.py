@@ -56,18 +56,22 @@ def generate_kernel(entry: Entry, parallel: bool) -> tuple[str, Emitter]:
         dims = [em.dim(d) for d in buffer.dims]
         size = " * ".join(f"({d})" if "*" in d else d for d in dims)
         carve.append(f"    {buffer.name} = arena[offsets[{i}]:offsets[{i}] + {size}].reshape(({', '.join(dims)},))")
-    head = [f"def _{entry.name}(arena, offsets, {', '.join(names)}):"]
+    # the thread count is an argument: reading it inside the kernel would stop Numba caching it
+    head = [f"def _{entry.name}(arena, offsets, threads, {', '.join(names)}):"]
     for symbol in sorted(em.symbols):
         arg, axis = next((n, a) for v, n in zip(program.inputs, names) for a, d in enumerate(v.shape) if d == symbol)
         head.append(f"    n_{symbol} = {arg}.shape[{axis}]")
     head += carve
     body = [*head, *em.lines, f"    return ({', '.join(results)},)"]
-    decorator = f"@numba.njit(cache=True, error_model='numpy', fastmath={FASTMATH}, parallel={parallel})"
     functions = [
-        "\n".join([decorator, f"def {name}({', '.join(arguments)}):", *lines])
-        for name, arguments, lines in em.functions
+        "\n".join([_decorator(parallel), f"def {name}({', '.join(args)}):", *lines])
+        for name, args, lines, parallel in em.functions
     ]
-    return "\n\n\n".join([*functions, "\n".join([decorator, *body])]), em
+    return "\n\n\n".join([*functions, "\n".join([_decorator(False), *body])]), em
+
+
+def _decorator(parallel: bool) -> str:
+    return f"@numba.njit(cache=True, error_model='numpy', fastmath={FASTMATH}, parallel={parallel})"
 
 
 def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
@@ -88,7 +92,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         lifetimes = [(b.first, b.last) for b in em.buffers]
         parts.append(
             f"{e.name} = EntryPoint(_{e.name}, {arguments!r}, {[list(b.dims) for b in em.buffers]!r}, "
-            f"{lifetimes!r}, plan_layout)"
+            f"{lifetimes!r}, plan_layout, parallel={parallel})"
         )
         metadata[e.name] = {
             "arguments": arguments,

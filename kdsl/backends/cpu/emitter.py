@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kdsl.ir.program import Eqn, Program, Var
-from kdsl.ir.types import Dim
+from kdsl.ir.types import BATCH, Dim
 from kdsl.passes.fuse import Kernel, Plan, plan
 
 # Numba's compile time grows faster than the length of a function: a training step of 1,000
@@ -41,7 +41,7 @@ class Emitter:
     buffers: list[Buffer] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     prefix: str = "kernel"  # of the names of the functions chunks become
-    functions: list[tuple[str, list[str], list[str]]] = field(default_factory=list)  # (name, arguments, body)
+    functions: list[tuple[str, list[str], list[str], bool]] = field(default_factory=list)  # name, args, body, parallel
     _chunk_start: int = 0
     _depth: int = 1
     _count: int = 0
@@ -52,6 +52,7 @@ class Emitter:
     _buffer_of: dict[int, Buffer] = field(default_factory=dict)
     _constants: dict[int, str] = field(default_factory=dict)  # const values, inlined as literals
     _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
+    _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
 
     # --- text -----------------------------------------------------------------------------------
 
@@ -97,7 +98,29 @@ class Emitter:
         self.buffers.append(buffer)
         self._buffer_of[id(var)] = buffer
         self.names[id(var)] = f"{name}[0]" if var.rank == 0 else name
+        if self._rows and batch_leading(var):  # inside a chunk of rows: this chunk's rows of the buffer
+            self.names[id(var)] = self.fresh(name)
+            self.line(f"{self.names[id(var)]} = {name}[{self._rows[0]}:{self._rows[1]}]")
         return self.names[id(var)]
+
+    def rows(self, expr: str, var: Var) -> str:
+        """`expr`, restricted to the current chunk of rows when `var` has one row per sample."""
+        return f"{expr}[{self._rows[0]}:{self._rows[1]}]" if self._rows and batch_leading(var) else expr
+
+    @property
+    def threaded(self) -> bool:
+        """Whether code emitted here may open a parallel region (never inside a time loop)."""
+        return self.parallel and not self._in_scan
+
+    @contextmanager
+    def row_chunks(self, rows: str) -> Iterator[tuple[str, str, str, str]]:
+        """A `prange` over one chunk of `rows` per thread; yields (chunk, number of chunks, lo, hi)."""
+        n, c, lo, hi = self.fresh("chunks"), self.fresh("chunk"), self.fresh("lo"), self.fresh("hi")
+        self.line(f"{n} = max(1, min(threads, {rows}))")  # `threads` is a kernel argument
+        with self.block(f"for {c} in prange({n}):"):
+            self.line(f"{lo} = {c} * {rows} // {n}")
+            self.line(f"{hi} = ({c} + 1) * {rows} // {n}")
+            yield c, n, lo, hi
 
     def touch(self, var: Var) -> None:
         """Record a read of `var` at the current step, extending its buffer's lifetime."""
@@ -121,15 +144,16 @@ class Emitter:
 
     @contextmanager
     def loops(
-        self, var: Var, skip_last: bool = False, parallel: bool | None = None, over: str | None = None
+        self, var: Var, skip_last: bool = False, parallel: bool = False, over: str | None = None
     ) -> Iterator[list[str]]:
-        """Nested loops over `var`'s shape; the outermost is a `prange` at top level in a parallel kernel.
+        """Nested loops over `var`'s shape, the outermost a `prange` if `parallel` (and not in a time loop).
 
-        Sizes are read from the array `over` (by default `var`'s own).
+        Sizes are read from the array `over` (by default `var`'s own). Elementwise loops stay serial:
+        each `prange` is compiled as a function of its own, and these loops are short and memory-bound.
         """
         rank = var.rank - (1 if skip_last else 0)
         idx = [self.fresh("i") for _ in range(rank)]
-        parallel = self.parallel and not self._in_scan if parallel is None else parallel
+        parallel = bool(parallel) and self.threaded
         depth = self._depth
         for axis, i in enumerate(idx):
             loop = "prange" if parallel and axis == 0 else "range"
@@ -154,8 +178,16 @@ class Emitter:
             for eqn in kernel.eqns:
                 for x in eqn.inputs:
                     self.touch(x)
+            start = len(self.lines)
             self.kernel(kernel)
-            if top and len(self.lines) - self._chunk_start >= CHUNK_LINES:
+            if top and any("prange(" in line for line in self.lines[start:]):
+                # a parallel kernel gets a function of its own: only it pays Numba's parallel compile
+                kernel_lines = self.lines[start:]
+                del self.lines[start:]
+                self.close_chunk()
+                self.lines += kernel_lines
+                self.close_chunk(parallel=True)
+            elif top and len(self.lines) - self._chunk_start >= CHUNK_LINES:
                 self.close_chunk()
         if top:
             self.close_chunk()
@@ -172,14 +204,15 @@ class Emitter:
         else:
             kernel.eqns[0].op.cpu(self, kernel.eqns[0])
 
-    def close_chunk(self) -> None:
+    def close_chunk(self, parallel: bool = False) -> None:
         """Make the lines since the last chunk a function of the arrays they name, and call it."""
         body = self.lines[self._chunk_start :]
         if not body:
             return
-        arguments = list(dict.fromkeys(re.findall(r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*)\b", "\n".join(body))))
+        pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads)\b"
+        arguments = list(dict.fromkeys(re.findall(pattern, "\n".join(body))))
         name = f"_{self.prefix}_part{len(self.functions)}"
-        self.functions.append((name, arguments, body))
+        self.functions.append((name, arguments, body, parallel))
         del self.lines[self._chunk_start :]
         self.line(f"{name}({', '.join(arguments)})")
         self._chunk_start = len(self.lines)
@@ -203,6 +236,9 @@ class Emitter:
                 self.line(f"{self.ref(eqn.out)} = {eqn.op.scalar(eqn.attrs, *args)}")
             return
         anchor = next((e.out for e in kernel.eqns if id(e.out) not in self._plan.registers), shape_var)
+        for eqn in kernel.eqns:  # buffers first, so none is carved inside the loop
+            if id(eqn.out) not in self._plan.registers:
+                self.store_target(eqn.out)
         with self.loops(anchor, over=self.store_target(anchor)) as idx:
             for eqn in kernel.eqns:
                 args = [self.load(x, idx, kernel.shape) for x in eqn.inputs]
@@ -245,6 +281,18 @@ class Emitter:
     # --- scan -----------------------------------------------------------------------------------
 
     def scan(self, eqn: Eqn) -> None:
+        """A time loop; with `parallel`, one per chunk of the batch, on all threads (rows are independent)."""
+        if self.threaded and _rows_independent(eqn):
+            for var in eqn.outputs:  # whole buffers; each chunk takes its rows
+                self.ref(var)
+            with self.row_chunks(f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]") as (_, _, *rows):
+                self._rows = tuple(rows)
+                self._time_loop(eqn)
+                self._rows = None
+        else:
+            self._time_loop(eqn)
+
+    def _time_loop(self, eqn: Eqn) -> None:
         body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
         steps = f"{self.ref(eqn.inputs[nc])}.shape[0]"
         stacked = [self.ref(v) for v in eqn.outputs[nc:]]
@@ -253,8 +301,11 @@ class Emitter:
         for init, inner in zip(eqn.inputs[:nc], body.inputs[:nc]):
             name = self.fresh("carry")
             self.line(f"{name} = {self.allocate(inner)}")
-            self.line(f"{name}[...] = {self.ref(init)}")
+            self.line(f"{name}[...] = {self.rows(self.ref(init), init)}")
             current.append(name)
+        for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
+            self.bind(inner, self.fresh("w"))
+            self.line(f"{self.ref(inner)} = {self.rows(self.ref(outer), inner)}")
         inputs = {id(v) for v in body.inputs}
         swapped = {}  # carry index -> the second buffer its new value is written to
         for k, var in enumerate(body.outputs[:nc]):
@@ -269,13 +320,11 @@ class Emitter:
                 self.bind(inner, name)
             for outer, inner in zip(eqn.inputs[nc : nc + nx], body.inputs[nc : nc + nx]):
                 self.bind(inner, self.fresh("x"))
-                self.line(f"{self.ref(inner)} = {self.ref(outer)}[{t}]")
+                self.line(f"{self.ref(inner)} = {self.rows(f'{self.ref(outer)}[{t}]', inner)}")
             steps_of = []
-            for j, name in enumerate(stacked):
+            for name, var in zip(stacked, body.outputs[nc:]):
                 steps_of.append(self.fresh("y"))
-                self.line(f"{steps_of[j]} = {name}[{t}]")
-            for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
-                self.bind(inner, self.ref(outer))
+                self.line(f"{steps_of[-1]} = {self.rows(f'{name}[{t}]', var)}")
             copies = []  # (destination, value) for outputs that a body value cannot be computed into directly
             for j, var in enumerate(body.outputs[nc:]):
                 if id(var) in inputs or id(var) in self.names:
@@ -296,5 +345,25 @@ class Emitter:
                 else:
                     self.line(f"{name} = {self.ref(body.outputs[k])}")
         self._in_scan -= 1
-        for final, name in zip(finals, current):
-            self.line(f"{final}[...] = {name}")
+        for final, name, var in zip(finals, current, eqn.outputs[:nc]):
+            self.line(f"{self.rows(final, var)}[...] = {name}")
+
+
+def batch_leading(var: Var) -> bool:
+    return var.rank > 0 and var.shape[0] == BATCH
+
+
+def _rows_independent(eqn: Eqn) -> bool:
+    """Whether a scan's cell treats each sample apart, so a chunk of the batch can run its own time loop."""
+    body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+    if not all(batch_leading(v) for v in [*body.inputs[: nc + nx], *body.outputs]):
+        return False
+    for e in body.eqns:
+        row_wise = (
+            e.op.elementwise
+            or (e.op.name == "matmul" and not batch_leading(e.inputs[1]))
+            or (e.op.name in ("split", "concat") and e.attrs["axis"] == e.inputs[0].rank - 1)
+        )
+        if not row_wise:
+            return False
+    return True

@@ -4,6 +4,7 @@ This module's source is copied into generated modules, so it uses only NumPy and
 layout planner next to it.
 """
 
+import numba
 import numpy as np
 
 
@@ -15,8 +16,9 @@ class EntryPoint:
     views of that arena: they stay valid until the next call.
     """
 
-    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout):
+    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout, parallel):
         self.kernel = kernel
+        self.parallel = parallel
         self.arguments = arguments  # [(name, dtype, dims)]
         self.buffers = buffers  # dims of each buffer
         self.lifetimes = lifetimes
@@ -53,7 +55,25 @@ class EntryPoint:
             for a, (_, dtype, _) in zip(arrays, self.arguments)
         ]
         arena, offsets = self.arena(self.symbols(arrays))
-        return self.kernel(arena, offsets, *arrays)
+        if not self.parallel:
+            return self.kernel(arena, offsets, 1, *arrays)
+        with single_threaded_blas():  # BLAS calls inside parallel regions must not start threads of their own
+            return self.kernel(arena, offsets, numba.get_num_threads(), *arrays)
+
+
+_BLAS = []
+
+
+def single_threaded_blas():
+    """A context that keeps BLAS to one thread; two thread pools fighting made a step 180x slower."""
+    if not _BLAS:
+        try:
+            import scipy.linalg  # noqa: F401  (Numba's np.dot uses SciPy's BLAS; it must be loaded to be limited)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            raise RuntimeError("parallel kernels need threadpoolctl to keep BLAS single-threaded") from None
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def numel(dims, sizes):

@@ -36,7 +36,13 @@ class MatMul(Op):
     def cpu(self, em, eqn):
         (a, w), y = eqn.inputs, eqn.out
         weight = f"{em.ref(w)}.T" if eqn.attrs.get("transpose_b") else em.ref(w)
-        em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
+        if not em.threaded:
+            em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
+            return
+        rows, out = em.fresh("rows"), em.fresh("out")
+        em.line(f"{rows}, {out} = {em.matrix(a)}, {em.matrix(y)}")
+        with em.row_chunks(f"{rows}.shape[0]") as (_, _, lo, hi):  # one block of rows per thread
+            em.line(f"np.dot({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
 
     def flops(self, eqn, sizes):
         return 2 * numel(eqn.inputs[0].shape, sizes) * eqn.out.shape[-1]
@@ -61,7 +67,18 @@ class MatMulTN(Op):
 
     def cpu(self, em, eqn):
         (a, b), y = eqn.inputs, eqn.out
-        em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
+        if not em.threaded:
+            em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
+            return
+        left, right, parts = em.fresh("left"), em.fresh("right"), em.fresh("parts")
+        em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
+        em.line(f"{parts} = np.empty((threads, {left}.shape[1], {right}.shape[1]), np.float32)")
+        with em.row_chunks(f"{left}.shape[0]") as (chunk, count, lo, hi):  # each thread sums its rows
+            em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {parts}[{chunk}])")
+        k = em.fresh("k")
+        em.line(f"{em.ref(y)}[...] = {parts}[0]")
+        with em.block(f"for {k} in range(1, {count}):"):
+            em.line(f"{em.ref(y)} += {parts}[{k}]")
 
     def flops(self, eqn, sizes):
         a, b = eqn.inputs

@@ -97,19 +97,14 @@ class _BackwardScan:
         accumulated, hoisted = [], []  # (const index, term)
         for k, g in enumerate(body_grads[nc + nx :]):
             for term in _terms(bb, g) if g is not None else []:
-                maker = _producer(bb, term)
-                hoistable = (
-                    maker is not None
-                    and maker.op.name in ("matmul_tn", "reduce_sum")
-                    and (maker.op.name == "matmul_tn" or (not maker.attrs.get("keepdims") and 0 in maker.attrs["axes"]))
-                )
-                (hoisted if hoistable else accumulated).append((k, maker if hoistable else term))
+                maker = _hoistable(bb, term)
+                (hoisted if maker else accumulated).append((k, maker or term))
         acc_in = [bb.var(body.inputs[nc + nx + k].type, "acc") for k, _ in accumulated]
         acc_out = [bb.add(acc, term) for acc, (_, term) in zip(acc_in, accumulated)]
 
         outputs = [*d_inits, *acc_out, *(g for g in d_xs if g is not None)]
         own = [*d_carries, *acc_in, *(v for v, _ in self.xs)]
-        operands = [x for _, maker in hoisted for x in maker.inputs]
+        operands = [x for _, maker in hoisted for leaf in _leaves(bb, maker) for x in leaf.inputs]
         substitute = self._capture_free_vars(bb, body, own, outputs + operands)
         operands = [substitute.get(id(x), x) for x in operands]
         outputs = [substitute.get(id(x), x) for x in outputs]
@@ -136,12 +131,16 @@ class _BackwardScan:
 
         d_consts: list[Var | None] = [None] * (len(eqn.inputs) - nc - nx)
         contributions = [(k, v) for (k, _), v in zip(accumulated, acc_outer)]
-        for k, maker in hoisted:
+        def over_time(maker: Eqn) -> Var:
+            """The sum over all steps of what `maker` computes for one step."""
+            if maker.op.name == "concat":
+                return b.concat(*(over_time(_producer(bb, x)) for x in maker.inputs), axis=maker.attrs["axis"])
             stacked = [outer_of[id(substitute.get(id(x), x))] for x in maker.inputs]
             if maker.op.name == "matmul_tn":
-                contributions.append((k, b.matmul_tn(*stacked)))
-            else:
-                contributions.append((k, b.reduce_sum(stacked[0], axes=(0, *(a + 1 for a in maker.attrs["axes"])))))
+                return b.matmul_tn(*stacked)
+            return b.reduce_sum(stacked[0], axes=(0, *(a + 1 for a in maker.attrs["axes"])))
+
+        contributions += [(k, over_time(maker)) for k, maker in hoisted]
         for k, v in contributions:
             d_consts[k] = v if d_consts[k] is None else b.add(d_consts[k], v)
         return [*d_init_outer, *d_xs_outer, *d_consts]
@@ -187,6 +186,30 @@ class _BackwardScan:
 
 def _producer(bb: Builder, var: Var) -> Eqn | None:
     return next((e for e in bb.eqns if any(v is var for v in e.outputs)), None)
+
+
+def _hoistable(bb: Builder, var: Var) -> Eqn | None:
+    """The equation making `var` if its sum over steps can be computed after the loop.
+
+    That is a `matmul_tn` or a batch-summing `reduce_sum` of per-step values (then the sum over
+    steps is the same op over the stacked values), or a concat of such.
+    """
+    maker = _producer(bb, var)
+    if maker is None:
+        return None
+    if maker.op.name == "matmul_tn":
+        return maker
+    if maker.op.name == "reduce_sum" and not maker.attrs.get("keepdims") and 0 in maker.attrs["axes"]:
+        return maker
+    if maker.op.name == "concat" and all(_hoistable(bb, x) for x in maker.inputs):
+        return maker
+    return None
+
+
+def _leaves(bb: Builder, maker: Eqn) -> list[Eqn]:
+    if maker.op.name == "concat":
+        return [leaf for x in maker.inputs for leaf in _leaves(bb, _producer(bb, x))]
+    return [maker]
 
 
 def _terms(bb: Builder, var: Var) -> list[Var]:
