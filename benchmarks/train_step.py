@@ -3,8 +3,10 @@ kdsl's NumPy and CPU backends against PyTorch on the CPU, side by side in one ru
 
     python benchmarks/train_step.py [examples/mnist_lstm.kd] [--batch 64] [--threads 2] [--repeat 30]
 
-Also measures the CPU backend's cold compile (empty kernel cache, in a fresh process) and
-its cached start-up (a second fresh process). Prints medians and the ratio kdsl / PyTorch.
+"kdsl cpu, 1 thread" is the backend compiled with `parallel=False` (BLAS and kernels on one
+thread); "kdsl cpu" splits time loops and GEMMs across the threads. Also measures the CPU
+backend's cold compile (empty kernel cache, in a fresh process) and its cached start-up (a
+second fresh process). Prints medians and the ratio kdsl / PyTorch.
 """
 
 from __future__ import annotations
@@ -105,9 +107,12 @@ def main() -> None:
     rows = []
     with threadpool_limits(args.threads):
         reference = compile_model(graph, target="numpy")
+        serial = compile_model(graph, target="cpu", parallel=False)
         compiled = compile_model(graph, target="cpu")
-        compiled.weights = [w.copy() for w in reference.weights]
-        for name, model in (("kdsl numpy", reference), ("kdsl cpu", compiled)):
+        for model in (serial, compiled):
+            model.weights = [w.copy() for w in reference.weights]
+        backends = (("kdsl numpy", reference), ("kdsl cpu, 1 thread", serial), ("kdsl cpu", compiled))
+        for name, model in backends:
             train = median_ms(lambda m=model: m.train_step([x], [y]), args.repeat)
             rows.append((name, train, median_ms(lambda m=model: m.forward(x), args.repeat)))
         try:

@@ -13,6 +13,12 @@ from kdsl.ir.ops.base import Op, numel
 from kdsl.ir.types import TensorType
 
 
+def worth_threads(a, b) -> bool:
+    """Split a product across threads only when it is large: a sequence's (rows over time and batch)
+    or a big weight matrix. A parallel region costs tens of microseconds to open."""
+    return a.rank >= 3 or a.shape[-1] * b.shape[-1] >= 65536
+
+
 class MatMul(Op):
     """a[..., K] @ w[K, N] (or w[N, K] with `transpose_b`) -> [..., N]."""
 
@@ -36,7 +42,7 @@ class MatMul(Op):
     def cpu(self, em, eqn):
         (a, w), y = eqn.inputs, eqn.out
         weight = f"{em.ref(w)}.T" if eqn.attrs.get("transpose_b") else em.ref(w)
-        if not em.threaded:
+        if not (em.threaded and worth_threads(a, w)):
             em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
             return
         rows, out = em.fresh("rows"), em.fresh("out")
@@ -67,7 +73,7 @@ class MatMulTN(Op):
 
     def cpu(self, em, eqn):
         (a, b), y = eqn.inputs, eqn.out
-        if not em.threaded:
+        if not (em.threaded and worth_threads(a, b)):
             em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
             return
         left, right, parts = em.fresh("left"), em.fresh("right"), em.fresh("parts")
