@@ -9,7 +9,7 @@ shape rule, so every pass that writes code (lowering, autodiff, fusion) speaks o
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,13 +69,6 @@ class Program:
                 users.setdefault(id(var), []).append(eqn)
         return users
 
-    def walk(self) -> Iterator[Eqn]:
-        """Every equation, nested scan bodies included."""
-        for eqn in self.eqns:
-            yield eqn
-            if "body" in eqn.attrs:
-                yield from eqn.attrs["body"].walk()
-
 
 class Builder:
     """Appends equations to a program under construction. Python numbers become scalar constants."""
@@ -118,19 +111,3 @@ class Builder:
 
     def program(self, inputs: Sequence[Var], outputs: Sequence[Var]) -> Program:
         return Program(list(inputs), list(outputs), self.eqns)
-
-
-def format_program(program: Program, indent: str = "") -> str:
-    """Readable text: one equation per line, scan bodies indented beneath their scan."""
-    lines = [f"{indent}in  {', '.join(map(repr, program.inputs))}"]
-    for eqn in program.eqns:
-        attrs = {k: v for k, v in eqn.attrs.items() if k != "body"}
-        shown = ", ".join(f"{k}={v}" for k, v in attrs.items())
-        outs = ", ".join(map(repr, eqn.outputs))
-        args = ", ".join(v.name for v in eqn.inputs)
-        origin = f"  # {eqn.origin}" if eqn.origin else ""
-        lines.append(f"{indent}{outs} = {eqn.op.name}[{shown}]({args}){origin}".replace("[]", ""))
-        if "body" in eqn.attrs:
-            lines.append(format_program(eqn.attrs["body"], indent + "    "))
-    lines.append(f"{indent}out {', '.join(v.name for v in program.outputs)}")
-    return "\n".join(lines)

@@ -131,6 +131,7 @@ class _BackwardScan:
 
         d_consts: list[Var | None] = [None] * (len(eqn.inputs) - nc - nx)
         contributions = [(k, v) for (k, _), v in zip(accumulated, acc_outer)]
+
         def over_time(maker: Eqn) -> Var:
             """The sum over all steps of what `maker` computes for one step."""
             if maker.op.name == "concat":
