@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.graph import Graph, Node, Value
@@ -59,6 +62,68 @@ class Model:
     def to_kd(self) -> str:
         """The model as `.kd` text; `kdsl.lang.load(model.to_kd())` gives back an equal graph."""
         return to_kd(self.graph)
+
+    # --- training (kdsl.runtime.training) ---------------------------------------------------------
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None, loss_weights: Any = None,
+                target: str = "cpu", seed: int = 0) -> None:  # fmt: skip
+        """Choose optimizer, loss(es) and metrics, and compile the training and inference kernels.
+
+        Without arguments, a `.kd` model uses its `train` block.
+        """
+        from kdsl.runtime.training import Trainer
+
+        train = self.graph.train
+        if loss is None and train is not None:
+            terms = {o: train.losses.get(o, train.losses.get(None)) for o in self.output_names}
+            loss = {o: term.loss for o, term in terms.items() if term is not None}
+            loss_weights = loss_weights or {o: term.weight for o, term in terms.items() if term is not None}
+            optimizer = train.optimizer if optimizer == "rmsprop" else optimizer
+            if metrics is None:
+                metrics = {o: [*train.metrics.get(None, []), *train.metrics.get(o, [])] for o in self.output_names}
+        if loss is None:
+            raise KdslArgumentError("compile() needs a loss", hint="e.g. loss='sparse_categorical_crossentropy'")
+        weights = self._trainer.compiled.weights if getattr(self, "_trainer", None) else None
+        self._trainer = Trainer(self.graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed)
+        if weights is not None:
+            self.set_weights(weights)
+
+    @property
+    def trainer(self):
+        if getattr(self, "_trainer", None) is None:
+            raise KdslArgumentError("the model is not compiled", hint="call model.compile(optimizer, loss) first")
+        return self._trainer
+
+    def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
+            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
+            initial_epoch: int = 0):  # fmt: skip
+        """Train for `epochs` over (x, y); returns a `History`."""
+        return self.trainer.fit(x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
+                                initial_epoch)  # fmt: skip
+
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, return_dict: bool = False):
+        """Loss and metrics on (x, y): a list `[loss, *metrics]` as Keras returns, or a dict."""
+        logs = self.trainer.evaluate(x, y, batch_size)
+        return logs if return_dict else list(logs.values())
+
+    def predict(self, x: Any, batch_size: int = 32):
+        """Model outputs for x: one array, or a list when the model has several outputs."""
+        outputs = self.trainer.predict(x, batch_size)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def get_weights(self) -> list:
+        """Every weight, in Keras's order and layout."""
+        return [w.copy() for w in self.trainer.compiled.weights]
+
+    def set_weights(self, weights: Sequence) -> None:
+        current = self.trainer.compiled.weights
+        if len(weights) != len(current):
+            raise KdslArgumentError(f"set_weights needs {len(current)} arrays, got {len(weights)}")
+        for i, (name, old, new) in enumerate(zip(self.trainer.compiled.param_names, current, weights)):
+            new = np.asarray(new, np.float32)
+            if new.shape != old.shape:
+                raise KdslArgumentError(f"weight {i} (`{name}`) must have shape {old.shape}, got {new.shape}")
+            old[...] = new
 
 
 class Sequential(Model):

@@ -1,0 +1,55 @@
+"""Metrics computed from a batch's outputs and targets, averaged over an epoch as Keras averages them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdsl.catalogue.args import FnSpec
+from kdsl.catalogue.functions import METRICS
+
+ACCURACY_FOR_LOSS = {
+    "sparse_categorical_crossentropy": "sparse_categorical_accuracy",
+    "categorical_crossentropy": "categorical_accuracy",
+    "binary_crossentropy": "binary_accuracy",
+}
+
+
+def resolve(metric: str | FnSpec, loss: FnSpec, output_dims: tuple, target_rank: int) -> str:
+    """The metric's canonical name; plain `accuracy` becomes the variant that fits the loss, as in Keras."""
+    name = METRICS.spec(metric).name
+    if name != "accuracy":
+        return name
+    if loss.name in ACCURACY_FOR_LOSS:
+        return ACCURACY_FOR_LOSS[loss.name]
+    if output_dims[-1] == 1:
+        return "binary_accuracy"
+    return "categorical_accuracy" if target_rank == len(output_dims) else "sparse_categorical_accuracy"
+
+
+def per_sample(name: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """The metric for each sample (or each element of the sample axes Keras averages over)."""
+    if name == "sparse_categorical_accuracy":
+        return (np.argmax(y_pred, axis=-1) == y_true.reshape(y_pred.shape[:-1])).astype(np.float64)
+    if name == "categorical_accuracy":
+        return (np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)).astype(np.float64)
+    if name == "binary_accuracy":
+        return ((y_pred > 0.5) == (y_true > 0.5)).astype(np.float64).mean(axis=-1)
+    if name == "mean_squared_error":
+        return np.square(y_true - y_pred).mean(axis=-1)
+    if name == "mean_absolute_error":
+        return np.abs(y_true - y_pred).mean(axis=-1)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+class Mean:
+    """A running mean weighted by sample counts."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, value: float, count: int) -> None:
+        self.total += value * count
+        self.count += count
+
+    def result(self) -> float:
+        return self.total / max(self.count, 1)

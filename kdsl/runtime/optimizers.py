@@ -1,0 +1,162 @@
+"""Optimizers with Keras 3's update rules and defaults: SGD (momentum, Nesterov), Adam, RMSprop, Adagrad.
+
+Each updates float32 weights in place from the gradients a compiled training step leaves.
+Gradient clipping (`clipnorm`, `clipvalue`, `global_clipnorm`) is applied first, as Keras does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kdsl.catalogue.args import FnSpec
+from kdsl.catalogue.functions import OPTIMIZERS
+
+
+class Optimizer:
+    """Keras-style: `Optimizer(learning_rate=...)`, then `apply(weights, grads)` once per step."""
+
+    name = "optimizer"
+
+    def __init__(self, learning_rate: float, clipnorm=None, clipvalue=None, global_clipnorm=None, **hyper):
+        self.learning_rate = float(learning_rate)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.hyper = hyper
+        self.iterations = 0
+        self.slots: list[dict[str, np.ndarray]] = []
+
+    def apply(self, weights: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        if not self.slots:
+            self.slots = [self.create_slots(w) for w in weights]
+        grads = self.clip(grads)
+        self.iterations += 1
+        lr = np.float32(self.learning_rate)
+        for w, g, slots in zip(weights, grads, self.slots, strict=True):
+            self.update(w, g, slots, lr)
+
+    def clip(self, grads: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        if self.clipvalue is not None:
+            grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        if self.clipnorm is not None:
+            grads = [g * min(1.0, self.clipnorm / max(float(np.linalg.norm(g)), 1e-12)) for g in grads]
+        if self.global_clipnorm is not None:
+            total = float(np.sqrt(sum(float(np.sum(np.square(g))) for g in grads)))
+            grads = [g * min(1.0, self.global_clipnorm / max(total, 1e-12)) for g in grads]
+        return grads
+
+    def create_slots(self, weight: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+    def update(self, w: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], lr: np.float32) -> None:
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """Everything needed to resume training exactly."""
+        return {"iterations": self.iterations, "learning_rate": self.learning_rate, "slots": self.slots}
+
+
+class SGD(Optimizer):
+    name = "sgd"
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **clipping):
+        super().__init__(learning_rate, momentum=momentum, nesterov=nesterov, **clipping)
+
+    def create_slots(self, weight):
+        return {"momentum": np.zeros_like(weight)} if self.hyper["momentum"] else {}
+
+    def update(self, w, g, slots, lr):
+        momentum = np.float32(self.hyper["momentum"])
+        if not momentum:
+            w -= lr * g
+            return
+        m = slots["momentum"]
+        m *= momentum
+        m -= lr * g
+        w += momentum * m - lr * g if self.hyper["nesterov"] else m
+
+
+class Adam(Optimizer):
+    name = "adam"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **clipping):
+        super().__init__(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad, **clipping)
+
+    def create_slots(self, weight):
+        slots = {"m": np.zeros_like(weight), "v": np.zeros_like(weight)}
+        if self.hyper["amsgrad"]:
+            slots["v_hat"] = np.zeros_like(weight)
+        return slots
+
+    def update(self, w, g, slots, lr):
+        b1, b2, t = self.hyper["beta_1"], self.hyper["beta_2"], self.iterations
+        alpha = np.float32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))
+        m, v = slots["m"], slots["v"]
+        m += (g - m) * np.float32(1 - b1)
+        v += (np.square(g) - v) * np.float32(1 - b2)
+        if self.hyper["amsgrad"]:
+            np.maximum(slots["v_hat"], v, out=slots["v_hat"])
+            v = slots["v_hat"]
+        w -= alpha * m / (np.sqrt(v) + np.float32(self.hyper["epsilon"]))
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **clipping):
+        super().__init__(learning_rate, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered, **clipping)
+
+    def create_slots(self, weight):
+        slots = {"velocity": np.zeros_like(weight)}
+        if self.hyper["momentum"]:
+            slots["momentum"] = np.zeros_like(weight)
+        if self.hyper["centered"]:
+            slots["average_gradient"] = np.zeros_like(weight)
+        return slots
+
+    def update(self, w, g, slots, lr):
+        rho = np.float32(self.hyper["rho"])
+        velocity = slots["velocity"]
+        velocity *= rho
+        velocity += (1 - rho) * np.square(g)
+        denominator = velocity + np.float32(self.hyper["epsilon"])
+        if self.hyper["centered"]:
+            average = slots["average_gradient"]
+            average *= rho
+            average += (1 - rho) * g
+            denominator = denominator - np.square(average)
+        increment = lr * g / np.sqrt(denominator)
+        if self.hyper["momentum"]:
+            m = slots["momentum"]
+            m *= np.float32(self.hyper["momentum"])
+            m += increment
+            increment = m
+        w -= increment
+
+
+class Adagrad(Optimizer):
+    name = "adagrad"
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **clipping):
+        super().__init__(
+            learning_rate, initial_accumulator_value=initial_accumulator_value, epsilon=epsilon, **clipping
+        )
+
+    def create_slots(self, weight):
+        return {"accumulator": np.full_like(weight, self.hyper["initial_accumulator_value"])}
+
+    def update(self, w, g, slots, lr):
+        accumulator = slots["accumulator"]
+        accumulator += np.square(g)
+        w -= lr * g / np.sqrt(accumulator + np.float32(self.hyper["epsilon"]))
+
+
+CLASSES = {cls.name: cls for cls in (SGD, Adam, RMSprop, Adagrad)}
+
+
+def get(spec: Optimizer | FnSpec | str) -> Optimizer:
+    """An optimizer from an object, a name with Keras defaults (`'adam'`), or a bound `.kd` spec."""
+    if isinstance(spec, Optimizer):
+        return spec
+    spec = OPTIMIZERS.spec(spec)
+    return CLASSES[spec.name](**spec.args)

@@ -1,0 +1,271 @@
+"""`Model.compile / fit / evaluate / predict`: batches, optimizer steps, metrics and a Keras-style log.
+
+A `Trainer` holds what `compile` chose (the compiled kernels, optimizer, losses, metrics).
+Bad arrays are refused before any kernel runs, with the input's name and expected shape.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdsl.backends.compiled import CompiledModel, compile_model
+from kdsl.backends.numpy_ref import run_program
+from kdsl.catalogue.args import FnSpec
+from kdsl.catalogue.functions import LOSSES
+from kdsl.errors import KdslArgumentError
+from kdsl.ir.graph import Graph, LossTerm
+from kdsl.ir.program import Builder, Program
+from kdsl.ir.types import TensorType
+from kdsl.passes.losses import per_sample_loss, target_type
+from kdsl.runtime import metrics as metric_fns
+from kdsl.runtime.optimizers import Optimizer
+from kdsl.runtime.optimizers import get as get_optimizer
+
+Data = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
+
+
+@dataclass
+class History:
+    """What `fit` returns: `history[name]` is one value per epoch."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], what: str) -> list[np.ndarray]:
+    """Arrays in graph order from an array, a list or a dict by name; shapes and dtypes checked."""
+    if isinstance(data, Mapping):
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise KdslArgumentError(f"no {what} given for {', '.join(map(repr, missing))}; got {sorted(data)}")
+        data = [data[n] for n in names]
+    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence) or len(names) == 1:
+        data = [data]
+    if len(data) != len(names):
+        raise KdslArgumentError(f"expected {len(names)} {what} arrays ({', '.join(names)}), got {len(data)}")
+    arrays = []
+    for array, name, type in zip(data, names, types):
+        array = np.asarray(array)
+        expected = tuple(None if isinstance(d, str) else d for d in type.dims)
+        shape_ok = array.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, array.shape))
+        if not shape_ok:
+            shown = "(" + ", ".join("None" if e is None else str(e) for e in expected) + ")"
+            raise KdslArgumentError(f"{what} `{name}` must have shape {shown}, got {array.shape}")
+        if array.shape[0] == 0:
+            raise KdslArgumentError(f"{what} `{name}` is empty")
+        if type.dtype == "i32":
+            if not np.issubdtype(array.dtype, np.integer):
+                raise KdslArgumentError(f"{what} `{name}` must hold integers (i32), got {array.dtype}")
+            array = array.astype(np.int32)
+        else:
+            array = array.astype(np.float32)
+            if not np.isfinite(array).all():
+                raise KdslArgumentError(f"{what} `{name}` contains NaN or infinite values")
+        arrays.append(array)
+    if len({a.shape[0] for a in arrays}) > 1:
+        raise KdslArgumentError(f"{what} arrays have different numbers of samples: {[a.shape[0] for a in arrays]}")
+    return arrays
+
+
+class Trainer:
+    def __init__(
+        self,
+        graph: Graph,
+        optimizer: Optimizer | FnSpec | str,
+        loss: Any,
+        metrics: Any = None,
+        loss_weights: Any = None,
+        target: str = "cpu",
+        seed: int = 0,
+    ):
+        self.graph = graph
+        self.losses = _loss_terms(graph, loss, loss_weights)
+        self.optimizer = get_optimizer(optimizer)
+        self.compiled: CompiledModel = compile_model(graph, target=target, losses=self.losses, seed=seed)
+        assert self.compiled.training is not None
+        self.targets = self.compiled.training.targets
+        self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
+        self.rng = np.random.default_rng(seed)
+        self.evaluation = _evaluation_program(graph, self.losses)
+
+    # --- data -------------------------------------------------------------------------------------
+
+    def inputs(self, x: Data) -> list[np.ndarray]:
+        return as_arrays(x, [v.name for v in self.graph.inputs], [v.type for v in self.graph.inputs], "input")
+
+    def labels(self, y: Data) -> list[np.ndarray]:
+        names = self.graph.output_names
+        arrays = []
+        given = y if isinstance(y, Mapping) else dict(zip(names, [y] if len(names) == 1 else list(y)))
+        for name, var, output in zip(names, self.targets, self.graph.outputs):
+            array = np.asarray(given.get(name)) if name in given else None
+            if array is None:
+                raise KdslArgumentError(f"no target given for output `{name}`")
+            if var.type.dtype == "i32" and array.ndim == var.rank + 1 and array.shape[-1] == 1:
+                array = array[..., 0]  # Keras accepts sparse labels shaped (batch, 1)
+            if var.type.dtype == "f32" and array.ndim == var.rank - 1 and var.shape[-1] == 1:
+                array = array[..., None]
+            (array,) = as_arrays(array, [name], [var.type], "target")
+            if var.type.dtype == "i32":
+                classes = output.type.dims[-1]
+                if array.min() < 0 or array.max() >= classes:
+                    raise KdslArgumentError(
+                        f"target `{name}` has class ids in [{array.min()}, {array.max()}], "
+                        f"but the output has {classes} classes (ids 0..{classes - 1})"
+                    )
+            arrays.append(array)
+        return arrays
+
+    # --- loops ----------------------------------------------------------------------------------
+
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
+            shuffle=True, initial_epoch=0) -> History:  # fmt: skip
+        inputs, labels = self.inputs(x), self.labels(y)
+        count = inputs[0].shape[0]
+        if labels[0].shape[0] != count:
+            raise KdslArgumentError(f"inputs have {count} samples but targets have {labels[0].shape[0]}")
+        if validation_split and validation_data is None:  # Keras takes the last samples, before shuffling
+            cut = int(count * (1 - validation_split))
+            validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
+            inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
+        history = History(params={"epochs": epochs, "steps": -(-count // batch_size), "verbose": verbose})
+        trainable = [self.compiled.weights[i] for i in self.compiled.trainable]
+        for epoch in range(initial_epoch, epochs):
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            order = self.rng.permutation(count) if shuffle else np.arange(count)
+            tracker = _Tracker(self.metrics, self.graph.output_names)
+            started = time.perf_counter()
+            for done, start in enumerate(range(0, count, batch_size), 1):
+                batch = order[start : start + batch_size]
+                batch_labels = [a[batch] for a in labels]
+                loss = self.compiled.train_step([a[batch] for a in inputs], batch_labels)
+                self.optimizer.apply(trainable, self.compiled.grads)
+                tracker.update(loss, self.compiled.outputs, batch_labels)
+                if verbose == 1:
+                    _progress(done, history.params["steps"], started, tracker.logs(), end="\r")
+            logs = tracker.logs()
+            if validation_data is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
+            if verbose:
+                _progress(history.params["steps"], history.params["steps"], started, logs, end="\n")
+            history.epoch.append(epoch)
+            for key, value in logs.items():
+                history.history.setdefault(key, []).append(value)
+        return history
+
+    def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
+        inputs = self.inputs(x)
+        batches = [self.compiled.forward(*(a[s : s + batch_size] for a in inputs))
+                   for s in range(0, inputs[0].shape[0], batch_size)]  # fmt: skip
+        return [np.concatenate(parts) for parts in zip(*batches)]
+
+    def evaluate(self, x: Data, y: Data, batch_size: int = 32) -> dict[str, float]:
+        inputs, labels = self.inputs(x), self.labels(y)
+        tracker = _Tracker(self.metrics, self.graph.output_names)
+        for start in range(0, inputs[0].shape[0], batch_size):
+            batch_inputs = [a[start : start + batch_size] for a in inputs]
+            batch_labels = [a[start : start + batch_size] for a in labels]
+            outputs = self.compiled.forward(*batch_inputs)
+            loss = float(run_program(self.evaluation, [*outputs, *batch_labels, *self.compiled.weights])[0])
+            tracker.update(loss, outputs, batch_labels)
+        return tracker.logs()
+
+
+class _Tracker:
+    """Epoch means of the loss and of each (output, metric)."""
+
+    def __init__(self, metrics: list[list[tuple[str, str]]], names: list[str]):
+        self.metrics, self.names = metrics, names
+        self.loss = metric_fns.Mean()
+        self.means = {key: metric_fns.Mean() for key in self._keys()}
+
+    def _keys(self) -> list[str]:
+        several = len(self.names) > 1
+        return [f"{n}_{m}" if several else m for n, ms in zip(self.names, self.metrics) for m, _ in ms]
+
+    def update(self, loss: float, outputs, labels) -> None:
+        count = labels[0].shape[0]
+        self.loss.update(loss, count)
+        keys = iter(self._keys())
+        for names, output, label in zip(self.metrics, outputs, labels):
+            for _, name in names:
+                self.means[next(keys)].update(float(metric_fns.per_sample(name, label, output).mean()), count)
+
+    def logs(self) -> dict[str, float]:
+        return {"loss": self.loss.result(), **{k: m.result() for k, m in self.means.items()}}
+
+
+def _progress(done: int, steps: int, started: float, logs: dict[str, float], end: str) -> None:
+    """A Keras-style line: `938/938 [======] - 3s 3ms/step - loss: 0.51 - accuracy: 0.84`."""
+    elapsed = time.perf_counter() - started
+    bar = "=" * int(30 * done / steps)
+    bar = (bar[:-1] + ">" if done < steps else bar).ljust(30, ".")
+    values = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+    print(f"{done}/{steps} [{bar}] - {elapsed:.0f}s {1000 * elapsed / done:.0f}ms/step - {values}", end=end)
+    sys.stdout.flush()
+
+
+def _loss_terms(graph: Graph, loss: Any, loss_weights: Any) -> list[LossTerm]:
+    names = graph.output_names
+    if isinstance(loss, Mapping):
+        missing = [n for n in names if n not in loss]
+        if missing:
+            raise KdslArgumentError(f"no loss for output(s) {', '.join(missing)}")
+        losses = [loss[n] for n in names]
+    elif isinstance(loss, list | tuple):
+        losses = list(loss)
+    else:
+        losses = [loss] * len(names)
+    if isinstance(loss_weights, Mapping):
+        weights = [float(loss_weights.get(n, 1.0)) for n in names]
+    else:
+        weights = [float(w) for w in loss_weights] if loss_weights is not None else [1.0] * len(names)
+    return [LossTerm(LOSSES.spec(spec), weight) for spec, weight in zip(losses, weights, strict=True)]
+
+
+def _metrics(graph: Graph, losses: list[LossTerm], metrics: Any, target_types) -> list[list[tuple[str, str]]]:
+    """Per output, (log name, metric function name) pairs."""
+    names = graph.output_names
+    if isinstance(metrics, Mapping):
+        chosen = [list(metrics.get(n, [])) for n in names]
+    else:
+        chosen = [list(metrics or [])] * len(names)
+    return [
+        [(_display_name(m), metric_fns.resolve(m, term.loss, output.type.dims, t.rank)) for m in ms]
+        for ms, term, output, t in zip(chosen, losses, graph.outputs, target_types)
+    ]
+
+
+def _display_name(metric: Any) -> str:
+    """The key a metric is logged under: the name the user gave, as Keras logs `accuracy`."""
+    return metric if isinstance(metric, str) else metric.name
+
+
+def _evaluation_program(graph: Graph, losses: list[LossTerm]) -> Program:
+    """The total loss from outputs, targets and weights (regularizers included), on the NumPy backend."""
+    from kdsl.passes.losses import regularization
+    from kdsl.passes.lower import lower
+
+    lowered = lower(graph, training=False)
+    b = Builder()
+    outputs = [b.var(v.type, "out") for v in lowered.outputs]
+    targets = [b.var(target_type(t.loss, v.type), "target") for t, v in zip(losses, lowered.outputs)]
+    weights = [b.var(var.type, "w") for _, _, var in lowered.params]
+    total = b.const(0.0)
+    for term, output, labels in zip(losses, outputs, targets):
+        per_sample, _ = per_sample_loss(b, term.loss, labels, output, None)
+        everything = tuple(range(per_sample.rank))
+        mean = b.div(b.reduce_sum(per_sample, axes=everything), b.count(per_sample, axes=everything))
+        total = b.add(total, b.mul(mean, term.weight))
+    for (_, spec, _), w in zip(lowered.params, weights):
+        if spec.regularizer is not None and spec.trainable:
+            total = b.add(total, regularization(b, spec.regularizer, w))
+    return b.program([*outputs, *targets, *weights], [total])
