@@ -27,7 +27,7 @@ from kdsl.catalogue.args import (
     seed,
     unit_interval,
 )
-from kdsl.errors import KdslError, Span, did_you_mean
+from kdsl.errors import KdslArgumentError, KdslError, Span, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,13 @@ class FunctionTable:
 
     def __call__(self, value: Any) -> FnSpec:
         return self.spec(value)
+
+    def checked(self, value: Any) -> FnSpec:
+        """`spec` for Python callers: a bad value raises `KdslArgumentError` with its hint."""
+        try:
+            return self.spec(value)
+        except ArgError as error:
+            raise KdslArgumentError(error.message, hint=error.hint) from None
 
     def optional(self, value: Any) -> FnSpec | None:
         return None if value is None else self.spec(value)

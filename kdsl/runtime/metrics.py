@@ -16,7 +16,7 @@ ACCURACY_FOR_LOSS = {
 
 def resolve(metric: str | FnSpec, loss: FnSpec, output_dims: tuple, target_rank: int) -> str:
     """The metric's canonical name; plain `accuracy` becomes the variant that fits the loss, as in Keras."""
-    name = METRICS.spec(metric).name
+    name = METRICS.checked(metric).name
     if name != "accuracy":
         return name
     if loss.name in ACCURACY_FOR_LOSS:

@@ -158,5 +158,5 @@ def get(spec: Optimizer | FnSpec | str) -> Optimizer:
     """An optimizer from an object, a name with Keras defaults (`'adam'`), or a bound `.kd` spec."""
     if isinstance(spec, Optimizer):
         return spec
-    spec = OPTIMIZERS.spec(spec)
+    spec = OPTIMIZERS.checked(spec)
     return CLASSES[spec.name](**spec.args)

@@ -46,8 +46,10 @@ def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], wha
         if missing:
             raise KdslArgumentError(f"no {what} given for {', '.join(map(repr, missing))}; got {sorted(data)}")
         data = [data[n] for n in names]
-    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence) or len(names) == 1:
+    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence):
         data = [data]
+    elif len(names) == 1 and not (len(data) == 1 and isinstance(data[0], np.ndarray)):
+        data = [data]  # nested lists holding one input's values
     if len(data) != len(names):
         raise KdslArgumentError(f"expected {len(names)} {what} arrays ({', '.join(names)}), got {len(data)}")
     arrays = []
@@ -56,7 +58,7 @@ def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], wha
         expected = tuple(None if isinstance(d, str) else d for d in type.dims)
         shape_ok = array.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, array.shape))
         if not shape_ok:
-            shown = "(" + ", ".join("None" if e is None else str(e) for e in expected) + ")"
+            shown = str(tuple(expected))
             raise KdslArgumentError(f"{what} `{name}` must have shape {shown}, got {array.shape}")
         if array.shape[0] == 0:
             raise KdslArgumentError(f"{what} `{name}` is empty")
@@ -103,7 +105,12 @@ class Trainer:
     def labels(self, y: Data) -> list[np.ndarray]:
         names = self.graph.output_names
         arrays = []
-        given = y if isinstance(y, Mapping) else dict(zip(names, [y] if len(names) == 1 else list(y)))
+        if isinstance(y, Mapping):
+            given = y
+        elif len(names) == 1 and not (isinstance(y, list | tuple) and len(y) == 1):
+            given = {names[0]: y}
+        else:
+            given = dict(zip(names, y))
         for name, var, output in zip(names, self.targets, self.graph.outputs):
             array = np.asarray(given.get(name)) if name in given else None
             if array is None:
@@ -228,7 +235,7 @@ def _loss_terms(graph: Graph, loss: Any, loss_weights: Any) -> list[LossTerm]:
         weights = [float(loss_weights.get(n, 1.0)) for n in names]
     else:
         weights = [float(w) for w in loss_weights] if loss_weights is not None else [1.0] * len(names)
-    return [LossTerm(LOSSES.spec(spec), weight) for spec, weight in zip(losses, weights, strict=True)]
+    return [LossTerm(LOSSES.checked(spec), weight) for spec, weight in zip(losses, weights, strict=True)]
 
 
 def _metrics(graph: Graph, losses: list[LossTerm], metrics: Any, target_types) -> list[list[tuple[str, str]]]:

@@ -1,0 +1,170 @@
+"""The Keras-like runtime: optimizers against their update rules, fit/evaluate/predict, bad input, datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras_reference as ref
+import numpy as np
+import pytest
+
+import kdsl
+from kdsl.datasets import idx, mnist
+from kdsl.errors import KdslArgumentError, KdslError
+from kdsl.lang import load
+from kdsl.runtime import optimizers
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _steps(optimizer, grads):
+    w = np.array([0.5, -1.0, 2.0], np.float32)
+    for g in grads:
+        optimizer.apply([w], [np.asarray(g, np.float32)])
+    return w
+
+
+GRADS = [[0.1, -0.2, 0.3], [0.05, 0.4, -0.1], [-0.3, 0.1, 0.2]]
+
+
+def test_sgd_momentum_and_nesterov_follow_keras():
+    for nesterov in (False, True):
+        w, m = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+        for g in map(np.array, GRADS):
+            m = 0.9 * m - 0.1 * g
+            w = w + (0.9 * m - 0.1 * g if nesterov else m)
+        np.testing.assert_allclose(_steps(optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov), GRADS), w, rtol=1e-6)
+
+
+def test_adam_follows_keras():
+    w, m, v = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(map(np.array, GRADS), 1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - 0.01 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(_steps(optimizers.Adam(0.01), GRADS), w, rtol=1e-5)
+
+
+def test_rmsprop_and_adagrad_follow_keras():
+    w, v, mom = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.zeros(3)
+    for g in map(np.array, GRADS):
+        v = 0.9 * v + 0.1 * g * g
+        mom = 0.5 * mom + 0.01 * g / np.sqrt(v + 1e-7)
+        w = w - mom
+    np.testing.assert_allclose(_steps(optimizers.RMSprop(0.01, momentum=0.5), GRADS), w, rtol=1e-5)
+    w, acc = np.array([0.5, -1.0, 2.0]), np.full(3, 0.1)
+    for g in map(np.array, GRADS):
+        acc = acc + g * g
+        w = w - 0.1 * g / np.sqrt(acc + 1e-7)
+    np.testing.assert_allclose(_steps(optimizers.Adagrad(0.1), GRADS), w, rtol=1e-5)
+
+
+def test_optimizers_by_name_take_keras_defaults():
+    adam = optimizers.get("adam")
+    assert isinstance(adam, optimizers.Adam) and adam.learning_rate == 0.001
+    assert optimizers.get("sgd").learning_rate == 0.01
+    with pytest.raises(KdslError, match="did you mean"):
+        optimizers.get("adamm")
+
+
+CLASSIFIER = """model C(x: f32[batch, 4]) -> y {
+    y = x |> dense(8, activation=relu) |> dense(3, activation=softmax)
+}
+train C { loss = sparse_categorical_crossentropy
+          optimizer = adam(learning_rate=0.05)
+          metrics = [accuracy] }"""
+
+
+def _classifier():
+    model = kdsl.Model.from_graph(load(CLASSIFIER, "c.kd").models["C"])
+    model.compile(target="numpy", seed=1)
+    return model
+
+
+def _blobs(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.standard_normal((n, 4)).astype(np.float32) * 0.3 + np.eye(3, 4)[y] * 2
+    return x, y
+
+
+def test_fit_learns_and_evaluate_predict_agree():
+    model, (x, y) = _classifier(), _blobs()
+    before = model.evaluate(x, y, return_dict=True)
+    history = model.fit(x, y, batch_size=16, epochs=5, verbose=0, validation_split=0.25)
+    after = model.evaluate(x, y, return_dict=True)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert history.epoch == [0, 1, 2, 3, 4] and len(history.history["loss"]) == 5
+    assert after["loss"] < before["loss"] and after["accuracy"] > 0.9
+    probs = model.predict(x)
+    assert probs.shape == (120, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert after["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    expected_loss = ref.sparse_categorical_crossentropy(y, probs).mean()
+    assert after["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_weights_round_trip_in_keras_order():
+    model = _classifier()
+    weights = model.get_weights()
+    assert [w.shape for w in weights] == [(4, 8), (8,), (8, 3), (3,)]
+    model.set_weights([w + 1 for w in weights])
+    np.testing.assert_allclose(model.get_weights()[0], weights[0] + 1)
+    with pytest.raises(KdslArgumentError, match=r"weight 2 \(`dense_1/kernel`\) must have shape \(8, 3\)"):
+        model.set_weights([weights[0], weights[1], np.zeros((3, 8)), weights[3]])
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.zeros((5, 3)), np.zeros(5, int), r"input `x` must have shape \(None, 4\), got \(5, 3\)"),
+        (np.zeros((0, 4)), np.zeros(0, int), "input `x` is empty"),
+        (np.full((5, 4), np.nan), np.zeros(5, int), "input `x` contains NaN"),
+        (np.zeros((5, 4)), np.array([0, 1, 2, 3, 0]), r"class ids in \[0, 3\], but the output has 3 classes"),
+        (np.zeros((5, 4)), np.zeros(4, int), "inputs have 5 samples but targets have 4"),
+        ({"z": np.zeros((5, 4))}, np.zeros(5, int), "no input given for 'x'"),
+    ],
+)
+def test_bad_arrays_are_refused_with_names_and_shapes(x, y, message):
+    with pytest.raises(KdslArgumentError, match=message):
+        _classifier().fit(x, y, verbose=0)
+
+
+def test_headline_total_loss_is_the_weighted_sum(examples):
+    model = kdsl.load_model_file(examples / "headline.kd")
+    model.compile(target="numpy")
+    rng = np.random.default_rng(0)
+    x = {"words": rng.integers(0, 10000, (4, 100)), "extra": rng.standard_normal((4, 5))}
+    y = {"main": rng.integers(0, 2, (4, 1)).astype(np.float32), "aux": rng.integers(0, 2, (4, 1)).astype(np.float32)}
+    total = model.evaluate(x, y, return_dict=True)["loss"]
+    main, aux = model.predict(x)
+    expected = ref.binary_crossentropy(y["main"], main).mean() + 0.2 * ref.binary_crossentropy(y["aux"], aux).mean()
+    assert total == pytest.approx(expected, rel=1e-4)
+
+
+def test_idx_reader_checksums_and_offline_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSL_DATA", str(tmp_path))
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not the real file")
+    with pytest.raises(KdslError, match="corrupt"):
+        mnist.DATASET.path("train-images-idx3-ubyte.gz")
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(idx.urllib.request, "urlopen", offline)
+    with pytest.raises(KdslError, match="cannot download") as error:
+        mnist.DATASET.path("t10k-labels-idx1-ubyte.gz")
+    assert "KDSL_DATA" in error.value.hint
+    assert not list(folder.glob("*.part"))
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="the shared MNIST files are not on this machine")
+def test_mnist_loads_as_keras_returns_it(monkeypatch):
+    monkeypatch.setenv("KDSL_DATA", os.fspath(SHARED_DATA))
+    (x, y), (x_test, y_test) = mnist.load_data()
+    assert x.shape == (60000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (60000,) and set(np.unique(y)) == set(range(10))
+    assert x_test.shape == (10000, 28, 28) and y_test.shape == (10000,)
