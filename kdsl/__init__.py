@@ -8,6 +8,18 @@ from kdsl import layers
 from kdsl.errors import KdslError
 from kdsl.layers import Input
 from kdsl.model import Model, Sequential, load_model_file
+from kdsl.runtime import callbacks, optimizers
+from kdsl.runtime.saving import load_model
 
-__all__ = ["Input", "KdslError", "Model", "Sequential", "layers", "load_model_file"]
+__all__ = [
+    "Input",
+    "KdslError",
+    "Model",
+    "Sequential",
+    "callbacks",
+    "layers",
+    "load_model",
+    "load_model_file",
+    "optimizers",
+]
 __version__ = "0.1.0"

@@ -95,11 +95,39 @@ class Model:
         return self._trainer
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
-            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
-            initial_epoch: int = 0):  # fmt: skip
-        """Train for `epochs` over (x, y); returns a `History`."""
-        return self.trainer.fit(x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
-                                initial_epoch)  # fmt: skip
+            callbacks: Sequence = (), validation_split: float = 0.0, validation_data: Any = None,
+            shuffle: bool = True, initial_epoch: int | None = None):  # fmt: skip
+        """Train up to epoch `epochs` over (x, y), from `initial_epoch` (default: where training stopped)."""
+        return self.trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
+                                initial_epoch, callbacks)  # fmt: skip
+
+    @property
+    def optimizer(self):
+        return self.trainer.optimizer
+
+    def train_on_batch(self, x: Any, y: Any) -> float:
+        """One optimizer step on one batch; returns its loss."""
+        return self.trainer.step(self.trainer.inputs(x), self.trainer.labels(y))
+
+    def predict_on_batch(self, x: Any):
+        outputs = self.trainer.compiled.forward(*self.trainer.inputs(x))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def save_weights(self, path: str | Path) -> None:
+        from kdsl.runtime.saving import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path: str | Path) -> None:
+        from kdsl.runtime.saving import load_weights
+
+        load_weights(self, path)
+
+    def save(self, path: str | Path) -> None:
+        """One `.kdz` file with the `.kd` source, weights, optimizer and random state: `kdsl.load_model` resumes."""
+        from kdsl.runtime.saving import save_model
+
+        save_model(self, path)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, return_dict: bool = False):
         """Loss and metrics on (x, y): a list `[loss, *metrics]` as Keras returns, or a dict."""

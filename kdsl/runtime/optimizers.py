@@ -51,9 +51,10 @@ class Optimizer:
     def update(self, w: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], lr: np.float32) -> None:
         raise NotImplementedError
 
-    def state(self) -> dict:
-        """Everything needed to resume training exactly."""
-        return {"iterations": self.iterations, "learning_rate": self.learning_rate, "slots": self.slots}
+    def config(self) -> dict:
+        """Name and arguments: `CLASSES[name](**rest)` makes the same optimizer again."""
+        clipping = {"clipnorm": self.clipnorm, "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+        return {"name": self.name, "learning_rate": self.learning_rate, **self.hyper, **clipping}
 
 
 class SGD(Optimizer):

@@ -96,6 +96,7 @@ class Trainer:
         self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
         self.rng = np.random.default_rng(seed)
         self.evaluation = _evaluation_program(graph, self.losses)
+        self.epochs_done = 0
 
     # --- data -------------------------------------------------------------------------------------
 
@@ -132,8 +133,9 @@ class Trainer:
 
     # --- loops ----------------------------------------------------------------------------------
 
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
-            shuffle=True, initial_epoch=0) -> History:  # fmt: skip
+    def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
+            shuffle=True, initial_epoch=None, callbacks=()) -> History:  # fmt: skip
+        """Train `model` (whose trainer this is); `initial_epoch` defaults to the epochs already done."""
         inputs, labels = self.inputs(x), self.labels(y)
         count = inputs[0].shape[0]
         if labels[0].shape[0] != count:
@@ -143,8 +145,17 @@ class Trainer:
             validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
             inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
         history = History(params={"epochs": epochs, "steps": -(-count // batch_size), "verbose": verbose})
-        trainable = [self.compiled.weights[i] for i in self.compiled.trainable]
-        for epoch in range(initial_epoch, epochs):
+        callbacks = list(callbacks)
+        model.stop_training = False
+        for callback in callbacks:
+            callback.set_model(model)
+            callback.on_train_begin()
+        start = self.epochs_done if initial_epoch is None else initial_epoch
+        for epoch in range(start, epochs):
+            if model.stop_training:
+                break
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             order = self.rng.permutation(count) if shuffle else np.arange(count)
@@ -153,9 +164,12 @@ class Trainer:
             for done, start in enumerate(range(0, count, batch_size), 1):
                 batch = order[start : start + batch_size]
                 batch_labels = [a[batch] for a in labels]
-                loss = self.compiled.train_step([a[batch] for a in inputs], batch_labels)
-                self.optimizer.apply(trainable, self.compiled.grads)
+                loss = self.step([a[batch] for a in inputs], batch_labels)
                 tracker.update(loss, self.compiled.outputs, batch_labels)
+                for callback in callbacks:
+                    callback.on_train_batch_end(done - 1, {"loss": loss})
+                if model.stop_training:
+                    break
                 if verbose == 1:
                     _progress(done, history.params["steps"], started, tracker.logs(), end="\r")
             logs = tracker.logs()
@@ -163,10 +177,21 @@ class Trainer:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
             if verbose:
                 _progress(history.params["steps"], history.params["steps"], started, logs, end="\n")
+            self.epochs_done = epoch + 1
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
             history.epoch.append(epoch)
             for key, value in logs.items():
                 history.history.setdefault(key, []).append(value)
+        for callback in callbacks:
+            callback.on_train_end()
         return history
+
+    def step(self, inputs: list[np.ndarray], labels: list[np.ndarray]) -> float:
+        """One training step and optimizer update on one batch of checked arrays; returns the loss."""
+        loss = self.compiled.train_step(inputs, labels)
+        self.optimizer.apply([self.compiled.weights[i] for i in self.compiled.trainable], self.compiled.grads)
+        return loss
 
     def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
         inputs = self.inputs(x)

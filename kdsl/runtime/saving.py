@@ -1,0 +1,113 @@
+"""One file holds a model: `.kdz`, a zip of its `.kd` source, weights, optimizer state and random state.
+
+Loading it in a new process and training on gives the weights an uninterrupted run would
+have: the optimizer's slots and step count, and the generators that shuffle batches and
+draw dropout masks, are all restored. Files are written through a temporary file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kdsl.catalogue.args import FnSpec
+from kdsl.errors import KdslError
+from kdsl.lang import load
+from kdsl.lang.format import to_kd
+from kdsl.runtime.callbacks import write_atomically
+from kdsl.runtime.optimizers import CLASSES
+
+if TYPE_CHECKING:
+    from kdsl.model import Model
+
+FORMAT = 1
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def save_weights(model: Model, path: str | Path) -> None:
+    """The weights alone, by Keras name, as `.npz`."""
+    compiled = model.trainer.compiled
+    write_atomically(path, _npz(dict(zip(compiled.param_names, compiled.weights))))
+
+
+def load_weights(model: Model, path: str | Path) -> None:
+    with np.load(path) as stored:
+        missing = [n for n in model.trainer.compiled.param_names if n not in stored]
+        if missing:
+            raise KdslError(f"{path} has no weights for {', '.join(missing)}")
+        model.set_weights([stored[n] for n in model.trainer.compiled.param_names])
+
+
+def save_model(model: Model, path: str | Path) -> None:
+    trainer = model.trainer
+    optimizer = trainer.optimizer
+    state = {
+        "format": FORMAT,
+        "model": model.name,
+        "param_names": trainer.compiled.param_names,
+        "compile": {
+            "losses": [{"name": t.loss.name, "args": dict(t.loss.args), "weight": t.weight} for t in trainer.losses],
+            "metrics": [[shown for shown, _ in ms] for ms in trainer.metrics],
+            "optimizer": optimizer.config(),
+            "target": trainer.compiled.target,
+        },
+        "optimizer": {"iterations": optimizer.iterations, "learning_rate": optimizer.learning_rate},
+        "random": {"batches": trainer.rng.bit_generator.state, "dropout": trainer.compiled.rng.bit_generator.state},
+        "epochs_done": trainer.epochs_done,
+    }
+    slots = {f"{i}/{name}": value for i, named in enumerate(optimizer.slots) for name, value in named.items()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.kd", to_kd(model.graph))
+        archive.writestr("state.json", json.dumps(state, indent=1))
+        archive.writestr("weights.npz", _npz(dict(zip(trainer.compiled.param_names, trainer.compiled.weights))))
+        archive.writestr("optimizer.npz", _npz(slots))
+    write_atomically(path, out.getvalue())
+
+
+def load_model(path: str | Path) -> Model:
+    """A model saved by `Model.save`, compiled and ready to go on training where it stopped."""
+    from kdsl.model import Model
+
+    with zipfile.ZipFile(path) as archive:
+        state = json.loads(archive.read("state.json"))
+        if state.get("format") != FORMAT:
+            raise KdslError(f"{path}: unknown format {state.get('format')!r}")
+        source = archive.read("model.kd").decode()
+        weights = np.load(io.BytesIO(archive.read("weights.npz")))
+        slots = np.load(io.BytesIO(archive.read("optimizer.npz")))
+    graph = load(source, f"{path}:model.kd").models[state["model"]]
+    model = Model.from_graph(graph)
+    setup = state["compile"]
+    optimizer_config = dict(setup["optimizer"])
+    optimizer = CLASSES[optimizer_config.pop("name")](**optimizer_config)
+    model.compile(
+        optimizer=optimizer,
+        loss=[FnSpec(loss["name"], loss["args"]) for loss in setup["losses"]],
+        loss_weights=[loss["weight"] for loss in setup["losses"]],
+        metrics=dict(zip(graph.output_names, setup["metrics"])),
+        target=setup["target"],
+    )
+    model.set_weights([weights[name] for name in state["param_names"]])
+    trainer = model.trainer
+    optimizer.iterations = state["optimizer"]["iterations"]
+    optimizer.learning_rate = state["optimizer"]["learning_rate"]
+    trainable = [trainer.compiled.weights[i] for i in trainer.compiled.trainable]
+    optimizer.slots = [optimizer.create_slots(w) for w in trainable] if optimizer.iterations else []
+    for key, value in slots.items():
+        index, name = key.split("/", 1)
+        optimizer.slots[int(index)][name] = value.copy()
+    trainer.rng.bit_generator.state = state["random"]["batches"]
+    trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
+    trainer.epochs_done = state["epochs_done"]
+    return model

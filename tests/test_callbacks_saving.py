@@ -1,0 +1,152 @@
+"""Callbacks; and saving: a model saved mid-training and resumed in a new process ends as an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kdsl
+from kdsl import callbacks
+from kdsl.lang import load
+
+SOURCE = """model C(x: f32[batch, 4]) -> y {
+    y = x |> dense(8, activation=relu) |> dropout(0.3) |> dense(3, activation=softmax)
+}
+train C { loss = sparse_categorical_crossentropy
+          optimizer = adam(learning_rate=0.02)
+          metrics = [accuracy] }"""
+
+
+def _model(seed: int = 1) -> kdsl.Model:
+    model = kdsl.Model.from_graph(load(SOURCE, "c.kd").models["C"])
+    model.compile(target="numpy", seed=seed)
+    return model
+
+
+def _data(n: int = 96):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    return rng.standard_normal((n, 4)).astype(np.float32) * 0.5 + np.eye(3, 4)[y], y
+
+
+RESUME = """
+import sys, numpy as np, kdsl
+model = kdsl.load_model(sys.argv[1])
+data = np.load(sys.argv[2])
+model.fit(data["x"], data["y"], batch_size=16, epochs=3, verbose=0)
+np.savez(sys.argv[3], *model.get_weights())
+"""
+
+
+def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
+    x, y = _data()
+    straight = _model()
+    straight.fit(x, y, batch_size=16, epochs=3, verbose=0)
+
+    first = _model()
+    first.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    first.save(tmp_path / "c.kdz")
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    command = [
+        sys.executable,
+        "-c",
+        RESUME,
+        str(tmp_path / "c.kdz"),
+        str(tmp_path / "data.npz"),
+        str(tmp_path / "w.npz"),
+    ]
+    subprocess.run(command, check=True, timeout=300)
+    with np.load(tmp_path / "w.npz") as resumed:
+        for i, expected in enumerate(straight.get_weights()):
+            np.testing.assert_array_equal(resumed[f"arr_{i}"], expected)
+
+
+def test_weights_files_round_trip(tmp_path):
+    model, other = _model(1), _model(2)
+    model.save_weights(tmp_path / "c.npz")
+    other.load_weights(tmp_path / "c.npz")
+    for a, b in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_keeps_only_improvements(tmp_path):
+    x, y = _data()
+    seen = []
+
+    class Losses(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(logs["val_loss"])
+
+    path = tmp_path / "best-{epoch}.kdz"
+    checkpoint = callbacks.ModelCheckpoint(str(path), monitor="val_loss", save_best_only=True)
+    _model().fit(x, y, batch_size=16, epochs=4, verbose=0, validation_split=0.25, callbacks=[Losses(), checkpoint])
+    improving = [e + 1 for e, v in enumerate(seen) if v < min(seen[:e], default=np.inf)]
+    assert sorted(int(p.stem.split("-")[1]) for p in tmp_path.glob("best-*.kdz")) == improving
+    assert kdsl.load_model(tmp_path / f"best-{improving[-1]}.kdz").evaluate(x, y)[0] < 2.0
+
+
+def test_early_stopping_restores_the_best_weights():
+    x, y = _data()
+    model = _model()
+    model.optimizer.learning_rate = 0.5  # large steps, so validation loss soon gets worse
+    stop = callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    best = []
+
+    class Keep(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            best.append((logs["val_loss"], model.get_weights()))
+
+    history = model.fit(x, y, batch_size=8, epochs=30, verbose=0, validation_split=0.25, callbacks=[Keep(), stop])
+    assert len(history.epoch) < 30 and stop.stopped_epoch == history.epoch[-1]
+    losses = [loss for loss, _ in best]
+    expected = best[int(np.argmin(losses))][1]
+    for a, b in zip(model.get_weights(), expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_learning_rate_schedule_and_plateau():
+    x, y = _data()
+    model = _model()
+    schedule = callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[schedule])
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+
+    plateau = callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=10.0)
+    model.optimizer.learning_rate = 0.01
+    model.fit(x, y, epochs=3, verbose=0, initial_epoch=0, callbacks=[plateau])
+    assert model.optimizer.learning_rate == pytest.approx(0.01 * 0.5**2)  # no epoch improves by 10
+
+
+def test_terminate_on_nan_stops_at_once():
+    x, y = _data()
+    model = _model()
+    model.optimizer.learning_rate = 1e30
+    history = model.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[callbacks.TerminateOnNaN()])
+    assert len(history.epoch) == 1
+    assert not np.isfinite(history.history["loss"][0])
+
+
+def test_csv_and_json_lines_logs(tmp_path):
+    x, y = _data()
+    csv_path, json_path = tmp_path / "log.csv", tmp_path / "log.jsonl"
+    loggers = [callbacks.CSVLogger(str(csv_path)), callbacks.JSONLinesLogger(str(json_path))]
+    history = _model().fit(x, y, epochs=2, verbose=0, callbacks=loggers)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(history.history["loss"])
+    lines = [json.loads(line) for line in json_path.read_text().splitlines()]
+    assert [line["accuracy"] for line in lines] == pytest.approx(history.history["accuracy"])
+
+
+def test_progress_line_has_the_keras_format(capsys):
+    x, y = _data()
+    _model().fit(x, y, batch_size=32, epochs=1, verbose=2)
+    out = capsys.readouterr().out
+    assert out.startswith("Epoch 1/1\n3/3 [==============================] - ")
+    assert "ms/step - loss: " in out and " - accuracy: " in out
