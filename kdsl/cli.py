@@ -7,7 +7,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from kdsl import catalogue
+import numpy as np
+
+from kdsl import catalogue, datasets
 from kdsl.backends.compiled import cache_dir, compile_model
 from kdsl.catalogue.args import REQUIRED
 from kdsl.errors import KdslError, did_you_mean
@@ -16,6 +18,8 @@ from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
 from kdsl.lang.format import format_setting, to_kd
+from kdsl.model import Model
+from kdsl.runtime.saving import load_model
 from kdsl.summary import summary
 
 
@@ -68,6 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--inference", action="store_true", help="inference only: no training step")
     compile_.add_argument("--batch", type=int, default=32, help="batch size for the costs --explain reports")
     compile_.set_defaults(run=_compile)
+
+    train = commands.add_parser("train", help="run a file's train block on a dataset", description=_train.__doc__)
+    train.add_argument("file", metavar="FILE")
+    train.add_argument("--model", help="which model of the file (needed when it defines several)")
+    train.add_argument("--data", default="mnist_small", help="mnist, fashion_mnist, mnist_small (shipped) or an .npz")
+    train.add_argument("--epochs", type=int, help="instead of the train block's")
+    train.add_argument("--batch-size", type=int, help="instead of the train block's")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--target", choices=["cpu", "numpy"], default="cpu", help="the backend to train on")
+    train.add_argument("--out", help="where to save the trained model (default: MODEL.kdz)")
+    train.set_defaults(run=_train)
+
+    for name, run, text in (("evaluate", _evaluate, "loss and metrics of a saved model on a dataset's test split"),
+                            ("predict", _predict, "outputs of a saved model on a dataset's test split")):  # fmt: skip
+        command = commands.add_parser(name, help=text, description=run.__doc__)
+        command.add_argument("saved", metavar="MODEL.kdz")
+        command.add_argument("--data", default="mnist_small", help="mnist, fashion_mnist, mnist_small or an .npz")
+        if name == "predict":
+            command.add_argument("--out", default="predictions.npy", help="where to write the outputs (.npy)")
+        command.set_defaults(run=run)
 
     layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
     layers.add_argument("name", nargs="?", help="show one layer's arguments and defaults")
@@ -134,6 +158,43 @@ def _compile(args: argparse.Namespace) -> int:
                 f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
                 f"(cached in {cache_dir()})"
             )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train a model as its `train` block says, on a dataset; print test loss and metrics; save the model."""
+    program = load_file(args.file)
+    graph = program.model(args.model) if args.model or len(program.models) > 1 else next(iter(program.models.values()))
+    if graph.train is None:
+        raise KdslError(f"model `{graph.name}` has no train block", hint=f"add `train {graph.name} {{ loss = ... }}`")
+    (x, y), (x_test, y_test) = datasets.load(args.data)
+    model = Model.from_graph(graph)
+    model.compile(seed=args.seed, target=args.target)
+    recipe = graph.train
+    model.fit(x, y, batch_size=args.batch_size or recipe.batch_size, epochs=args.epochs or recipe.epochs,
+              validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
+    logs = model.evaluate(x_test, y_test, batch_size=256, return_dict=True)
+    print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    out = args.out or f"{graph.name}.kdz"
+    model.save(out)
+    print(f"saved {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Loss and metrics of a model saved by `kdsl train` on a dataset's test split."""
+    _, (x_test, y_test) = datasets.load(args.data)
+    logs = load_model(args.saved).evaluate(x_test, y_test, batch_size=256, return_dict=True)
+    print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Outputs of a model saved by `kdsl train` on a dataset's test split, written as .npy."""
+    _, (x_test, _) = datasets.load(args.data)
+    outputs = load_model(args.saved).predict(x_test, batch_size=256)
+    np.save(args.out, outputs if isinstance(outputs, np.ndarray) else np.stack(outputs))
+    print(f"wrote {args.out}: {len(x_test)} predictions")
     return 0
 
 

@@ -64,3 +64,24 @@ def test_emit_ir_shows_fused_loops(examples, capsys):
     assert "# forward: lowered and fused" in out and "# train_step: lowered and fused" in out
     assert "loop over (batch, 64):" in out
     assert "scan[" in out and "(no code: a view)" in out
+
+
+def test_train_evaluate_predict_on_the_shipped_sample(tmp_path, examples, capsys):
+    saved = tmp_path / "digits.kdz"
+    args = ["train", str(examples / "mnist_mlp.kd"), "--epochs", "2", "--target", "numpy", "--out", str(saved)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and f"saved {saved}" in out
+    accuracy = float(out.split("test: ")[1].split("accuracy: ")[1].split()[0])
+    assert accuracy > 0.8  # 2,000 real digits, two epochs
+    assert main(["evaluate", str(saved)]) == 0
+    assert f"accuracy: {accuracy:.4f}" in capsys.readouterr().out
+    assert main(["predict", str(saved), "--out", str(tmp_path / "p.npy")]) == 0
+    predictions = np.load(tmp_path / "p.npy")
+    assert predictions.shape == (500, 10)
+    np.testing.assert_allclose(predictions.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_train_refuses_an_unknown_dataset(examples, capsys):
+    assert main(["train", str(examples / "mnist_mlp.kd"), "--data", "cifar"]) == 1
+    assert "no dataset 'cifar'" in capsys.readouterr().err

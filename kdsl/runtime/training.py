@@ -160,7 +160,7 @@ class Trainer:
                 print(f"Epoch {epoch + 1}/{epochs}")
             order = self.rng.permutation(count) if shuffle else np.arange(count)
             tracker = _Tracker(self.metrics, self.graph.output_names)
-            started = time.perf_counter()
+            started = shown = time.perf_counter()
             for done, start in enumerate(range(0, count, batch_size), 1):
                 batch = order[start : start + batch_size]
                 batch_labels = [a[batch] for a in labels]
@@ -170,8 +170,9 @@ class Trainer:
                     callback.on_train_batch_end(done - 1, {"loss": loss})
                 if model.stop_training:
                     break
-                if verbose == 1:
+                if verbose == 1 and time.perf_counter() - shown > 0.1:  # redraw the bar ten times a second
                     _progress(done, history.params["steps"], started, tracker.logs(), end="\r")
+                    shown = time.perf_counter()
             logs = tracker.logs()
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
