@@ -13,7 +13,7 @@ def concrete(dims, batch: int) -> list[int]:
 
 
 def training_arrays(training: Training, rng: np.random.Generator, batch: int, dtype=np.float64):
-    """Inputs, targets, parameters and dropout masks for one step, all float arrays in `dtype`."""
+    """Inputs, targets (then random sample weights), parameters and dropout masks for one step, floats in `dtype`."""
     lowered = training.lowered
     inputs = []
     for var in lowered.inputs:
@@ -36,11 +36,12 @@ def training_arrays(training: Training, rng: np.random.Generator, batch: int, dt
     for (_, spec, _), value in zip(lowered.params, params):
         if spec.name == "moving_variance":
             value[...] = np.abs(value) + 0.5
+    weights = [rng.uniform(0.5, 1.5, concrete(w.shape, batch)).astype(dtype) for w in training.sample_weights]
     noise = []
     for n in lowered.noise:
         keep = rng.uniform(size=concrete(n.var.shape, batch)) >= n.rate
         noise.append((keep / (1 - n.rate)).astype(dtype))
-    return inputs, targets, params, noise
+    return inputs, [*targets, *weights], params, noise
 
 
 def worst_gradient_error(training: Training, rng: np.random.Generator, batch: int, samples: int = 3) -> float:

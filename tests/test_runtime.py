@@ -168,3 +168,21 @@ def test_mnist_loads_as_keras_returns_it(monkeypatch):
     assert x.shape == (60000, 28, 28) and x.dtype == np.uint8
     assert y.shape == (60000,) and set(np.unique(y)) == set(range(10))
     assert x_test.shape == (10000, 28, 28) and y_test.shape == (10000,)
+
+
+def test_sample_and_class_weights_weigh_the_loss():
+    """Keras: Σ w·loss / number of samples. Weight 0 on every class-2 sample is class_weight {2: 0}."""
+    model, (x, y) = _classifier(), _blobs(48)
+    weights = model.get_weights()
+    plain = model.train_on_batch(x, y)
+    model.set_weights(weights)
+    per_sample = ref.sparse_categorical_crossentropy(y, model.predict(x))
+    mask = (y != 2).astype(np.float32)
+    history = model.fit(x, y, batch_size=48, epochs=1, verbose=0, shuffle=False, class_weight={2: 0.0})
+    assert history.history["loss"][0] == pytest.approx((per_sample * mask).mean(), rel=1e-4)
+    assert history.history["loss"][0] < plain
+    model.set_weights(weights)
+    again = model.fit(x, y, batch_size=48, epochs=2, verbose=0, shuffle=False, sample_weight=mask, initial_epoch=1)
+    assert again.history["loss"][0] == pytest.approx(history.history["loss"][0], rel=1e-6)
+    with pytest.raises(KdslArgumentError, match=r"sample_weight for `y` must have shape \(48,\)"):
+        model.fit(x, y, verbose=0, sample_weight=np.ones(5))

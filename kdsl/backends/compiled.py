@@ -69,8 +69,16 @@ class CompiledModel:
             return [np.array(x) for x in self.module.forward(*arrays)]
         return run_program(self.inference.program, arrays)
 
-    def train_step(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
-        """Loss of one batch; leaves its gradients in `grads` and new BatchNormalization statistics in `weights`."""
+    def train_step(
+        self,
+        inputs: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        sample_weights: Sequence[np.ndarray | None] | None = None,
+    ) -> float:
+        """Loss of one batch; leaves its gradients in `grads` and new BatchNormalization statistics in `weights`.
+
+        `sample_weights` (one per output, or None for all ones) weigh each sample's loss, as in Keras.
+        """
         if self.training is None:
             raise RuntimeError("this model was compiled with training=False")
         inputs = self._inputs(inputs)
@@ -79,7 +87,13 @@ class CompiledModel:
             for t, v in zip(targets, self.training.targets, strict=True)
         ]
         noise = self._noise(inputs)
-        arrays = [*inputs, *targets, *self.weights, *noise]
+        batch = inputs[0].shape[0]
+        weights = []
+        for k, var in enumerate(self.training.sample_weights):
+            given = sample_weights[k] if sample_weights is not None else None
+            shape = [batch if d == "batch" else t for d, t in zip(var.shape, targets[k].shape)]
+            weights.append(np.ones(shape, np.float32) if given is None else np.asarray(given, np.float32))
+        arrays = [*inputs, *targets, *weights, *self.weights, *noise]
         results = (
             self.module.train_step(*arrays) if self.module is not None else run_program(self.training.program, arrays)
         )
@@ -139,7 +153,7 @@ class CompiledModel:
         if self.training is not None:
             t = self.training
             noise = [f"{n.layer}/keep{i}" for i, n in enumerate(t.lowered.noise)]
-            targets = [v.name for v in t.targets]
+            targets = [v.name for v in [*t.targets, *t.sample_weights]]
             results = ["loss", *self.graph.output_names, *(f"grad/{self.param_names[i]}" for i in self.trainable)]
             results += [f"update/{self.param_names[i]}" for i, _ in t.lowered.updates]
             entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))

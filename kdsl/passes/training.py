@@ -16,7 +16,7 @@ from kdsl.passes.lower import Lowered, lower
 
 @dataclass
 class Training:
-    """Program inputs: model inputs, targets, parameters, dropout masks.
+    """Program inputs: model inputs, targets, sample weights, parameters, dropout masks.
 
     Outputs: the total loss, the model outputs, the gradients of the trainable parameters
     (in parameter order) and the new values of the non-trainable statistics.
@@ -25,6 +25,7 @@ class Training:
     program: Program
     lowered: Lowered
     targets: list[Var]
+    sample_weights: list[Var]  # one per output, shaped like its per-sample loss (ones: unweighted)
     trainable: list[int]  # parameter indices, in the order of the gradient outputs
 
 
@@ -46,15 +47,18 @@ def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
     program = lowered.program
     b = _builder_over(program)
     outputs = list(lowered.outputs)
-    targets, total = [], None
+    targets, sample_weights, total = [], [], None
     for k, (term, output) in enumerate(zip(losses, lowered.outputs)):
         labels = b.var(target_type(term.loss, output.type), f"target_{graph.output_names[k]}", exact=True)
         targets.append(labels)
         per_sample, fused_probs = per_sample_loss(b, term.loss, labels, output, softmax_logits(program, output))
         if fused_probs is not None:
             outputs[k] = fused_probs
-        everything = tuple(range(per_sample.rank))
-        mean = b.div(b.reduce_sum(per_sample, axes=everything), b.count(per_sample, axes=everything))
+        weights = b.var(per_sample.type, f"sample_weight_{graph.output_names[k]}", exact=True)
+        sample_weights.append(weights)
+        everything = tuple(range(per_sample.rank))  # Keras's sum_over_batch_size: Σ w·loss / number of values
+        summed = b.reduce_sum(b.mul(per_sample, weights), axes=everything)
+        mean = b.div(summed, b.count(per_sample, axes=everything))
         weighted = b.mul(mean, term.weight) if term.weight != 1.0 else mean
         total = weighted if total is None else b.add(total, weighted)
     for _, spec, var in lowered.params:
@@ -67,9 +71,11 @@ def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
     n_in = len(lowered.inputs)
     updates = [value for _, value in lowered.updates]
     training_program = Program(
-        [*program.inputs[:n_in], *targets, *program.inputs[n_in:]], [total, *outputs, *grads, *updates], b.eqns
+        [*program.inputs[:n_in], *targets, *sample_weights, *program.inputs[n_in:]],
+        [total, *outputs, *grads, *updates],
+        b.eqns,
     )
-    return Training(dce(training_program), lowered, targets, trainable)
+    return Training(dce(training_program), lowered, targets, sample_weights, trainable)
 
 
 def _builder_over(program: Program):

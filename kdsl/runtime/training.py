@@ -134,9 +134,11 @@ class Trainer:
     # --- loops ----------------------------------------------------------------------------------
 
     def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
-            shuffle=True, initial_epoch=None, callbacks=()) -> History:  # fmt: skip
+            shuffle=True, initial_epoch=None, callbacks=(), sample_weight=None,
+            class_weight=None) -> History:  # fmt: skip
         """Train `model` (whose trainer this is); `initial_epoch` defaults to the epochs already done."""
         inputs, labels = self.inputs(x), self.labels(y)
+        weights = self.sample_weights(sample_weight, class_weight, labels)
         count = inputs[0].shape[0]
         if labels[0].shape[0] != count:
             raise KdslArgumentError(f"inputs have {count} samples but targets have {labels[0].shape[0]}")
@@ -144,6 +146,7 @@ class Trainer:
             cut = int(count * (1 - validation_split))
             validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
             inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
+            weights = [w if w is None else w[:cut] for w in weights]
         history = History(params={"epochs": epochs, "steps": -(-count // batch_size), "verbose": verbose})
         callbacks = list(callbacks)
         model.stop_training = False
@@ -164,7 +167,9 @@ class Trainer:
             for done, start in enumerate(range(0, count, batch_size), 1):
                 batch = order[start : start + batch_size]
                 batch_labels = [a[batch] for a in labels]
-                loss = self.step([a[batch] for a in inputs], batch_labels)
+                loss = self.step(
+                    [a[batch] for a in inputs], batch_labels, [w if w is None else w[batch] for w in weights]
+                )
                 tracker.update(loss, self.compiled.outputs, batch_labels)
                 for callback in callbacks:
                     callback.on_train_batch_end(done - 1, {"loss": loss})
@@ -188,11 +193,43 @@ class Trainer:
             callback.on_train_end()
         return history
 
-    def step(self, inputs: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    def step(self, inputs: list[np.ndarray], labels: list[np.ndarray], weights=None) -> float:
         """One training step and optimizer update on one batch of checked arrays; returns the loss."""
-        loss = self.compiled.train_step(inputs, labels)
+        loss = self.compiled.train_step(inputs, labels, weights)
         self.optimizer.apply([self.compiled.weights[i] for i in self.compiled.trainable], self.compiled.grads)
         return loss
+
+    def sample_weights(self, sample_weight: Any, class_weight: Any, labels: list[np.ndarray]) -> list:
+        """Per output, each sample's loss weight (None: all ones), from `sample_weight` or `class_weight`."""
+        names = self.graph.output_names
+        if sample_weight is not None and class_weight is not None:
+            raise KdslArgumentError("give sample_weight or class_weight, not both")
+        if class_weight is not None:
+            if len(names) != 1:
+                raise KdslArgumentError("class_weight needs a single-output model; use sample_weight per output")
+            ids = labels[0] if labels[0].dtype == np.int32 else np.argmax(labels[0], axis=-1)
+            table = np.ones(int(ids.max()) + 1 if ids.size else 1, np.float32)
+            for label, weight in class_weight.items():
+                if 0 <= int(label) < len(table):
+                    table[int(label)] = weight
+            sample_weight = table[ids]
+        if sample_weight is None:
+            return [None] * len(names)
+        if isinstance(sample_weight, Mapping):
+            given = [sample_weight.get(n) for n in names]
+        else:
+            given = [sample_weight] if len(names) == 1 else list(sample_weight)
+        weights = []
+        for name, w, var, label in zip(names, given, self.compiled.training.sample_weights, labels):
+            if w is None:
+                weights.append(None)
+                continue
+            w = np.asarray(w, np.float32)
+            if w.shape != label.shape[: var.rank]:
+                raise KdslArgumentError(f"sample_weight for `{name}` must have shape {label.shape[: var.rank]}, "
+                                        f"got {w.shape}")  # fmt: skip
+            weights.append(w)
+        return weights
 
     def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
         inputs = self.inputs(x)
