@@ -4,7 +4,7 @@ Models come from `.kd` files (`kdsl.load_model_file`) or from Keras-style layer 
 (`kdsl.Input`, `kdsl.layers`, `kdsl.Model`, `kdsl.Sequential`); both give the same IR.
 """
 
-from kdsl import layers
+from kdsl import data, layers
 from kdsl.errors import KdslError
 from kdsl.layers import Input
 from kdsl.model import Model, Sequential, load_model_file
@@ -17,6 +17,7 @@ __all__ = [
     "Model",
     "Sequential",
     "callbacks",
+    "data",
     "layers",
     "load_model",
     "load_model_file",

@@ -97,10 +97,10 @@ class Model:
     def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             callbacks: Sequence = (), validation_split: float = 0.0, validation_data: Any = None,
             shuffle: bool = True, initial_epoch: int | None = None, sample_weight: Any = None,
-            class_weight: Any = None):  # fmt: skip
+            class_weight: Any = None, steps_per_epoch: int | None = None):  # fmt: skip
         """Train up to epoch `epochs` over (x, y), from `initial_epoch` (default: where training stopped)."""
         return self.trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
-                                initial_epoch, callbacks, sample_weight, class_weight)  # fmt: skip
+                                initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch)  # fmt: skip
 
     @property
     def optimizer(self):

@@ -186,3 +186,22 @@ def test_sample_and_class_weights_weigh_the_loss():
     assert again.history["loss"][0] == pytest.approx(history.history["loss"][0], rel=1e-6)
     with pytest.raises(KdslArgumentError, match=r"sample_weight for `y` must have shape \(48,\)"):
         model.fit(x, y, verbose=0, sample_weight=np.ones(5))
+
+
+def test_fit_takes_datasets_and_generators():
+    x, y = _blobs(64)
+    dataset = kdsl.data.Dataset.from_tensor_slices((x, y)).shuffle(seed=0).batch(16)
+    assert len(dataset) == 4 and [len(b[0]) for b in dataset] == [16, 16, 16, 16]
+    assert sorted(np.concatenate([b[1] for b in dataset]).tolist()) == sorted(y.tolist())
+    model = _classifier()
+    history = model.fit(dataset, epochs=3, verbose=0)
+    assert history.params["steps"] == 4 and history.history["loss"][-1] < history.history["loss"][0]
+
+    def batches():
+        while True:
+            yield x[:32], y[:32], np.ones(32)
+
+    history = _classifier().fit(batches(), epochs=2, steps_per_epoch=5, verbose=0)
+    assert history.params["steps"] == 5 and len(history.epoch) == 2
+    with pytest.raises(KdslArgumentError, match="steps_per_epoch"):
+        _classifier().fit(batches(), epochs=2, verbose=0)

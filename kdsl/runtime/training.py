@@ -134,20 +134,22 @@ class Trainer:
     # --- loops ----------------------------------------------------------------------------------
 
     def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
-            shuffle=True, initial_epoch=None, callbacks=(), sample_weight=None,
-            class_weight=None) -> History:  # fmt: skip
-        """Train `model` (whose trainer this is); `initial_epoch` defaults to the epochs already done."""
-        inputs, labels = self.inputs(x), self.labels(y)
-        weights = self.sample_weights(sample_weight, class_weight, labels)
-        count = inputs[0].shape[0]
-        if labels[0].shape[0] != count:
-            raise KdslArgumentError(f"inputs have {count} samples but targets have {labels[0].shape[0]}")
-        if validation_split and validation_data is None:  # Keras takes the last samples, before shuffling
-            cut = int(count * (1 - validation_split))
-            validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
-            inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
-            weights = [w if w is None else w[:cut] for w in weights]
-        history = History(params={"epochs": epochs, "steps": -(-count // batch_size), "verbose": verbose})
+            shuffle=True, initial_epoch=None, callbacks=(), sample_weight=None, class_weight=None,
+            steps_per_epoch=None) -> History:  # fmt: skip
+        """Train `model` (whose trainer this is); `initial_epoch` defaults to the epochs already done.
+
+        `x` is the inputs (with targets `y`), or a `kdsl.data.Dataset` / iterable / generator of
+        `(x, y)` or `(x, y, sample_weight)` batches.
+        """
+        if _is_batches(x):
+            if y is not None:
+                raise KdslArgumentError("with a dataset or generator of batches, give no separate `y`")
+            epoch_batches, steps = self._batch_source(x, steps_per_epoch, epochs)
+        else:
+            epoch_batches, steps, validation_data = self._array_source(
+                x, y, batch_size, shuffle, validation_split, validation_data, sample_weight, class_weight
+            )
+        history = History(params={"epochs": epochs, "steps": steps, "verbose": verbose})
         callbacks = list(callbacks)
         model.stop_training = False
         for callback in callbacks:
@@ -161,28 +163,24 @@ class Trainer:
                 callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            order = self.rng.permutation(count) if shuffle else np.arange(count)
             tracker = _Tracker(self.metrics, self.graph.output_names)
             started = shown = time.perf_counter()
-            for done, start in enumerate(range(0, count, batch_size), 1):
-                batch = order[start : start + batch_size]
-                batch_labels = [a[batch] for a in labels]
-                loss = self.step(
-                    [a[batch] for a in inputs], batch_labels, [w if w is None else w[batch] for w in weights]
-                )
+            done = 0
+            for done, (batch_inputs, batch_labels, batch_weights) in enumerate(epoch_batches(), 1):
+                loss = self.step(batch_inputs, batch_labels, batch_weights)
                 tracker.update(loss, self.compiled.outputs, batch_labels)
                 for callback in callbacks:
                     callback.on_train_batch_end(done - 1, {"loss": loss})
                 if model.stop_training:
                     break
                 if verbose == 1 and time.perf_counter() - shown > 0.1:  # redraw the bar ten times a second
-                    _progress(done, history.params["steps"], started, tracker.logs(), end="\r")
+                    _progress(done, steps, started, tracker.logs(), end="\r")
                     shown = time.perf_counter()
             logs = tracker.logs()
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
             if verbose:
-                _progress(history.params["steps"], history.params["steps"], started, logs, end="\n")
+                _progress(done, steps or done, started, logs, end="\n")
             self.epochs_done = epoch + 1
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
@@ -192,6 +190,51 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_end()
         return history
+
+    def _array_source(self, x, y, batch_size, shuffle, validation_split, validation_data, sample_weight,
+                      class_weight):  # fmt: skip
+        """Batches of in-memory arrays, reshuffled each epoch; holds out Keras's validation split."""
+        inputs, labels = self.inputs(x), self.labels(y)
+        weights = self.sample_weights(sample_weight, class_weight, labels)
+        count = inputs[0].shape[0]
+        if labels[0].shape[0] != count:
+            raise KdslArgumentError(f"inputs have {count} samples but targets have {labels[0].shape[0]}")
+        if validation_split and validation_data is None:  # Keras takes the last samples, before shuffling
+            cut = int(count * (1 - validation_split))
+            validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
+            inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
+            weights = [w if w is None else w[:cut] for w in weights]
+
+        def epoch_batches():
+            order = self.rng.permutation(count) if shuffle else np.arange(count)
+            for start in range(0, count, batch_size):
+                rows = order[start : start + batch_size]
+                yield (
+                    [a[rows] for a in inputs],
+                    [a[rows] for a in labels],
+                    [w if w is None else w[rows] for w in weights],
+                )
+
+        return epoch_batches, -(-count // batch_size), validation_data
+
+    def _batch_source(self, batches, steps_per_epoch, epochs):
+        """Batches from a dataset (a new pass each epoch) or a generator (`steps_per_epoch` of it each epoch)."""
+        reiterable = iter(batches) is not batches
+        if not reiterable and steps_per_epoch is None and epochs > 1:
+            raise KdslArgumentError("a generator runs out after one pass", hint="pass steps_per_epoch=N to fit()")
+        stream = iter(batches)
+
+        def epoch_batches():
+            source = iter(batches) if reiterable else stream
+            for step, batch in enumerate(source):
+                if steps_per_epoch is not None and step >= steps_per_epoch:
+                    return
+                x, y, *weight = batch
+                labels = self.labels(y)
+                yield self.inputs(x), labels, self.sample_weights(weight[0] if weight else None, None, labels)
+
+        steps = steps_per_epoch or (len(batches) if hasattr(batches, "__len__") else None)
+        return epoch_batches, steps
 
     def step(self, inputs: list[np.ndarray], labels: list[np.ndarray], weights=None) -> float:
         """One training step and optimizer update on one batch of checked arrays; returns the loss."""
@@ -273,10 +316,18 @@ class _Tracker:
         return {"loss": self.loss.result(), **{k: m.result() for k, m in self.means.items()}}
 
 
-def _progress(done: int, steps: int, started: float, logs: dict[str, float], end: str) -> None:
+def _is_batches(x: Any) -> bool:
+    """A dataset, iterable or generator of batches, as opposed to arrays (or a list or dict of them)."""
+    if isinstance(x, np.ndarray | Mapping | list | tuple) or x is None:
+        return False
+    return hasattr(x, "__iter__") or hasattr(x, "__next__")
+
+
+def _progress(done: int, steps: int | None, started: float, logs: dict[str, float], end: str) -> None:
     """A Keras-style line: `938/938 [======] - 3s 3ms/step - loss: 0.51 - accuracy: 0.84`."""
     elapsed = time.perf_counter() - started
-    bar = "=" * int(30 * done / steps)
+    steps = steps or done  # a generator's length is known at the end of its first epoch
+    bar = "=" * int(30 * done / max(steps, 1))
     bar = (bar[:-1] + ">" if done < steps else bar).ljust(30, ".")
     values = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
     print(f"{done}/{steps} [{bar}] - {elapsed:.0f}s {1000 * elapsed / done:.0f}ms/step - {values}", end=end)
