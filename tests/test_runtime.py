@@ -205,3 +205,10 @@ def test_fit_takes_datasets_and_generators():
     assert history.params["steps"] == 5 and len(history.epoch) == 2
     with pytest.raises(KdslArgumentError, match="steps_per_epoch"):
         _classifier().fit(batches(), epochs=2, verbose=0)
+
+
+def test_evaluate_and_predict_take_datasets():
+    model, (x, y) = _classifier(), _blobs(40)
+    dataset = kdsl.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert model.evaluate(dataset, return_dict=True) == pytest.approx(model.evaluate(x, y, return_dict=True))
+    np.testing.assert_allclose(model.predict(dataset), model.predict(x), rtol=1e-6)

@@ -275,17 +275,27 @@ class Trainer:
         return weights
 
     def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
-        inputs = self.inputs(x)
-        batches = [self.compiled.forward(*(a[s : s + batch_size] for a in inputs))
-                   for s in range(0, inputs[0].shape[0], batch_size)]  # fmt: skip
+        """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches)."""
+        if _is_batches(x):
+            batch_inputs = (self.inputs(b[0] if isinstance(b, tuple) else b) for b in x)
+        else:
+            inputs = self.inputs(x)
+            batch_inputs = ([a[s : s + batch_size] for a in inputs] for s in range(0, inputs[0].shape[0], batch_size))
+        batches = [self.compiled.forward(*b) for b in batch_inputs]
         return [np.concatenate(parts) for parts in zip(*batches)]
 
     def evaluate(self, x: Data, y: Data, batch_size: int = 32) -> dict[str, float]:
-        inputs, labels = self.inputs(x), self.labels(y)
+        """Loss and metrics over arrays, or over a dataset / iterable of (x, y) batches."""
+        if _is_batches(x):
+            batches = ((self.inputs(bx), self.labels(by)) for bx, by, *_ in x)
+        else:
+            inputs, labels = self.inputs(x), self.labels(y)
+            batches = (
+                ([a[s : s + batch_size] for a in inputs], [a[s : s + batch_size] for a in labels])
+                for s in range(0, inputs[0].shape[0], batch_size)
+            )
         tracker = _Tracker(self.metrics, self.graph.output_names)
-        for start in range(0, inputs[0].shape[0], batch_size):
-            batch_inputs = [a[start : start + batch_size] for a in inputs]
-            batch_labels = [a[start : start + batch_size] for a in labels]
+        for batch_inputs, batch_labels in batches:
             outputs = self.compiled.forward(*batch_inputs)
             loss = float(run_program(self.evaluation, [*outputs, *batch_labels, *self.compiled.weights])[0])
             tracker.update(loss, outputs, batch_labels)
