@@ -151,3 +151,21 @@ def test_progress_line_has_the_keras_format(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Epoch 1/1\n3/3 [==============================] - ")
     assert "ms/step - loss: " in out and " - accuracy: " in out
+
+
+def test_a_schedule_and_weights_only_checkpoints_survive_saving(tmp_path):
+    x, y = _data()
+    model = _model()
+    schedule = kdsl.optimizers.schedules.ExponentialDecay(0.05, decay_steps=4, decay_rate=0.5)
+    model.compile(optimizer=kdsl.optimizers.Adam(schedule), target="numpy")
+    checkpoint = callbacks.ModelCheckpoint(str(tmp_path / "w{epoch}.npz"), save_weights_only=True)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[checkpoint])
+    assert sorted(p.name for p in tmp_path.glob("w*.npz")) == ["w1.npz", "w2.npz"]
+    model.save(tmp_path / "m.kdz")
+    restored = kdsl.load_model(tmp_path / "m.kdz")
+    assert restored.optimizer.schedule.config() == schedule.config()
+    assert restored.optimizer.iterations == model.optimizer.iterations == 12
+    other = _model(5)
+    other.load_weights(tmp_path / "w2.npz")
+    for a, b in zip(other.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -137,6 +137,8 @@ def test_headline_total_loss_is_the_weighted_sum(examples):
     rng = np.random.default_rng(0)
     x = {"words": rng.integers(0, 10000, (4, 100)), "extra": rng.standard_normal((4, 5))}
     y = {"main": rng.integers(0, 2, (4, 1)).astype(np.float32), "aux": rng.integers(0, 2, (4, 1)).astype(np.float32)}
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)  # dict inputs and targets, two losses
+    assert np.isfinite(history.history["loss"][0])
     total = model.evaluate(x, y, return_dict=True)["loss"]
     main, aux = model.predict(x)
     expected = ref.binary_crossentropy(y["main"], main).mean() + 0.2 * ref.binary_crossentropy(y["aux"], aux).mean()
@@ -212,3 +214,20 @@ def test_evaluate_and_predict_take_datasets():
     dataset = kdsl.data.Dataset.from_tensor_slices((x, y)).batch(16)
     assert model.evaluate(dataset, return_dict=True) == pytest.approx(model.evaluate(x, y, return_dict=True))
     np.testing.assert_allclose(model.predict(dataset), model.predict(x), rtol=1e-6)
+
+
+def test_learning_rate_schedules_follow_keras():
+    decay = optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    assert [decay(s) for s in (0, 10, 15)] == pytest.approx([0.1, 0.05, 0.1 * 0.5**1.5])
+    stairs = optimizers.schedules.ExponentialDecay(0.1, 10, 0.5, staircase=True)
+    assert stairs(15) == pytest.approx(0.05)
+    piecewise = optimizers.schedules.PiecewiseConstantDecay([2, 4], [1.0, 0.5, 0.1])
+    assert [piecewise(s) for s in (0, 2, 3, 4, 9)] == [1.0, 1.0, 0.5, 0.5, 0.1]
+    cosine = optimizers.schedules.CosineDecay(1.0, decay_steps=10, alpha=0.1)
+    assert [cosine(s) for s in (0, 5, 10, 20)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    sgd = optimizers.SGD(piecewise)
+    rates = []
+    for _ in range(5):
+        sgd.apply([np.zeros(1, np.float32)], [np.ones(1, np.float32)])
+        rates.append(sgd.learning_rate)
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5]  # the rate of update k is schedule(k)

@@ -12,6 +12,10 @@ import numpy as np
 
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import OPTIMIZERS
+from kdsl.runtime import schedules
+from kdsl.runtime.schedules import LearningRateSchedule
+
+__all__ = ["CLASSES", "SGD", "Adagrad", "Adam", "Optimizer", "RMSprop", "get", "schedules"]
 
 
 class Optimizer:
@@ -19,8 +23,10 @@ class Optimizer:
 
     name = "optimizer"
 
-    def __init__(self, learning_rate: float, clipnorm=None, clipvalue=None, global_clipnorm=None, **hyper):
-        self.learning_rate = float(learning_rate)
+    def __init__(self, learning_rate, clipnorm=None, clipvalue=None, global_clipnorm=None, **hyper):
+        """`learning_rate` is a number or a schedule (`kdsl.optimizers.schedules`) of the step count."""
+        self.schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
+        self.learning_rate = float(learning_rate(0) if self.schedule else learning_rate)
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.hyper = hyper
         self.iterations = 0
@@ -30,6 +36,8 @@ class Optimizer:
         if not self.slots:
             self.slots = [self.create_slots(w) for w in weights]
         grads = self.clip(grads)
+        if self.schedule is not None:
+            self.learning_rate = float(self.schedule(self.iterations))
         self.iterations += 1
         lr = np.float32(self.learning_rate)
         for w, g, slots in zip(weights, grads, self.slots, strict=True):
@@ -54,7 +62,8 @@ class Optimizer:
     def config(self) -> dict:
         """Name and arguments: `CLASSES[name](**rest)` makes the same optimizer again."""
         clipping = {"clipnorm": self.clipnorm, "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
-        return {"name": self.name, "learning_rate": self.learning_rate, **self.hyper, **clipping}
+        rate = self.schedule.config() if self.schedule else self.learning_rate
+        return {"name": self.name, "learning_rate": rate, **self.hyper, **clipping}
 
 
 class SGD(Optimizer):

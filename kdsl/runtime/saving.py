@@ -21,6 +21,7 @@ from kdsl.lang import load
 from kdsl.lang.format import to_kd
 from kdsl.runtime.callbacks import write_atomically
 from kdsl.runtime.optimizers import CLASSES
+from kdsl.runtime.schedules import SCHEDULES
 
 if TYPE_CHECKING:
     from kdsl.model import Model
@@ -90,6 +91,9 @@ def load_model(path: str | Path) -> Model:
     model = Model.from_graph(graph)
     setup = state["compile"]
     optimizer_config = dict(setup["optimizer"])
+    if isinstance(optimizer_config["learning_rate"], dict):
+        schedule = dict(optimizer_config["learning_rate"])
+        optimizer_config["learning_rate"] = SCHEDULES[schedule.pop("name")](**schedule)
     optimizer = CLASSES[optimizer_config.pop("name")](**optimizer_config)
     model.compile(
         optimizer=optimizer,
