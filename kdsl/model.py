@@ -65,20 +65,22 @@ class Model:
 
     # --- training (kdsl.runtime.training) ---------------------------------------------------------
 
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None, loss_weights: Any = None,
+    def compile(self, optimizer: Any = None, loss: Any = None, metrics: Any = None, loss_weights: Any = None,
                 target: str = "cpu", seed: int = 0) -> None:  # fmt: skip
         """Choose optimizer, loss(es) and metrics, and compile the training and inference kernels.
 
-        Without arguments, a `.kd` model uses its `train` block.
+        What is not given comes from the `.kd` file's `train` block; the optimizer defaults to
+        RMSprop without one, as in Keras.
         """
         from kdsl.runtime.training import Trainer
 
         train = self.graph.train
+        if optimizer is None:
+            optimizer = train.optimizer if train is not None else "rmsprop"
         if loss is None and train is not None:
             terms = {o: train.losses.get(o, train.losses.get(None)) for o in self.output_names}
             loss = {o: term.loss for o, term in terms.items() if term is not None}
             loss_weights = loss_weights or {o: term.weight for o, term in terms.items() if term is not None}
-            optimizer = train.optimizer if optimizer == "rmsprop" else optimizer
             if metrics is None:
                 metrics = {o: [*train.metrics.get(None, []), *train.metrics.get(o, [])] for o in self.output_names}
         if loss is None:
