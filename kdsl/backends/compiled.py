@@ -21,6 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from kdsl.backends.cpu.codegen import Entry, generate_module
+from kdsl.backends.cpu.emitter import rows_independent
 from kdsl.backends.numpy_ref import bind_sizes, run_program
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.passes.fuse import cse
@@ -44,7 +45,7 @@ class CompiledModel:
         training: bool = True,
         losses: Sequence[LossTerm] | None = None,
         seed: int = 0,
-        parallel: bool = True,
+        parallel: bool | None = None,
     ):
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -58,7 +59,8 @@ class CompiledModel:
         self.weights = initial_weights(graph, self.rng)
         self.trainable = [i for i, (_, spec, _) in enumerate(self.inference.params) if spec.trainable]
         self.grads = [np.zeros_like(self.weights[i]) for i in self.trainable]
-        self.module = self._build_module(parallel) if target == "cpu" else None
+        self.parallel = self.splits_by_rows() if parallel is None else parallel
+        self.module = self._build_module(self.parallel) if target == "cpu" else None
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -159,13 +161,21 @@ class CompiledModel:
             entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))
         return entries
 
-    def export(self, directory: Path | str, parallel: bool = True) -> Path:
+    def splits_by_rows(self) -> bool:
+        """Whether threads pay: a time loop whose rows are independent can run one batch chunk per thread.
+
+        Models without one run on one thread with BLAS free to use all cores; measured on the
+        Fashion-MNIST MLP at batch 32, that step takes 0.42 ms against 0.68 ms split by rows.
+        """
+        return any(eqn.op.name == "scan" and rows_independent(eqn) for eqn in self.inference.program.eqns)
+
+    def export(self, directory: Path | str, parallel: bool | None = None) -> Path:
         """Write a standalone module `<model>.py`, its metadata `<model>.json` and initial weights `<model>.npz`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         stem = directory / self.graph.name
         entries = self.entries()
-        _write_atomically(stem.with_suffix(".py"), self.source(parallel))
+        _write_atomically(stem.with_suffix(".py"), self.source(self.parallel if parallel is None else parallel))
         metadata = {
             "model": self.graph.name,
             "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],
@@ -185,7 +195,8 @@ class CompiledModel:
         partial.replace(weights_path)
         return stem.with_suffix(".py")
 
-    def source(self, parallel: bool = True) -> str:
+    def source(self, parallel: bool | None = None) -> str:
+        parallel = self.parallel if parallel is None else parallel
         return generate_module(f"Kernels of model `{self.graph.name}`.", self.entries(), parallel)
 
     def _build_module(self, parallel: bool) -> ModuleType:

@@ -282,7 +282,7 @@ class Emitter:
 
     def scan(self, eqn: Eqn) -> None:
         """A time loop; with `parallel`, one per chunk of the batch, on all threads (rows are independent)."""
-        if self.threaded and _rows_independent(eqn):
+        if self.threaded and rows_independent(eqn):
             for var in eqn.outputs:  # whole buffers; each chunk takes its rows
                 self.ref(var)
             with self.row_chunks(f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]") as (_, _, *rows):
@@ -353,7 +353,7 @@ def batch_leading(var: Var) -> bool:
     return var.rank > 0 and var.shape[0] == BATCH
 
 
-def _rows_independent(eqn: Eqn) -> bool:
+def rows_independent(eqn: Eqn) -> bool:
     """Whether a scan's cell treats each sample apart, so a chunk of the batch can run its own time loop."""
     body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
     if not all(batch_leading(v) for v in [*body.inputs[: nc + nx], *body.outputs]):
