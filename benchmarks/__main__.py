@@ -69,53 +69,57 @@ def images(dataset, held_out: int = 0, fraction: float = 1.0):
     return x[held_out:end].astype(np.float32) / 255, y[held_out:end].astype(np.int64)
 
 
-def w1(torch, repeat, fraction=1.0):
-    x, y = images(mnist, fraction=fraction)
-    model = kdsl.load_model_file(os.path.join(os.path.dirname(__file__), "..", "examples", "mnist_lstm.kd"))
+def epoch_race(torch, file: str, dataset, batch_size: int, network, repeat: int, held_out: int = 0,
+               fraction: float = 1.0):  # fmt: skip
+    """One epoch of an example through `Model.fit` against the same network in a plain PyTorch loop with SGD 0.01.
+
+    `network(torch)` builds the PyTorch model: a function from a batch of images to logits, and its parameters.
+    """
+    x, y = images(dataset, held_out, fraction)
+    model = kdsl.load_model_file(os.path.join(os.path.dirname(__file__), "..", "examples", file))
     model.compile()
-    ours = lambda: model.fit(x, y, batch_size=64, epochs=1, verbose=0, initial_epoch=0)  # noqa: E731
+    ours = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, initial_epoch=0)  # noqa: E731
     theirs = None
     if torch:
-        nn = torch.nn
-        lstm, norm, head = nn.LSTM(28, 64, batch_first=True), nn.BatchNorm1d(64, 1e-3, 0.01), nn.Linear(64, 10)
-        params = [*lstm.parameters(), *norm.parameters(), *head.parameters()]
+        logits, params = network(torch)
         sgd = torch.optim.SGD(params, lr=0.01)
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
         def theirs():
             order = torch.randperm(len(tx))
-            for start in range(0, len(tx), 64):
-                rows = order[start : start + 64]
+            for start in range(0, len(tx), batch_size):
+                rows = order[start : start + batch_size]
                 sgd.zero_grad()
-                _, (h, _) = lstm(tx[rows])
-                torch.nn.functional.cross_entropy(head(norm(h[-1])), ty[rows]).backward()
+                torch.nn.functional.cross_entropy(logits(tx[rows]), ty[rows]).backward()
                 sgd.step()
 
     return alternate(ours, theirs, repeat)
+
+
+def lstm_network(torch):
+    nn = torch.nn
+    lstm, norm, head = nn.LSTM(28, 64, batch_first=True), nn.BatchNorm1d(64, 1e-3, 0.01), nn.Linear(64, 10)
+
+    def logits(x):
+        _, (h, _) = lstm(x)
+        return head(norm(h[-1]))
+
+    return logits, [*lstm.parameters(), *norm.parameters(), *head.parameters()]
+
+
+def mlp_network(torch):
+    nn = torch.nn
+    layers = [nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)]
+    net = nn.Sequential(*layers)
+    return net, list(net.parameters())
+
+
+def w1(torch, repeat, fraction=1.0):
+    return epoch_race(torch, "mnist_lstm.kd", mnist, 64, lstm_network, repeat, fraction=fraction)
 
 
 def w2(torch, repeat, fraction=1.0):
-    x, y = images(fashion_mnist, held_out=5000, fraction=fraction)
-    model = kdsl.load_model_file(os.path.join(os.path.dirname(__file__), "..", "examples", "fashion_mlp.kd"))
-    model.compile()
-    ours = lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0, initial_epoch=0)  # noqa: E731
-    theirs = None
-    if torch:
-        nn = torch.nn
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
-                            nn.Linear(100, 10))  # fmt: skip
-        sgd = torch.optim.SGD(net.parameters(), lr=0.01)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def theirs():
-            order = torch.randperm(len(tx))
-            for start in range(0, len(tx), 32):
-                rows = order[start : start + 32]
-                sgd.zero_grad()
-                torch.nn.functional.cross_entropy(net(tx[rows]), ty[rows]).backward()
-                sgd.step()
-
-    return alternate(ours, theirs, repeat)
+    return epoch_race(torch, "fashion_mlp.kd", fashion_mnist, 32, mlp_network, repeat, held_out=5000, fraction=fraction)
 
 
 def w3(torch, repeat, batch):
