@@ -163,8 +163,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train a model as its `train` block says, on a dataset; print test loss and metrics; save the model."""
-    program = load_file(args.file)
-    graph = program.model(args.model) if args.model or len(program.models) > 1 else next(iter(program.models.values()))
+    graph = load_file(args.file).model(args.model)
     if graph.train is None:
         raise KdslError(f"model `{graph.name}` has no train block", hint=f"add `train {graph.name} {{ loss = ... }}`")
     (x, y), (x_test, y_test) = datasets.load(args.data)

@@ -23,6 +23,7 @@ import numpy as np
 from kdsl.backends.cpu.codegen import Entry, generate_module
 from kdsl.backends.cpu.emitter import rows_independent
 from kdsl.backends.numpy_ref import bind_sizes, run_program
+from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.passes.fuse import cse
 from kdsl.passes.lower import Lowered, lower
@@ -109,24 +110,15 @@ class CompiledModel:
 
     def warm_up(self, batch: int = 2) -> None:
         """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""
-        sizes = {"batch": batch}
-        zeros = [
-            np.zeros(
-                [sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
-                np.int32 if v.type.dtype == "i32" else np.float32,
-            )
-            for v in self.graph.inputs
-        ]
-        self.forward(*zeros)
+
+        def zeros(type) -> np.ndarray:
+            shape = [batch if d == "batch" else 1 if isinstance(d, str) else d for d in type.dims]
+            return np.zeros(shape, np.int32 if type.dtype == "i32" else np.float32)
+
+        inputs = [zeros(v.type) for v in self.graph.inputs]
+        self.forward(*inputs)
         if self.training is not None:
-            targets = [
-                np.zeros(
-                    [sizes.get(d, 1) if isinstance(d, str) else d for d in v.type.dims],
-                    np.int32 if v.type.dtype == "i32" else np.float32,
-                )
-                for v in self.training.targets
-            ]
-            self.train_step(zeros, targets)
+            self.train_step(inputs, [zeros(v.type) for v in self.training.targets])
 
     def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.graph.inputs):
@@ -175,7 +167,7 @@ class CompiledModel:
         directory.mkdir(parents=True, exist_ok=True)
         stem = directory / self.graph.name
         entries = self.entries()
-        _write_atomically(stem.with_suffix(".py"), self.source(self.parallel if parallel is None else parallel))
+        write_atomically(stem.with_suffix(".py"), self.source(self.parallel if parallel is None else parallel))
         metadata = {
             "model": self.graph.name,
             "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],
@@ -188,11 +180,8 @@ class CompiledModel:
             ],
             "functions": {e.name: {"arguments": e.argument_names, "results": e.result_names} for e in entries},
         }
-        _write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
-        weights_path = stem.with_suffix(".npz")
-        partial = weights_path.with_suffix(".tmp.npz")
-        np.savez(partial, **dict(zip(self.param_names, self.weights)))
-        partial.replace(weights_path)
+        write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+        write_atomically(stem.with_suffix(".npz"), npz_bytes(dict(zip(self.param_names, self.weights))))
         return stem.with_suffix(".py")
 
     def source(self, parallel: bool | None = None) -> str:
@@ -203,20 +192,12 @@ class CompiledModel:
         return load_module(self.source(parallel))
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file, so no reader (or crash) ever sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + f".{os.getpid()}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
 def load_module(source: str) -> ModuleType:
     """Import generated source from a file named by its hash, so Numba's disk cache finds it next time."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     path = cache_dir() / f"kdsl_{digest}.py"
     if not path.exists():
-        _write_atomically(path, source)
+        write_atomically(path, source)
     name = f"kdsl_generated_{digest}"
     if name in sys.modules:
         return sys.modules[name]

@@ -75,8 +75,9 @@ class Builder:
 
     _ids = itertools.count()
 
-    def __init__(self, origin: str | None = None):
-        self.eqns: list[Eqn] = []
+    def __init__(self, origin: str | None = None, eqns: list[Eqn] | None = None):
+        """A builder for a new program, or appending to the equations `eqns` of an existing one."""
+        self.eqns: list[Eqn] = eqns if eqns is not None else []
         self.origin = origin
 
     def var(self, type: TensorType, hint: str = "v", exact: bool = False) -> Var:

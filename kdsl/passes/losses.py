@@ -9,7 +9,11 @@ gradient is exactly `probs - labels` (see `fuse_softmax_cross_entropy`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 from kdsl.catalogue.args import FnSpec
+from kdsl.ir.graph import LossTerm, ParamSpec
 from kdsl.ir.program import Builder, Program, Var
 from kdsl.ir.types import TensorType
 
@@ -88,3 +92,45 @@ def softmax_logits(program: Program, output: Var) -> Var | None:
     """The logits, when `output` is computed by a softmax in `program`."""
     maker = program.producers().get(id(output))
     return maker.inputs[0] if maker is not None and maker.op.name == "softmax" else None
+
+
+@dataclass
+class Loss:
+    total: Var
+    targets: list[Var]  # one per output
+    sample_weights: list[Var]  # one per output, shaped like its per-sample loss; empty when unweighted
+    probs: list[Var | None]  # per output: the probabilities a fused softmax-crossentropy computed
+
+
+def total_loss(
+    b: Builder,
+    terms: Sequence[LossTerm],
+    names: Sequence[str],
+    outputs: Sequence[Var],
+    params: Sequence[tuple[ParamSpec, Var]],
+    logits_of: Callable[[Var], Var | None] = lambda output: None,
+    weighted: bool = True,
+) -> Loss:
+    """Σ over outputs of weight · Keras's sum_over_batch_size (Σ w·loss / number of values), plus the
+    regularizers of trainable weights. `logits_of(output)` gives the logits of a softmax output, to fuse."""
+    targets, sample_weights, probs, total = [], [], [], None
+    for term, name, output in zip(terms, names, outputs, strict=True):
+        labels = b.var(target_type(term.loss, output.type), f"target_{name}", exact=True)
+        targets.append(labels)
+        per_sample, fused = per_sample_loss(b, term.loss, labels, output, logits_of(output))
+        probs.append(fused)
+        if weighted:
+            weights = b.var(per_sample.type, f"sample_weight_{name}", exact=True)
+            sample_weights.append(weights)
+            per_sample_weighted = b.mul(per_sample, weights)
+        else:
+            per_sample_weighted = per_sample
+        everything = tuple(range(per_sample.rank))
+        summed = b.reduce_sum(per_sample_weighted, axes=everything)
+        mean = b.div(summed, b.count(per_sample, axes=everything))
+        scaled = b.mul(mean, term.weight) if term.weight != 1.0 else mean
+        total = scaled if total is None else b.add(total, scaled)
+    for spec, var in params:
+        if spec.regularizer is not None and spec.trainable:
+            total = b.add(total, regularization(b, spec.regularizer, var))
+    return Loss(total, targets, sample_weights, probs)

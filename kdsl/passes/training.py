@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.graph import Graph, LossTerm
-from kdsl.ir.program import Program, Var
+from kdsl.ir.program import Builder, Program, Var
 from kdsl.passes.autodiff import backprop
 from kdsl.passes.dce import dce
-from kdsl.passes.losses import per_sample_loss, regularization, softmax_logits, target_type
+from kdsl.passes.losses import softmax_logits, total_loss
 from kdsl.passes.lower import Lowered, lower
 
 
@@ -45,25 +45,11 @@ def losses_per_output(graph: Graph, losses: dict[str | None, LossTerm] | None = 
 def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
     lowered = lower(graph, training=True)
     program = lowered.program
-    b = _builder_over(program)
-    outputs = list(lowered.outputs)
-    targets, sample_weights, total = [], [], None
-    for k, (term, output) in enumerate(zip(losses, lowered.outputs)):
-        labels = b.var(target_type(term.loss, output.type), f"target_{graph.output_names[k]}", exact=True)
-        targets.append(labels)
-        per_sample, fused_probs = per_sample_loss(b, term.loss, labels, output, softmax_logits(program, output))
-        if fused_probs is not None:
-            outputs[k] = fused_probs
-        weights = b.var(per_sample.type, f"sample_weight_{graph.output_names[k]}", exact=True)
-        sample_weights.append(weights)
-        everything = tuple(range(per_sample.rank))  # Keras's sum_over_batch_size: Σ w·loss / number of values
-        summed = b.reduce_sum(b.mul(per_sample, weights), axes=everything)
-        mean = b.div(summed, b.count(per_sample, axes=everything))
-        weighted = b.mul(mean, term.weight) if term.weight != 1.0 else mean
-        total = weighted if total is None else b.add(total, weighted)
-    for _, spec, var in lowered.params:
-        if spec.regularizer is not None and spec.trainable:
-            total = b.add(total, regularization(b, spec.regularizer, var))
+    b = Builder(eqns=program.eqns)
+    params = [(spec, var) for _, spec, var in lowered.params]
+    loss = total_loss(b, losses, graph.output_names, lowered.outputs, params, lambda out: softmax_logits(program, out))
+    outputs = [probs or output for probs, output in zip(loss.probs, lowered.outputs)]
+    total, targets, sample_weights = loss.total, loss.targets, loss.sample_weights
     trainable = [i for i, (_, spec, _) in enumerate(lowered.params) if spec.trainable]
     wrt = [lowered.params[i][2] for i in trainable]
     grads = backprop(b, b.eqns, {id(total): b.const(1.0)}, wrt)
@@ -76,12 +62,3 @@ def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
         b.eqns,
     )
     return Training(dce(training_program), lowered, targets, sample_weights, trainable)
-
-
-def _builder_over(program: Program):
-    """A builder that appends to `program`'s equations."""
-    from kdsl.ir.program import Builder
-
-    b = Builder()
-    b.eqns = program.eqns
-    return b

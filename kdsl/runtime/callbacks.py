@@ -13,10 +13,11 @@ import json
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kdsl.files import write_atomically
 
 
 class Callback:
@@ -34,14 +35,6 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
-
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 class _Monitor:
@@ -199,7 +192,7 @@ class CSVLogger(Callback):
         writer = csv.DictWriter(out, keys, delimiter=self.separator, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_atomically(self.filename, out.getvalue().encode())
+        write_atomically(self.filename, out.getvalue())
 
 
 class JSONLinesLogger(Callback):
@@ -214,4 +207,4 @@ class JSONLinesLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.lines.append(json.dumps({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}))
-        write_atomically(self.filename, ("\n".join(self.lines) + "\n").encode())
+        write_atomically(self.filename, "\n".join(self.lines) + "\n")

@@ -17,9 +17,9 @@ import numpy as np
 
 from kdsl.catalogue.args import FnSpec
 from kdsl.errors import KdslError
+from kdsl.files import npz_bytes, write_atomically
 from kdsl.lang import load
 from kdsl.lang.format import to_kd
-from kdsl.runtime.callbacks import write_atomically
 from kdsl.runtime.optimizers import CLASSES
 from kdsl.runtime.schedules import SCHEDULES
 
@@ -29,16 +29,10 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    out = io.BytesIO()
-    np.savez(out, **arrays)
-    return out.getvalue()
-
-
 def save_weights(model: Model, path: str | Path) -> None:
     """The weights alone, by Keras name, as `.npz`."""
     compiled = model.trainer.compiled
-    write_atomically(path, _npz(dict(zip(compiled.param_names, compiled.weights))))
+    write_atomically(path, npz_bytes(dict(zip(compiled.param_names, compiled.weights))))
 
 
 def load_weights(model: Model, path: str | Path) -> None:
@@ -71,8 +65,8 @@ def save_model(model: Model, path: str | Path) -> None:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.kd", to_kd(model.graph))
         archive.writestr("state.json", json.dumps(state, indent=1))
-        archive.writestr("weights.npz", _npz(dict(zip(trainer.compiled.param_names, trainer.compiled.weights))))
-        archive.writestr("optimizer.npz", _npz(slots))
+        archive.writestr("weights.npz", npz_bytes(dict(zip(trainer.compiled.param_names, trainer.compiled.weights))))
+        archive.writestr("optimizer.npz", npz_bytes(slots))
     write_atomically(path, out.getvalue())
 
 

@@ -22,7 +22,7 @@ from kdsl.errors import KdslArgumentError
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.ir.program import Builder, Program
 from kdsl.ir.types import TensorType
-from kdsl.passes.losses import per_sample_loss, target_type
+from kdsl.passes.losses import total_loss
 from kdsl.runtime import metrics as metric_fns
 from kdsl.runtime.optimizers import Optimizer
 from kdsl.runtime.optimizers import get as get_optimizer
@@ -95,7 +95,7 @@ class Trainer:
         self.targets = self.compiled.training.targets
         self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
         self.rng = np.random.default_rng(seed)
-        self.evaluation = _evaluation_program(graph, self.losses)
+        self.evaluation = _evaluation_program(self.compiled, self.losses)
         self.epochs_done = 0
 
     # --- data -------------------------------------------------------------------------------------
@@ -380,23 +380,12 @@ def _display_name(metric: Any) -> str:
     return metric if isinstance(metric, str) else metric.name
 
 
-def _evaluation_program(graph: Graph, losses: list[LossTerm]) -> Program:
-    """The total loss from outputs, targets and weights (regularizers included), on the NumPy backend."""
-    from kdsl.passes.losses import regularization
-    from kdsl.passes.lower import lower
-
-    lowered = lower(graph, training=False)
+def _evaluation_program(compiled: CompiledModel, losses: list[LossTerm]) -> Program:
+    """The total loss from outputs, targets and weights (regularizers included), for the NumPy backend."""
+    lowered = compiled.inference
     b = Builder()
     outputs = [b.var(v.type, "out") for v in lowered.outputs]
-    targets = [b.var(target_type(t.loss, v.type), "target") for t, v in zip(losses, lowered.outputs)]
     weights = [b.var(var.type, "w") for _, _, var in lowered.params]
-    total = b.const(0.0)
-    for term, output, labels in zip(losses, outputs, targets):
-        per_sample, _ = per_sample_loss(b, term.loss, labels, output, None)
-        everything = tuple(range(per_sample.rank))
-        mean = b.div(b.reduce_sum(per_sample, axes=everything), b.count(per_sample, axes=everything))
-        total = b.add(total, b.mul(mean, term.weight))
-    for (_, spec, _), w in zip(lowered.params, weights):
-        if spec.regularizer is not None and spec.trainable:
-            total = b.add(total, regularization(b, spec.regularizer, w))
-    return b.program([*outputs, *targets, *weights], [total])
+    params = [(spec, w) for (_, spec, _), w in zip(lowered.params, weights)]
+    loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, weighted=False)
+    return b.program([*outputs, *loss.targets, *weights], [loss.total])
