@@ -99,11 +99,15 @@ def _arrays(model, rng, batch, steps):
 
 
 def assert_close(expected, actual, rtol=1e-5):
-    """Equal to `rtol` of the array's own scale: summation order differs between BLAS and NumPy."""
+    """Equal to `rtol` of the array's own scale: summation order differs between BLAS and NumPy.
+
+    The absolute floor, 1e-6, is float32 rounding of values of order one: a gradient near zero
+    (BatchNormalization's cancel out) can differ by that much whatever its own scale.
+    """
     expected, actual = np.asarray(expected), np.asarray(actual)
     assert expected.shape == actual.shape
     scale = max(float(np.abs(expected).max(initial=0.0)), 1e-6)
-    assert float(np.abs(expected - actual).max(initial=0.0)) <= rtol * scale + 1e-7
+    assert float(np.abs(expected - actual).max(initial=0.0)) <= rtol * scale + 1e-6
 
 
 SIZES = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
