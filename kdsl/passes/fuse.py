@@ -78,7 +78,28 @@ def _merge_repeated_outputs(scan: Eqn, rename: dict[int, Var]) -> None:
     scan.outputs = tuple(scan.outputs[j] for j in keep)
 
 
+def sink_into_loops(program: Program) -> None:
+    """Move each elementwise equation down to just before its first reader when that reader is a loop of its shape.
+
+    A recurrent cell adds the input bias to x_t before the product h·U and the gate math after it;
+    moved past the product, the bias joins the gates' loop and its sums never reach memory.
+    """
+    eqns = list(program.eqns)
+    for eqn in reversed(program.eqns):
+        if not eqn.op.elementwise or eqn.op.name in FREE_OPS or len(eqn.outputs) != 1:
+            continue
+        at = eqns.index(eqn)
+        first = next((j for j in range(at + 1, len(eqns)) if any(x is eqn.out for x in eqns[j].inputs)), None)
+        if first is None or first == at + 1:
+            continue
+        reader = eqns[first]
+        if reader.op.elementwise and reader.outputs and reader.out.shape == eqn.out.shape:
+            eqns.insert(first - 1, eqns.pop(at))
+    program.eqns = eqns
+
+
 def plan(program: Program) -> Plan:
+    sink_into_loops(program)
     users = program.uses()
     outputs = {id(v) for v in program.outputs}
     producers = program.producers()

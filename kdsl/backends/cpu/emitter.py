@@ -9,7 +9,9 @@ reused at every step.
 
 from __future__ import annotations
 
+import builtins
 import re
+import symtable
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -114,13 +116,27 @@ class Emitter:
 
     @contextmanager
     def row_chunks(self, rows: str) -> Iterator[tuple[str, str, str, str]]:
-        """A `prange` over one chunk of `rows` per thread; yields (chunk, number of chunks, lo, hi)."""
+        """A `prange` over one chunk of `rows` per thread; yields (chunk, number of chunks, lo, hi).
+
+        The work of one chunk becomes a serial function called from the `prange`. Inside a parallel
+        region Numba types slices as possibly non-contiguous, and `np.dot` then copies its operands:
+        a 16-row product there took 80 µs against 30 µs in a plain function. A small parallel
+        function also compiles faster: Numba's parallel passes cost grows with the body.
+        """
         n, c, lo, hi = self.fresh("chunks"), self.fresh("chunk"), self.fresh("lo"), self.fresh("hi")
         self.line(f"{n} = max(1, min(threads, {rows}))")  # `threads` is a kernel argument
         with self.block(f"for {c} in prange({n}):"):
             self.line(f"{lo} = {c} * {rows} // {n}")
             self.line(f"{hi} = ({c} + 1) * {rows} // {n}")
+            start, depth, self._depth = len(self.lines), self._depth, 1
             yield c, n, lo, hi
+            body = self.lines[start:]
+            del self.lines[start:]
+            self._depth = depth
+            arguments = free_names(body)
+            name = f"_{self.prefix}_rows{len(self.functions)}"
+            self.functions.append((name, arguments, body, False))
+            self.line(f"{name}({', '.join(arguments)})")
 
     def touch(self, var: Var) -> None:
         """Record a read of `var` at the current step, extending its buffer's lifetime."""
@@ -347,6 +363,14 @@ class Emitter:
         self._in_scan -= 1
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
             self.line(f"{self.rows(final, var)}[...] = {name}")
+
+
+def free_names(lines: list[str]) -> list[str]:
+    """The variables a function body reads but does not assign, in order: the arguments it needs."""
+    table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
+    free = [s.get_name() for s in table.get_symbols() if s.is_global()]
+    module_level = set(dir(builtins)) | {"np", "math", "numba", "prange"}
+    return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]
 
 
 def batch_leading(var: Var) -> bool:
