@@ -5,6 +5,7 @@ Models come from `.kd` files (`kdsl.load_model_file`) or from Keras-style layer 
 """
 
 from kdsl import data, layers
+from kdsl.devices import devices
 from kdsl.errors import KdslError
 from kdsl.layers import Input
 from kdsl.model import Model, Sequential, load_model_file
@@ -18,6 +19,7 @@ __all__ = [
     "Sequential",
     "callbacks",
     "data",
+    "devices",
     "layers",
     "load_model",
     "load_model_file",

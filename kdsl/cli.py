@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--explain", action="store_true", help="per layer: kernels, fusion, cost, fallbacks")
     compile_.add_argument("--inference", action="store_true", help="inference only: no training step")
     compile_.add_argument("--batch", type=int, default=32, help="batch size for the costs --explain reports")
+    compile_.add_argument(
+        "--target",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: Numba CPU kernels; cuda: Numba CUDA kernels (a GPU, or NUMBA_ENABLE_CUDASIM=1)",
+    )
     compile_.set_defaults(run=_compile)
 
     train = commands.add_parser("train", help="run a file's train block on a dataset", description=_train.__doc__)
@@ -80,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="instead of the train block's")
     train.add_argument("--batch-size", type=int, help="instead of the train block's")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--target", choices=["cpu", "numpy"], default="cpu", help="the backend to train on")
+    train.add_argument("--target", choices=["cpu", "cuda", "numpy"], default="cpu", help="the backend to train on")
     train.add_argument("--out", help="where to save the trained model (default: MODEL.kdz)")
     train.set_defaults(run=_train)
 
@@ -123,7 +129,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    """Compile a model to Numba CPU kernels (cached on disk), or show a stage of it.
+    """Compile a model to Numba CPU or CUDA kernels (cached on disk), or show a stage of it.
 
     With no option, generates and compiles the kernels so later runs start fast.
     """
@@ -144,21 +150,32 @@ def _compile(args: argparse.Namespace) -> int:
             for name, lowered in programs.items():
                 print(f"\n# {name}: lowered and fused\n{format_fused(lowered)}")
         elif args.emit == "py":
-            print(compiled.source())
+            print(_cuda_source(graph, compiled) if args.target == "cuda" else compiled.source())
         if args.explain:
-            print(explain(graph, programs, batch=args.batch))
+            print(explain(graph, programs, batch=args.batch, target=args.target))
+        if args.output and args.target == "cuda":
+            raise KdslError(
+                "-o writes a standalone CPU module", hint="see the CUDA kernels with --emit py --target cuda"
+            )
         if args.output:
             path = compiled.export(args.output)
             print(f"wrote {path}, {path.with_suffix('.json').name} and {path.with_suffix('.npz').name}")
         if not (args.emit or args.explain or args.output):
             started = time.perf_counter()
-            compiled = compile_model(graph, target="cpu", training=training)
+            compiled = compile_model(graph, target=args.target, training=training)
             compiled.warm_up()
             print(
                 f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
                 f"(cached in {cache_dir()})"
             )
     return 0
+
+
+def _cuda_source(graph, compiled) -> str:
+    """The CUDA module for a model; writing it needs no GPU."""
+    from kdsl.backends.cuda.codegen import generate_module
+
+    return generate_module(f"CUDA kernels of model `{graph.name}`.", compiled.entries())[0]
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 `format_fused` prints a lowered program kernel by kernel (`kdsl compile --emit ir`);
 `explain` summarizes each layer: its kernels, what was fused with what, FLOPs and bytes
-per step, and why a faster variant was not used (`kdsl compile --explain`).
+per step, and why a faster variant was not used (`kdsl compile --explain`); for the CUDA
+target, each kernel's launch configuration too.
 """
 
 from __future__ import annotations
@@ -61,19 +62,52 @@ def _cost(kernels: list[Kernel], sizes: dict[str, int]) -> tuple[int, int]:
     return flops, written
 
 
-def _describe(kernel: Kernel) -> str:
+def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str:
+    if target == "cuda":
+        return _describe_cuda(kernel, sizes)
     eqn = kernel.eqns[0]
     if kernel.kind == "loop":
         ops = ", ".join(e.op.name for e in kernel.eqns)
         return f"fused loop over ({', '.join(map(str, kernel.shape))}): {ops}"
     if eqn.op.name == "scan":
         body = plan(eqn.attrs["body"])
-        parts = [_describe(k) for k in body.kernels if k.kind != "view"]
+        parts = [_describe(k, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
         return f"one compiled time loop ({direction}); per step: " + "; ".join(parts)
     if eqn.op.name in ("matmul", "matmul_tn"):
         return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
     return f"{eqn.op.name} -> {', '.join(str(v.type) for v in eqn.outputs)}"
+
+
+def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
+    """What the CUDA target launches for `kernel`, with its grid (blocks x threads) at these sizes."""
+    from kdsl.backends.cuda.codegen import HOST_OPS, KernelWriter
+    from kdsl.backends.cuda.launch import GEMM_TILE, element_grid, gemm_grid
+    from kdsl.backends.cuda.ops import write
+
+    eqn = kernel.eqns[0]
+    if eqn.op.name == "scan":
+        body = plan(eqn.attrs["body"])
+        parts = [_describe_cuda(k, sizes) for k in body.kernels if k.kind != "view"]
+        direction = "backwards" if eqn.attrs["reverse"] else "forwards"
+        return (
+            f"host loop over time ({direction}; a persistent kernel is future work), launching per step: "
+            + "; ".join(parts)
+        )
+    if eqn.op.name in HOST_OPS:
+        rows, columns = numel(eqn.out.shape[:-1], sizes), numel(eqn.out.shape[-1:], sizes)
+        blocks, (tile, _) = gemm_grid(rows, columns, GEMM_TILE, simulator=False)
+        return f"{eqn.op.name} {rows}x{columns}: cuBLAS through CuPy, else tiled kernel <<<{blocks}, {tile}x{tile}>>>"
+    if kernel.kind == "loop":
+        space = kernel.shape
+        what = f"fused kernel over ({', '.join(map(str, space))}): " + ", ".join(e.op.name for e in kernel.eqns)
+    else:
+        writer = KernelWriter("explain")
+        write(writer, eqn)
+        space = writer.space
+        what = f"{eqn.op.name} kernel, a thread per element of ({', '.join(map(str, space))})"
+    blocks, threads = element_grid(numel(space, sizes), simulator=False)
+    return f"{what} <<<{blocks}, {threads}>>>"
 
 
 def _not_chosen(layer: Layer) -> list[str]:
@@ -91,14 +125,17 @@ def _not_chosen(layer: Layer) -> list[str]:
     return reasons
 
 
-def explain(graph: Graph, programs: dict[str, Program], batch: int = 32) -> str:
-    """A per-layer report of the compiled `programs` (e.g. forward and train_step) at `batch` samples."""
+def explain(graph: Graph, programs: dict[str, Program], batch: int = 32, target: str = "cpu") -> str:
+    """A per-layer report of the compiled `programs` (e.g. forward and train_step) at `batch` samples.
+
+    For `target="cuda"`, each kernel's launch is written `<<<blocks, threads per block>>>`, as on a GPU.
+    """
     sizes = {"batch": batch}
     for value in graph.inputs:
         for d in value.type.dims:
             if isinstance(d, str) and d not in sizes:
                 sizes[d] = 1
-    lines = [f"model {graph.name}, costs at batch size {batch}"]
+    lines = [f"model {graph.name}, costs at batch size {batch}" + (", CUDA launches" if target == "cuda" else "")]
     for name, program in programs.items():
         by_layer: dict[str | None, list[Kernel]] = defaultdict(list)
         for kernel in plan(program).kernels:
@@ -113,7 +150,7 @@ def explain(graph: Graph, programs: dict[str, Program], batch: int = 32) -> str:
                 f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
                 f"{_human(flops)}FLOP, {_human(written)}B written"
             )
-            lines += [f"    - {_describe(k)}" for k in kernels]
+            lines += [f"    - {_describe(k, sizes, target)}" for k in kernels]
             if name == "forward":
                 lines += [f"    not the fastest variant: {reason}" for reason in _not_chosen(layer)]
         rest = [k for k in by_layer.get(None, []) if k.kind != "view"]
@@ -129,3 +166,8 @@ def _human(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:.3g} T"
+
+
+def program_flops(program: Program, sizes: dict[str, int]) -> int:
+    """Floating-point operations of one run of `program` at `sizes` (e.g. {"batch": 64}), time loops unrolled."""
+    return _cost(plan(program).kernels, sizes)[0]

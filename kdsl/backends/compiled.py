@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +31,10 @@ from kdsl.passes.lower import Lowered, lower
 from kdsl.passes.training import Training, build_training, losses_per_output
 from kdsl.runtime.initializers import initial_weights
 
-TARGETS = ("numpy", "cpu")
+if TYPE_CHECKING:
+    from kdsl.runtime.optimizers import Optimizer
+
+TARGETS = ("numpy", "cpu", "cuda")
 
 
 def cache_dir() -> Path:
@@ -82,6 +86,33 @@ class CompiledModel:
 
         `sample_weights` (one per output, or None for all ones) weigh each sample's loss, as in Keras.
         """
+        data, noise = self._step_arrays(inputs, targets, sample_weights)
+        arrays = [*data, *self.weights, *noise]
+        results = (
+            self.module.train_step(*arrays) if self.module is not None else run_program(self.training.program, arrays)
+        )
+        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
+        self.outputs = list(results[1 : 1 + n_out])
+        for grad, value in zip(self.grads, results[1 + n_out : 1 + n_out + n_grad]):
+            grad[...] = value
+        for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
+            self.weights[index][...] = value
+        return float(np.asarray(results[0]).reshape(-1)[0])
+
+    def apply_optimizer(self, optimizer: Optimizer) -> None:
+        """One step of `optimizer` on the trainable weights, from the gradients the last `train_step` left."""
+        optimizer.apply([self.weights[i] for i in self.trainable], self.grads)
+
+    def sync_optimizer(self, optimizer: Optimizer) -> None:
+        """Bring `optimizer`'s slots up to date on the host; a target keeping them on a device copies them back."""
+
+    def _step_arrays(
+        self,
+        inputs: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        sample_weights: Sequence[np.ndarray | None] | None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """A training step's arguments but the weights: (inputs, targets, sample weights) and dropout masks."""
         if self.training is None:
             raise RuntimeError("this model was compiled with training=False")
         inputs = self._inputs(inputs)
@@ -96,17 +127,7 @@ class CompiledModel:
             given = sample_weights[k] if sample_weights is not None else None
             shape = [batch if d == "batch" else t for d, t in zip(var.shape, targets[k].shape)]
             weights.append(np.ones(shape, np.float32) if given is None else np.asarray(given, np.float32))
-        arrays = [*inputs, *targets, *weights, *self.weights, *noise]
-        results = (
-            self.module.train_step(*arrays) if self.module is not None else run_program(self.training.program, arrays)
-        )
-        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
-        self.outputs = list(results[1 : 1 + n_out])
-        for grad, value in zip(self.grads, results[1 + n_out : 1 + n_out + n_grad]):
-            grad[...] = value
-        for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
-            self.weights[index][...] = value
-        return float(np.asarray(results[0]).reshape(-1)[0])
+        return [*inputs, *targets, *weights], noise
 
     def warm_up(self, batch: int = 2) -> None:
         """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""
@@ -211,4 +232,11 @@ def load_module(source: str) -> ModuleType:
 
 def compile_model(graph: Graph, target: str = "cpu", training: bool = True, **options) -> CompiledModel:
     """Lower, differentiate, fuse and generate code for `graph`; see `CompiledModel`."""
+    if target == "cuda":
+        from kdsl.devices import require_cuda
+
+        require_cuda()  # before importing the CUDA backend, which needs Numba's CUDA support
+        from kdsl.backends.cuda.model import CudaModel
+
+        return CudaModel(graph, training, **options)
     return CompiledModel(graph, target, training, **options)

@@ -89,7 +89,7 @@ class Trainer:
     ):
         self.graph = graph
         self.losses = _loss_terms(graph, loss, loss_weights)
-        self.optimizer = get_optimizer(optimizer)
+        self._optimizer = get_optimizer(optimizer)
         self.compiled: CompiledModel = compile_model(graph, target=target, losses=self.losses, seed=seed)
         assert self.compiled.training is not None
         self.targets = self.compiled.training.targets
@@ -239,8 +239,14 @@ class Trainer:
     def step(self, inputs: list[np.ndarray], labels: list[np.ndarray], weights=None) -> float:
         """One training step and optimizer update on one batch of checked arrays; returns the loss."""
         loss = self.compiled.train_step(inputs, labels, weights)
-        self.optimizer.apply([self.compiled.weights[i] for i in self.compiled.trainable], self.compiled.grads)
+        self.compiled.apply_optimizer(self._optimizer)
         return loss
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The optimizer, its slots current on the host (the CUDA target keeps them on the device)."""
+        self.compiled.sync_optimizer(self._optimizer)
+        return self._optimizer
 
     def sample_weights(self, sample_weight: Any, class_weight: Any, labels: list[np.ndarray]) -> list:
         """Per output, each sample's loss weight (None: all ones), from `sample_weight` or `class_weight`."""

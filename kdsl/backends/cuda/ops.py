@@ -1,0 +1,204 @@
+"""CUDA kernels for the ops that are not elementwise: one thread per output element or per row.
+
+Each writer gets a `KernelWriter` and one equation, chooses the iteration space (`w.over`)
+and writes the body for one thread. Row-wise ops (softmax, cross-entropy) give a thread a
+whole row, as the CPU templates do; reductions give a thread one output element and loop
+over what it sums. Matrix products and scans are not here: the runner does them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+from kdsl.ir.program import Eqn
+
+if TYPE_CHECKING:
+    from kdsl.backends.cuda.codegen import KernelWriter
+
+F = "np.float32"
+
+
+def write(w: KernelWriter, eqn: Eqn) -> None:
+    if eqn.op.name not in WRITERS:
+        raise NotImplementedError(f"`{eqn.op.name}` has no CUDA kernel")
+    WRITERS[eqn.op.name](w, eqn)
+
+
+def _reduce_sum(w: KernelWriter, eqn: Eqn) -> None:
+    (x,), y = eqn.inputs, eqn.out
+    axes, keep = eqn.attrs["axes"], eqn.attrs.get("keepdims", False)
+    kept = [a for a in range(x.rank) if a not in axes]
+    idx = w.over(tuple(x.shape[a] for a in kept))
+    source = dict(zip(kept, idx))
+    total = w.fresh("total")
+    w.line(f"{total} = {F}(0.0)")
+    with ExitStack() as loops:
+        for a in axes:
+            source[a] = w.fresh("j")
+            loops.enter_context(w.block(f"for {source[a]} in range({w.size(x, a)}):"))
+        w.line(f"{total} += {w.at(x, [source[a] for a in range(x.rank)])}")
+    out = [("0" if a in axes else source[a]) for a in range(x.rank)] if keep else idx
+    w.line(f"{w.at(y, out)} = {total}")
+
+
+def _count(w: KernelWriter, eqn: Eqn) -> None:
+    w.over(())
+    dims = " * ".join(w.size(eqn.inputs[0], a) for a in eqn.attrs["axes"])
+    w.line(f"{w.at(eqn.out, [])} = {F}({dims or 1})")
+
+
+def _row_softmax(w: KernelWriter, x, y, row: list[str], log: bool) -> None:
+    """(Log-)softmax of one row: the last axis of `x` at `row`, into `y`."""
+    n, j, top, total = w.size(x, x.rank - 1), w.fresh("j"), w.fresh("top"), w.fresh("total")
+    X, Y = w.at(x, [*row, j]), w.at(y, [*row, j])
+    w.line(f"{top} = {w.at(x, [*row, '0'])}")
+    with w.block(f"for {j} in range(1, {n}):"):
+        w.line(f"{top} = max({top}, {X})")
+    w.line(f"{total} = {F}(0.0)")
+    with w.block(f"for {j} in range({n}):"):
+        if log:
+            w.line(f"{total} += math.exp({X} - {top})")
+        else:
+            w.line(f"{Y} = math.exp({X} - {top})")
+            w.line(f"{total} += {Y}")
+    if log:
+        w.line(f"{total} = {top} + math.log({total})")
+    with w.block(f"for {j} in range({n}):"):
+        w.line(f"{Y} = {X} - {total}" if log else f"{Y} = {Y} / {total}")
+
+
+def _softmax(w: KernelWriter, eqn: Eqn) -> None:
+    row = w.over(eqn.out.shape[:-1])
+    _row_softmax(w, eqn.inputs[0], eqn.out, row, log=eqn.op.name == "log_softmax")
+
+
+def _softmax_cross_entropy(w: KernelWriter, eqn: Eqn) -> None:
+    (logits, labels), (probs, loss) = eqn.inputs, eqn.outputs
+    row = w.over(loss.shape)
+    _row_softmax(w, logits, probs, row, log=True)  # probs holds log-probabilities until the last loop
+    n, j, total = w.size(logits, logits.rank - 1), w.fresh("j"), w.fresh("total")
+    if eqn.attrs["sparse"]:
+        w.line(f"{w.at(loss, row)} = -{w.at(probs, [*row, w.at(labels, row)])}")
+    else:
+        w.line(f"{total} = {F}(0.0)")
+        with w.block(f"for {j} in range({n}):"):
+            w.line(f"{total} -= {w.at(labels, [*row, j])} * {w.at(probs, [*row, j])}")
+        w.line(f"{w.at(loss, row)} = {total}")
+    with w.block(f"for {j} in range({n}):"):
+        w.line(f"{w.at(probs, [*row, j])} = math.exp({w.at(probs, [*row, j])})")
+
+
+def _softmax_cross_entropy_grad(w: KernelWriter, eqn: Eqn) -> None:
+    (probs, labels, g), dx = eqn.inputs, eqn.out
+    row = w.over(g.shape)
+    n, j, mass = w.size(probs, probs.rank - 1), w.fresh("j"), w.fresh("mass")
+    if eqn.attrs["sparse"]:
+        with w.block(f"for {j} in range({n}):"):
+            w.line(f"{w.at(dx, [*row, j])} = {w.at(probs, [*row, j])} * {w.at(g, row)}")
+        w.line(f"{w.at(dx, [*row, w.at(labels, row)])} -= {w.at(g, row)}")
+        return
+    w.line(f"{mass} = {F}(0.0)")
+    with w.block(f"for {j} in range({n}):"):
+        w.line(f"{mass} += {w.at(labels, [*row, j])}")
+    with w.block(f"for {j} in range({n}):"):
+        P, T = w.at(probs, [*row, j]), w.at(labels, [*row, j])
+        w.line(f"{w.at(dx, [*row, j])} = {P} * {w.at(g, row)} * {mass} - {T} * {w.at(g, row)}")
+
+
+def _one_hot(w: KernelWriter, eqn: Eqn) -> None:
+    (ids,), y = eqn.inputs, eqn.out
+    idx = w.over(y.shape)
+    w.line(f"{w.at(y, idx)} = {F}(1.0) if {w.at(ids, idx[:-1])} == {idx[-1]} else {F}(0.0)")
+
+
+def _transpose(w: KernelWriter, eqn: Eqn) -> None:
+    perm, y = eqn.attrs["perm"], eqn.out
+    idx = w.over(y.shape)
+    source = [""] * len(perm)
+    for out_axis, in_axis in enumerate(perm):
+        source[in_axis] = idx[out_axis]
+    w.line(f"{w.at(y, idx)} = {w.at(eqn.inputs[0], source)}")
+
+
+def _flip(w: KernelWriter, eqn: Eqn) -> None:
+    axis, (x,), y = eqn.attrs["axis"], eqn.inputs, eqn.out
+    idx = w.over(y.shape)
+    source = list(idx)
+    source[axis] = f"{w.size(x, axis)} - 1 - {idx[axis]}"
+    w.line(f"{w.at(y, idx)} = {w.at(x, source)}")
+
+
+def _concat(w: KernelWriter, eqn: Eqn) -> None:
+    """Each output element reads the input its position along `axis` falls in."""
+    axis, y = eqn.attrs["axis"], eqn.out
+    idx = w.over(y.shape)
+    _pieces(w, eqn.inputs, axis, idx, lambda x, source: f"{w.at(y, idx)} = {w.at(x, source)}")
+
+
+def _split(w: KernelWriter, eqn: Eqn) -> None:
+    """Each input element is written to the piece its position along `axis` falls in."""
+    axis, (x,) = eqn.attrs["axis"], eqn.inputs
+    idx = w.over(x.shape)
+    _pieces(w, eqn.outputs, axis, idx, lambda piece, target: f"{w.at(piece, target)} = {w.at(x, idx)}")
+
+
+def _pieces(w: KernelWriter, pieces, axis: int, idx: list[str], statement: Callable) -> None:
+    """`statement(piece, index within it)` for the piece holding position `idx[axis]` of the whole."""
+    offset = "0"
+    for k, piece in enumerate(pieces):
+        end = f"{offset} + {w.size(piece, axis)}"
+        last = k == len(pieces) - 1
+        header = "else:" if last and k else f"{'elif' if k else 'if'} {idx[axis]} < {end}:"
+        with w.block(header):
+            inner = list(idx)
+            inner[axis] = f"{idx[axis]} - ({offset})"
+            w.line(statement(piece, inner))
+        offset = end
+
+
+def _repeat(w: KernelWriter, eqn: Eqn) -> None:
+    idx = w.over(eqn.out.shape)
+    w.line(f"{w.at(eqn.out, idx)} = {w.at(eqn.inputs[0], [idx[0], *idx[2:]])}")
+
+
+def _gather(w: KernelWriter, eqn: Eqn) -> None:
+    """Rows of the table; an id out of range gives NaN (a kernel cannot raise; the runner checks input ids)."""
+    (table, ids), y = eqn.inputs, eqn.out
+    idx = w.over(y.shape)
+    row = w.fresh("row")
+    w.line(f"{row} = {w.at(ids, idx[:-1])}")
+    w.line(f"{w.at(y, idx)} = {w.at(table, [row, idx[-1]])} if 0 <= {row} < {w.size(table, 0)} else {F}(math.nan)")
+
+
+def _gather_grad(w: KernelWriter, eqn: Eqn) -> None:
+    """Output gradients added into the rows they came from; atomic, as two ids may name one row."""
+    (g, ids, _), y = eqn.inputs, eqn.out
+    idx = w.over(g.shape)
+    w.zeroed.append(y)
+    w.line(f"cuda.atomic.add({w.array(y)}, ({w.at(ids, idx[:-1])}, {idx[-1]}), {w.at(g, idx)})")
+
+
+def _fill(w: KernelWriter, eqn: Eqn) -> None:
+    idx = w.over(eqn.out.shape)
+    w.line(f"{w.at(eqn.out, idx)} = {F}({eqn.attrs['value']!r})")
+
+
+WRITERS: dict[str, Callable[[KernelWriter, Eqn], None]] = {
+    "reduce_sum": _reduce_sum,
+    "count": _count,
+    "softmax": _softmax,
+    "log_softmax": _softmax,
+    "softmax_cross_entropy": _softmax_cross_entropy,
+    "softmax_cross_entropy_grad": _softmax_cross_entropy_grad,
+    "one_hot": _one_hot,
+    "transpose": _transpose,
+    "flip": _flip,
+    "concat": _concat,
+    "split": _split,
+    "repeat": _repeat,
+    "gather": _gather,
+    "gather_grad": _gather_grad,
+    "fill": _fill,
+}

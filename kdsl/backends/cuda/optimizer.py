@@ -1,0 +1,169 @@
+"""Optimizer updates on the device: Keras 3's rules, one fused kernel per parameter.
+
+The host `Optimizer` (`kdsl.runtime.optimizers`) stays the source of the hyperparameters,
+the step count and the learning-rate schedule; its slots (momentum, Adam's moments, ...)
+live on the device between steps and are copied back only when asked for (`download`),
+so a training step moves no weights, gradients or slots across the bus. Every kernel does
+the float32 operations of the host rule in the same order, so both give the same weights
+up to rounding. Gradient clipping follows the host too: `clipvalue` inside the kernel,
+`clipnorm` and `global_clipnorm` by factors computed from sums of squares on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from kdsl.backends.cuda.launch import element_grid
+from kdsl.runtime.optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+
+
+@cuda.jit(device=True, inline=True)
+def _clipped(g, clip, limit, scale, global_scale):
+    """A gradient element as the host's `Optimizer.clip` leaves it."""
+    if clip:
+        g = min(max(g, -limit), limit)
+    return g * scale * global_scale
+
+
+@cuda.jit(cache=True)
+def _sum_squares(g, clip, limit, out):
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        value = _clipped(g[i], clip, limit, np.float32(1.0), np.float32(1.0))
+        cuda.atomic.add(out, 0, value * value)
+
+
+@cuda.jit(cache=True)
+def _sgd(w, g, m, clip, limit, scale, global_scale, lr, momentum, nesterov):
+    for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        grad = _clipped(g[i], clip, limit, scale, global_scale)
+        if momentum == 0:
+            w[i] = w[i] - lr * grad
+            continue
+        m[i] = m[i] * momentum
+        m[i] = m[i] - lr * grad
+        if nesterov:
+            w[i] = w[i] + (momentum * m[i] - lr * grad)
+        else:
+            w[i] = w[i] + m[i]
+
+
+@cuda.jit(cache=True)
+def _adam(w, g, m, v, v_hat, clip, limit, scale, global_scale, alpha, one_minus_b1, one_minus_b2, epsilon, amsgrad):
+    for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        grad = _clipped(g[i], clip, limit, scale, global_scale)
+        m[i] = m[i] + (grad - m[i]) * one_minus_b1
+        v[i] = v[i] + (grad * grad - v[i]) * one_minus_b2
+        second = v[i]
+        if amsgrad:
+            v_hat[i] = max(v_hat[i], v[i])
+            second = v_hat[i]
+        w[i] = w[i] - alpha * m[i] / (math.sqrt(second) + epsilon)
+
+
+@cuda.jit(cache=True)
+def _rmsprop(w, g, velocity, momentum_slot, average, clip, limit, scale, global_scale, lr, rho, one_minus_rho,
+             epsilon, momentum, centered):  # fmt: skip
+    for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        grad = _clipped(g[i], clip, limit, scale, global_scale)
+        velocity[i] = velocity[i] * rho
+        velocity[i] = velocity[i] + one_minus_rho * (grad * grad)
+        denominator = velocity[i] + epsilon
+        if centered:
+            average[i] = average[i] * rho
+            average[i] = average[i] + one_minus_rho * grad
+            denominator = denominator - average[i] * average[i]
+        increment = lr * grad / math.sqrt(denominator)
+        if momentum != 0:
+            momentum_slot[i] = momentum_slot[i] * momentum
+            momentum_slot[i] = momentum_slot[i] + increment
+            increment = momentum_slot[i]
+        w[i] = w[i] - increment
+
+
+@cuda.jit(cache=True)
+def _adagrad(w, g, accumulator, clip, limit, scale, global_scale, lr, epsilon):
+    for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
+        grad = _clipped(g[i], clip, limit, scale, global_scale)
+        accumulator[i] = accumulator[i] + grad * grad
+        w[i] = w[i] - lr * grad / math.sqrt(accumulator[i] + epsilon)
+
+
+f32 = np.float32
+
+
+class DeviceOptimizer:
+    """Applies a host `Optimizer`'s rule to device weights; keeps its slots on the device."""
+
+    def __init__(self) -> None:
+        self.slots: list[dict[str, object]] = []
+        self._source: list | None = None  # the host slot list last uploaded or downloaded
+        self._on_host = True  # whether the host slots are the copy to trust (the caller may have changed them)
+
+    def apply(self, optimizer: Optimizer, weights: list, grads: list) -> None:
+        """One step of `optimizer` on device `weights` from device `grads` (arrays of the weights' shapes)."""
+        if not optimizer.slots:
+            optimizer.slots = [optimizer.create_slots(np.zeros(w.shape, np.float32)) for w in weights]
+        if optimizer.slots is not self._source or self._on_host:
+            self.slots = [{k: cuda.to_device(v.reshape(-1)) for k, v in s.items()} for s in optimizer.slots]
+            self._source = optimizer.slots
+        weights, grads = [w.reshape(w.size) for w in weights], [g.reshape(g.size) for g in grads]
+        scales, global_scale = self._clip_scales(optimizer, grads)
+        if optimizer.schedule is not None:
+            optimizer.learning_rate = float(optimizer.schedule(optimizer.iterations))
+        optimizer.iterations += 1
+        lr = f32(optimizer.learning_rate)
+        clip = (np.bool_(optimizer.clipvalue is not None), f32(optimizer.clipvalue or 0.0))
+        for w, g, slots, scale in zip(weights, grads, self.slots, scales, strict=True):
+            grid = element_grid(w.size)
+            common = (*clip, f32(scale), f32(global_scale))
+            self._update(optimizer, grid, w, g, slots, common, lr)
+        self._on_host = False
+
+    def _update(self, optimizer: Optimizer, grid, w, g, slots, common, lr) -> None:
+        hyper, unused = optimizer.hyper, w  # stands for a slot the rule does not keep: never read
+        if isinstance(optimizer, SGD):
+            momentum, nesterov = f32(hyper["momentum"]), np.bool_(hyper["nesterov"])
+            _sgd[grid](w, g, slots.get("momentum", unused), *common, lr, momentum, nesterov)
+        elif isinstance(optimizer, Adam):
+            b1, b2, t = hyper["beta_1"], hyper["beta_2"], optimizer.iterations
+            alpha = f32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))
+            rule = (alpha, f32(1 - b1), f32(1 - b2), f32(hyper["epsilon"]), np.bool_(hyper["amsgrad"]))
+            _adam[grid](w, g, slots["m"], slots["v"], slots.get("v_hat", unused), *common, *rule)
+        elif isinstance(optimizer, RMSprop):
+            rho = f32(hyper["rho"])
+            rule = (lr, rho, f32(1) - rho, f32(hyper["epsilon"]), f32(hyper["momentum"]), np.bool_(hyper["centered"]))
+            momentum, average = slots.get("momentum", unused), slots.get("average_gradient", unused)
+            _rmsprop[grid](w, g, slots["velocity"], momentum, average, *common, *rule)
+        elif isinstance(optimizer, Adagrad):
+            _adagrad[grid](w, g, slots["accumulator"], *common, lr, f32(hyper["epsilon"]))
+        else:
+            raise NotImplementedError(f"optimizer `{optimizer.name}` has no device update")
+
+    def _clip_scales(self, optimizer: Optimizer, grads: list) -> tuple[list[float], float]:
+        """The factors `clipnorm` and `global_clipnorm` multiply each gradient by (1.0 when unset)."""
+        scales = [1.0] * len(grads)
+        if optimizer.clipnorm is None and optimizer.global_clipnorm is None:
+            return scales, 1.0
+        clip = (np.bool_(optimizer.clipvalue is not None), f32(optimizer.clipvalue or 0.0))
+        squares = []
+        for g in grads:
+            total = cuda.to_device(np.zeros(1, np.float32))
+            _sum_squares[element_grid(g.size)](g, *clip, total)
+            squares.append(float(total.copy_to_host()[0]))
+        if optimizer.clipnorm is not None:
+            scales = [min(1.0, optimizer.clipnorm / max(math.sqrt(s), 1e-12)) for s in squares]
+        if optimizer.global_clipnorm is None:
+            return scales, 1.0
+        total = math.sqrt(sum(s * float(f32(scale)) ** 2 for s, scale in zip(squares, scales)))
+        return scales, min(1.0, optimizer.global_clipnorm / max(total, 1e-12))
+
+    def download(self, optimizer: Optimizer) -> None:
+        """Copy the device slots into the host optimizer's, which the caller may then read or replace."""
+        if not self._on_host and optimizer.slots is self._source:
+            for host, device in zip(optimizer.slots, self.slots):
+                for name, value in device.items():
+                    host[name][...] = value.copy_to_host().reshape(host[name].shape)
+        self._on_host = True

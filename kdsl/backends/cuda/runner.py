@@ -1,0 +1,162 @@
+"""The host side of the CUDA target: walks a program's schedule, launching kernels on device arrays.
+
+Every value the plan materializes gets a device buffer, allocated the first time a set of
+symbolic sizes (the batch size, usually) is seen and reused by every later call, so a step
+allocates nothing. A scan is a host loop launching its cell's kernels once per step: each
+step's outputs are computed straight into their slot of the stacked result, and new carries
+alternate between two buffers so a step never overwrites the state it reads. (One
+persistent kernel running the whole time loop would save a launch per op and step: future
+work.) Kernels run in order on the default stream; nothing here waits for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
+from numba import cuda
+
+from kdsl.backends.cuda.codegen import Launch, Schedule
+from kdsl.backends.cuda.gemm import gemm
+from kdsl.backends.cuda.launch import element_grid
+from kdsl.ir.program import Eqn, Var
+from kdsl.ir.types import Dim
+
+Sizes = dict[str, int]
+
+
+def concrete(dims: Sequence[Dim], sizes: Sizes) -> tuple[int, ...]:
+    """A symbolic shape's sizes (a product of symbols multiplied out)."""
+    shape = []
+    for d in dims:
+        size = 1
+        for factor in str(d).split("*"):
+            size *= int(factor) if factor.isdigit() else sizes[factor]
+        shape.append(size)
+    return tuple(shape)
+
+
+@cuda.jit(cache=True)
+def _zero(flat):
+    for i in range(cuda.grid(1), flat.size, cuda.gridsize(1)):
+        flat[i] = 0
+
+
+class DeviceProgram:
+    """One entry of a generated module (`forward`, `train_step`): device arrays in, device arrays out."""
+
+    def __init__(self, module: ModuleType, schedule: Schedule):
+        self.module, self.schedule = module, schedule
+        self.buffers: dict[tuple, dict[tuple[int, int], object]] = {}  # sizes -> (value id, copy) -> array
+
+    def __call__(self, arrays: Sequence, sizes: Sizes) -> list:
+        program = self.schedule.program
+        env = {id(var): array for var, array in zip(program.inputs, arrays, strict=True)}
+        run = _Run(self.module, self.buffers.setdefault(tuple(sorted(sizes.items())), {}), sizes)
+        run.schedule(self.schedule, env)
+        return [run.value(var, env, self.schedule) for var in program.outputs]
+
+
+class _Run:
+    """One call of a program: its buffers and sizes, shared by the scan cells it runs."""
+
+    def __init__(self, module: ModuleType, buffers: dict, sizes: Sizes):
+        self.module, self.buffers, self.sizes = module, buffers, sizes
+
+    def buffer(self, var: Var, copy: int = 0):
+        """The device buffer of `var` (scalars as one element); `copy` 1 is a second one, for carries."""
+        key = (id(var), copy)
+        if key not in self.buffers:
+            dtype = np.float32 if var.type.dtype == "f32" else np.int32
+            self.buffers[key] = cuda.device_array(concrete(var.shape, self.sizes) or (1,), dtype)
+        return self.buffers[key]
+
+    def value(self, var: Var, env: dict, schedule: Schedule):
+        if id(var) not in env:
+            if id(var) in schedule.constants:
+                dtype = np.float32 if var.type.dtype == "f32" else np.int32
+                env[id(var)] = cuda.to_device(np.full(1, schedule.constants[id(var)], dtype))
+            else:
+                env[id(var)] = self.buffer(var)
+        return env[id(var)]
+
+    def schedule(self, schedule: Schedule, env: dict) -> None:
+        for step in schedule.steps:
+            if isinstance(step, Launch):
+                self.launch(step, env, schedule)
+            elif step.op.name == "scan":
+                self.scan(step, env, schedule)
+            elif step.op.name in ("matmul", "matmul_tn"):
+                self.matmul(step, env, schedule)
+            else:
+                self.view(step, env, schedule)
+
+    def launch(self, step: Launch, env: dict, schedule: Schedule) -> None:
+        space = concrete(step.space, self.sizes)
+        arrays = [self.value(var, env, schedule) for var in step.arrays]
+        for var in step.zeroed:
+            array = self.value(var, env, schedule)
+            _zero[element_grid(array.size)](array.reshape(array.size))
+        count = int(np.prod(space))
+        if count:
+            getattr(self.module, step.name)[element_grid(count)](*space, *arrays)
+
+    def matmul(self, eqn: Eqn, env: dict, schedule: Schedule) -> None:
+        (a, b), y = eqn.inputs, eqn.out
+        left, right, out = (self.value(v, env, schedule) for v in (a, b, y))
+        rows = left.size // left.shape[left.ndim - 1]
+        if eqn.op.name == "matmul":
+            gemm(matrix(left, rows), right, matrix(out, rows), transpose_b=bool(eqn.attrs.get("transpose_b")))
+        else:
+            gemm(matrix(left, rows), matrix(right, rows), out, transpose_a=True)
+
+    def view(self, eqn: Eqn, env: dict, schedule: Schedule) -> None:
+        """Free splits and concats need nothing (loops address their pieces); reshapes are views."""
+        if eqn.attrs.get("free"):
+            return
+        source = self.value(eqn.inputs[0], env, schedule)
+        shaped = source.reshape(*var_shape(eqn.out, self.sizes))
+        if id(eqn.out) in env:  # a cell output already placed in its stacked slot
+            copy(env[id(eqn.out)], shaped)
+        else:
+            env[id(eqn.out)] = shaped
+
+    def scan(self, eqn: Eqn, env: dict, schedule: Schedule) -> None:
+        body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+        cell = schedule.bodies[id(eqn)]
+        outer = [self.value(v, env, schedule) for v in eqn.inputs]
+        carries, xs, consts = outer[:nc], outer[nc : nc + nx], outer[nc + nx :]
+        stacked = [self.value(v, env, schedule) for v in eqn.outputs[nc:]]
+        steps = xs[0].shape[0]
+        for step in range(steps):
+            t = steps - 1 - step if eqn.attrs["reverse"] else step
+            inner = {id(v): a for v, a in zip(body.inputs, [*carries, *(x[t] for x in xs), *consts])}
+            copies = []
+            for var, stack in zip(body.outputs[nc:], stacked):
+                if id(var) in inner:
+                    copies.append((stack[t], var))
+                else:
+                    inner[id(var)] = stack[t]
+            for var in body.outputs[:nc]:
+                if id(var) not in inner:
+                    inner[id(var)] = self.buffer(var, copy=step % 2)
+            self.schedule(cell, inner)
+            for destination, var in copies:
+                copy(destination, self.value(var, inner, cell))
+            carries = [self.value(v, inner, cell) for v in body.outputs[:nc]]
+        for var, carry in zip(eqn.outputs[:nc], carries):
+            copy(self.value(var, env, schedule), carry)
+
+
+def var_shape(var: Var, sizes: Sizes) -> tuple[int, ...]:
+    return concrete(var.shape, sizes) or (1,)
+
+
+def matrix(array, rows: int):
+    """A contiguous device array as a matrix of its last axis (the simulator's shapes take no negative index)."""
+    return array.reshape(rows, array.size // rows)
+
+
+def copy(destination, source) -> None:
+    destination.copy_to_device(source.reshape(*destination.shape))

@@ -1,0 +1,151 @@
+"""The CUDA target against the NumPy backend and the CPU target, on the models of the CPU-backend test.
+
+Without a GPU these run in Numba's CUDA simulator, which `conftest.py` switches on before
+Numba is first imported (`NUMBA_ENABLE_CUDASIM=0 pytest` runs them on a GPU instead). The
+simulator runs every CUDA thread as a Python thread, so shapes are tiny and hypothesis
+draws few of them; a smaller GIL switch interval lets the simulator's threads hand over
+sooner (the suite runs about twice as fast with it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cpu_backend import DENSE, MASKED, _arrays, assert_close
+
+import kdsl
+from kdsl.backends.compiled import compile_model
+from kdsl.errors import KdslError
+from kdsl.lang import load
+from kdsl.runtime import optimizers
+from kdsl.runtime.callbacks import Callback
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def small_mnist_lstm() -> str:
+    """examples/mnist_lstm.kd with rows of 4 pixels, 3 timesteps and 4 units: the simulator's size."""
+    source = (EXAMPLES / "mnist_lstm.kd").read_text()
+    return source.replace("units=64", "units=4").replace("f32[batch, 28, 28]", "f32[batch, 3, 4]")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_thread_switches():
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5e-4)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.fixture(scope="module", params=["mnist_lstm", "masked", "dense"])
+def pair(request):
+    source = {"mnist_lstm": small_mnist_lstm(), "masked": MASKED, "dense": DENSE}[request.param]
+    graph = next(iter(load(source, "t.kd").models.values()))
+    reference, compiled = compile_model(graph, target="numpy"), compile_model(graph, target="cuda")
+    for i, name in enumerate(reference.param_names):  # non-trivial moving statistics
+        if name.endswith("moving_variance"):
+            reference.weights[i][...] = np.linspace(0.5, 2.0, reference.weights[i].size)
+    compiled.weights = [w.copy() for w in reference.weights]
+    return reference, compiled
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 3), steps=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_forward_and_train_step_match_numpy(pair, batch, steps, seed):
+    reference, compiled = pair
+    inputs, targets = _arrays(reference, np.random.default_rng(seed), batch, steps)
+    before = [w.copy() for w in reference.weights]
+    compiled.weights = [w.copy() for w in before]
+    for expected, actual in zip(reference.forward(*inputs), compiled.forward(*inputs), strict=True):
+        assert_close(expected, actual)
+    reference.rng, compiled.rng = np.random.default_rng(7), np.random.default_rng(7)  # the same dropout masks
+    loss_reference = reference.train_step(inputs, targets)
+    loss_compiled = compiled.train_step(inputs, targets)
+    assert loss_compiled == pytest.approx(loss_reference, rel=1e-5)
+    for expected, actual in zip(reference.grads, compiled.grads, strict=True):
+        assert_close(expected, actual)
+    for expected, actual in zip(reference.weights, compiled.weights, strict=True):  # moving statistics
+        assert_close(expected, actual)
+    reference.weights = before  # moving statistics as they were, for the next example
+
+
+class BatchLosses(Callback):
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(logs["loss"])
+
+
+def test_fit_matches_cpu_target():
+    """A few batches of the (shrunk) example's recipe: the same losses and weights on the device as on the CPU."""
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (9, 3, 4)).astype(np.float32), rng.integers(0, 10, 9)
+    results = {}
+    for target in ("cpu", "cuda"):
+        model = kdsl.Model.from_graph(next(iter(load(small_mnist_lstm(), "t.kd").models.values())))
+        model.compile(target=target)
+        log = BatchLosses()
+        model.fit(x, y, batch_size=3, epochs=2, verbose=0, callbacks=[log], shuffle=True)
+        results[target] = (log.losses, model.get_weights())
+    (cpu_losses, cpu_weights), (cuda_losses, cuda_weights) = results["cpu"], results["cuda"]
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-5)
+    for expected, actual in zip(cpu_weights, cuda_weights, strict=True):
+        assert_close(expected, actual)
+
+
+OPTIMIZERS = [
+    ("sgd", {"learning_rate": 0.1}),
+    ("sgd", {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "clipvalue": 0.5}),
+    ("adam", {"learning_rate": 0.01, "amsgrad": True, "clipnorm": 1.0}),
+    ("rmsprop", {"learning_rate": 0.01, "momentum": 0.5, "centered": True, "global_clipnorm": 1.5}),
+    ("adagrad", {"learning_rate": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("name", "arguments"), OPTIMIZERS)
+def test_device_optimizer_matches_host(name, arguments):
+    """Two steps of each update rule on the device give the host rule's weights and slots."""
+    from numba import cuda
+
+    from kdsl.backends.cuda.optimizer import DeviceOptimizer
+
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal(s).astype(np.float32) for s in [(3, 2), (5,)]]
+    grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in weights] for _ in range(2)]
+    optimizer, host = optimizers.CLASSES[name](**arguments), optimizers.CLASSES[name](**arguments)
+    host_weights = [w.copy() for w in weights]
+    device = DeviceOptimizer()
+    device_weights = [cuda.to_device(w) for w in weights]
+    for step in grads:
+        host.apply(host_weights, [g.copy() for g in step])
+        device.apply(optimizer, device_weights, [cuda.to_device(g) for g in step])
+    for expected, actual in zip(host_weights, device_weights):
+        assert_close(expected, actual.copy_to_host())
+    device.download(optimizer)
+    for expected, actual in zip(host.slots, optimizer.slots):
+        for name in expected:
+            assert_close(expected[name], actual[name])
+    assert optimizer.iterations == host.iterations == 2
+
+
+def test_devices_lists_cpu_and_cuda():
+    found = kdsl.devices()
+    assert found[0].kind == "cpu" and "cores" in found[0].detail
+    assert any(d.kind in ("cuda", "cuda-simulator") for d in found)
+
+
+def test_clear_error_without_gpu_or_simulator(monkeypatch):
+    from numba import cuda
+
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    graph = next(iter(load(DENSE, "t.kd").models.values()))
+    with pytest.raises(KdslError, match="NVIDIA GPU") as error:
+        compile_model(graph, target="cuda")
+    assert "NUMBA_ENABLE_CUDASIM=1" in error.value.hint and "kdsl[cuda]" in error.value.hint
