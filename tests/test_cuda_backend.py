@@ -54,7 +54,7 @@ def pair(request):
     return reference, compiled
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 3), steps=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_forward_and_train_step_match_numpy(pair, batch, steps, seed):
     reference, compiled = pair
@@ -149,3 +149,36 @@ def test_clear_error_without_gpu_or_simulator(monkeypatch):
     with pytest.raises(KdslError, match="NVIDIA GPU") as error:
         compile_model(graph, target="cuda")
     assert "NUMBA_ENABLE_CUDASIM=1" in error.value.hint and "kdsl[cuda]" in error.value.hint
+
+
+def test_optimizer_state_reads_back_for_saving(tmp_path):
+    """After device steps, weights and Adam's slots read back as the host rule leaves them; a saved model resumes."""
+    graph = next(iter(load(DENSE, "t.kd").models.values()))
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((2, 3, 4)).astype(np.float32), rng.uniform(0, 1, (2, 3)).astype(np.float32)
+    models, initial = {}, None
+    for target in ("numpy", "cuda"):
+        models[target] = kdsl.Model.from_graph(graph)
+        models[target].compile(optimizer=optimizers.Adam(0.01), target=target)
+        initial = initial or models[target].get_weights()
+        models[target].set_weights(initial)
+        for _ in range(2):
+            models[target].train_on_batch(x, y)
+    for expected, actual in zip(models["numpy"].get_weights(), models["cuda"].get_weights(), strict=True):
+        assert_close(expected, actual)
+    for expected, actual in zip(models["numpy"].optimizer.slots, models["cuda"].optimizer.slots, strict=True):
+        for name in expected:
+            assert_close(expected[name], actual[name])
+    models["cuda"].save(tmp_path / "m.kdz")
+    restored = kdsl.load_model(tmp_path / "m.kdz")
+    assert restored.trainer.compiled.target == "cuda"
+    assert restored.train_on_batch(x, y) == pytest.approx(models["cuda"].train_on_batch(x, y), rel=1e-5)
+
+
+def test_explain_gives_launch_configurations(examples, capsys):
+    from kdsl.cli import main
+
+    assert main(["compile", str(examples / "mnist_lstm.kd"), "--target", "cuda", "--explain", "--batch", "64"]) == 0
+    report = capsys.readouterr().out
+    assert "CUDA launches" in report and "<<<16, 256>>>" in report  # batch x 64 units, 256 threads a block
+    assert "host loop over time" in report and "persistent kernel is future work" in report
