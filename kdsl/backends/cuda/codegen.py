@@ -34,7 +34,6 @@ class Launch:
     name: str
     space: tuple[Dim, ...]
     arrays: list[Var]
-    kernel: Kernel
     zeroed: list[Var] = field(default_factory=list)  # arrays the kernel accumulates into: cleared first
 
 
@@ -43,7 +42,6 @@ class Schedule:
     """One program's plan as the runner walks it: launches, and equations it runs itself (GEMMs, scans, views)."""
 
     program: Program
-    plan: Plan
     steps: list[Launch | Eqn]
     bodies: dict[int, Schedule]  # a scan equation's id -> the schedule of its cell
     constants: dict[int, float]
@@ -122,8 +120,9 @@ class ModuleWriter:
 
     def schedule(self, program: Program) -> Schedule:
         fused = plan(program)
-        constants = {id(e.out): e.attrs["value"] for e in program.eqns if e.op.name == "const"}
-        result = Schedule(program, fused, [], {}, constants)
+        constants = [e for e in program.eqns if e.op.name == "const"]
+        literals = {id(e.out): e.op.scalar(e.attrs) for e in constants}
+        result = Schedule(program, [], {}, {id(e.out): e.attrs["value"] for e in constants})
         for kernel in fused.kernels:
             eqn = kernel.eqns[0]
             if kernel.kind == "view" or (kernel.kind == "op" and eqn.op.name in HOST_OPS):
@@ -133,24 +132,27 @@ class ModuleWriter:
                 continue
             writer = KernelWriter(f"k{len(self.kernels)}_{identifier(kernel.origin or eqn.op.name)}")
             if kernel.kind == "loop":
-                fused_loop(writer, kernel, fused, constants)
+                fused_loop(writer, kernel, fused, literals)
             else:
                 ops.write(writer, eqn)
             self.kernels.append(writer.source())
-            result.steps.append(Launch(writer.name, writer.space, writer.arrays, kernel, writer.zeroed))
+            result.steps.append(Launch(writer.name, writer.space, writer.arrays, writer.zeroed))
         return result
 
 
-def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, constants: dict[int, float]) -> None:
-    """One thread per element of the loop's shape computes every op of the chain for that element."""
+def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, literals: dict[int, str]) -> None:
+    """One thread per element of the loop's shape computes every op of the chain for that element.
+
+    `literals` holds the constants, written inline as the CPU target does.
+    """
     idx = w.over(kernel.shape)
     registers: dict[int, str] = {}
 
     def load(var: Var) -> str:
         if id(var) in registers:
             return registers[id(var)]
-        if id(var) in constants:
-            return constant_literal(var, constants[id(var)])
+        if id(var) in literals:
+            return literals[id(var)]
         lead = len(kernel.shape) - var.rank  # NumPy broadcasting: size-1 axes read element 0
         own = ["0" if d == 1 and kernel.shape[lead + a] != 1 else idx[lead + a] for a, d in enumerate(var.shape)]
         return place(var, own)
@@ -167,10 +169,6 @@ def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, constants: dict[int
         registers[id(eqn.out)] = register
         if id(eqn.out) not in fused.registers:
             w.line(f"{place(eqn.out, idx)} = {register}")
-
-
-def constant_literal(var: Var, value: float) -> str:
-    return f"np.float32({value!r})" if var.type.dtype == "f32" else f"np.int32({int(value)})"
 
 
 def device_scalars() -> str:

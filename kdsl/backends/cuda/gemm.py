@@ -63,7 +63,6 @@ def _cupy():
 
 
 CUPY = _cupy()
-LIBRARY = "cuBLAS (through CuPy)" if CUPY is not None else f"a tiled shared-memory kernel ({TILE}x{TILE} tiles)"
 
 
 def gemm(a, b, c, transpose_a: bool = False, transpose_b: bool = False) -> None:
