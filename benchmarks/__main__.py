@@ -1,13 +1,10 @@
-"""kdsl against PyTorch on the reference workloads, side by side in one run: `python -m benchmarks [--quick]`.
+"""kdsl against PyTorch on the reference workloads, side by side in one run: `python -m benchmarks`.
 
-W1 sequential-MNIST LSTM(64)+BN+Dense(10), SGD 0.01, batch 64, one epoch of 60,000 (real MNIST).
-W2 Fashion-MNIST MLP 784-300-100-10, SGD 0.01, batch 32, one epoch of 55,000 (real Fashion-MNIST).
-W3 Embedding(1000,64) -> LSTM(128) -> Dense(10) over 100 steps: inference latency at batch 1, 32, 256.
-W4 Embedding -> GRU(256, sequences) -> SimpleRNN(128) -> Dense(10), 50 steps, batch 64, Adam: training.
-
-Each measurement alternates kdsl and PyTorch after a warm-up and reports medians, the ratio
-kdsl / PyTorch, and the machine's float32 GEMM rate (a 1024³ NumPy matmul) for scale. The
-datasets come from $KDSL_DATA (see kdsl.datasets).
+Each workload (see `benchmarks.workloads`) alternates kdsl and PyTorch after a warm-up run of each and
+reports medians, the ratio kdsl / PyTorch (time), kdsl's achieved GFLOP/s and its share of this
+machine's float32 GEMM rate (a 1024³ NumPy matmul, measured in the same run). The datasets come
+from $KDSL_DATA (see kdsl.datasets). `--chart` draws the ratios (needs matplotlib); `--compile`
+adds the cold and cached compile of every example (several minutes).
 """
 
 from __future__ import annotations
@@ -21,21 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-import kdsl
-from kdsl.backends.compiled import compile_model
-from kdsl.datasets import fashion_mnist, mnist
-from kdsl.lang import load
-
-W3 = """model W3(tokens: i32[batch, 100]) -> probs {
-    probs = embedding(tokens, 1000, 64) |> lstm(128) |> dense(10, activation=softmax)
-}"""
-
-W4 = """model W4(tokens: i32[batch, 50]) -> probs {
-    probs = embedding(tokens, 1000, 64) |> gru(256, return_sequences=true) |> simple_rnn(128)
-            |> dense(10, activation=softmax)
-}
-train W4 { loss = sparse_categorical_crossentropy
-           optimizer = adam() }"""
+from benchmarks.compile_times import compile_times
+from benchmarks.compile_times import markdown as compile_markdown
+from benchmarks.workloads import Race, races
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -44,142 +29,71 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def alternate(kdsl_fn, torch_fn, repeat: int) -> tuple[float, float | None]:
-    """Medians of `repeat` runs of each, interleaved, after one warm-up run of each."""
-    kdsl_fn()
-    if torch_fn:
-        torch_fn()
+def alternate(race: Race) -> tuple[float, float | None]:
+    """Median seconds of `race.repeat` runs of kdsl and of PyTorch, interleaved, after one warm-up run of each."""
+    race.kdsl()
+    if race.torch:
+        race.torch()
     ours, theirs = [], []
-    for _ in range(repeat):
-        ours.append(timed(kdsl_fn))
-        if torch_fn:
-            theirs.append(timed(torch_fn))
+    for _ in range(race.repeat):
+        ours.append(timed(race.kdsl))
+        if race.torch:
+            theirs.append(timed(race.torch))
     return statistics.median(ours), statistics.median(theirs) if theirs else None
 
 
 def gemm_rate() -> float:
+    """GFLOP/s of a 1024³ float32 matmul through NumPy's BLAS: this machine's practical peak."""
     a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
     seconds = min(timed(lambda: a @ a) for _ in range(5))
     return 2 * 1024**3 / seconds / 1e9
 
 
-def images(dataset, held_out: int = 0, fraction: float = 1.0):
-    (x, y), _ = dataset.load_data()
-    end = held_out + int((len(x) - held_out) * fraction)
-    return x[held_out:end].astype(np.float32) / 255, y[held_out:end].astype(np.int64)
+def table(results: list[tuple[Race, float, float | None]], peak: float) -> str:
+    lines = [
+        "| workload | kdsl | PyTorch | kdsl / PyTorch (time) | kdsl GFLOP/s | of GEMM peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for race, ours, theirs in results:
+        rate = race.flops / ours / 1e9
+        theirs_text, ratio = ("—", "—") if theirs is None else (f"{race.value(theirs):.3g}", f"{ours / theirs:.2f}")
+        lines.append(f"| {race.name} | {race.value(ours):.3g} | {theirs_text} | {ratio} | {rate:.1f} | "
+                     f"{rate / peak:.0%} |")  # fmt: skip
+    return "\n".join(lines)
 
 
-def epoch_race(torch, file: str, dataset, batch_size: int, network, repeat: int, held_out: int = 0,
-               fraction: float = 1.0):  # fmt: skip
-    """One epoch of an example through `Model.fit` against the same network in a plain PyTorch loop with SGD 0.01.
+def chart(results: list[tuple[Race, float, float | None]], path: str, machine: str) -> None:
+    """A horizontal bar per workload: kdsl's time as a fraction of PyTorch's (below 1: kdsl is faster)."""
+    try:
+        import matplotlib
 
-    `network(torch)` builds the PyTorch model: a function from a batch of images to logits, and its parameters.
-    """
-    x, y = images(dataset, held_out, fraction)
-    model = kdsl.load_model_file(os.path.join(os.path.dirname(__file__), "..", "examples", file))
-    model.compile()
-    ours = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, initial_epoch=0)  # noqa: E731
-    theirs = None
-    if torch:
-        logits, params = network(torch)
-        sgd = torch.optim.SGD(params, lr=0.01)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def theirs():
-            order = torch.randperm(len(tx))
-            for start in range(0, len(tx), batch_size):
-                rows = order[start : start + batch_size]
-                sgd.zero_grad()
-                torch.nn.functional.cross_entropy(logits(tx[rows]), ty[rows]).backward()
-                sgd.step()
-
-    return alternate(ours, theirs, repeat)
-
-
-def lstm_network(torch):
-    nn = torch.nn
-    lstm, norm, head = nn.LSTM(28, 64, batch_first=True), nn.BatchNorm1d(64, 1e-3, 0.01), nn.Linear(64, 10)
-
-    def logits(x):
-        _, (h, _) = lstm(x)
-        return head(norm(h[-1]))
-
-    return logits, [*lstm.parameters(), *norm.parameters(), *head.parameters()]
-
-
-def mlp_network(torch):
-    nn = torch.nn
-    layers = [nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)]
-    net = nn.Sequential(*layers)
-    return net, list(net.parameters())
-
-
-def w1(torch, repeat, fraction=1.0):
-    return epoch_race(torch, "mnist_lstm.kd", mnist, 64, lstm_network, repeat, fraction=fraction)
-
-
-def w2(torch, repeat, fraction=1.0):
-    return epoch_race(torch, "fashion_mlp.kd", fashion_mnist, 32, mlp_network, repeat, held_out=5000, fraction=fraction)
-
-
-def w3(torch, repeat, batch):
-    graph = load(W3, "w3.kd").models["W3"]
-    model = compile_model(graph, target="cpu", training=False)
-    tokens = np.random.default_rng(0).integers(0, 1000, (batch, 100)).astype(np.int32)
-    ours = lambda: model.forward(tokens)  # noqa: E731
-    theirs = None
-    if torch:
-        nn = torch.nn
-        embed, lstm, head = nn.Embedding(1000, 64), nn.LSTM(64, 128, batch_first=True), nn.Linear(128, 10)
-        t = torch.from_numpy(tokens.astype(np.int64))
-
-        def theirs():
-            with torch.no_grad():
-                _, (h, _) = lstm(embed(t))
-                torch.softmax(head(h[-1]), -1)
-
-    return alternate(ours, theirs, repeat)
-
-
-def w4(torch, repeat, steps=10):
-    graph = load(W4, "w4.kd").models["W4"]
-    model = kdsl.Model.from_graph(graph)
-    model.compile()
-    rng = np.random.default_rng(0)
-    tokens, labels = rng.integers(0, 1000, (64, 50)).astype(np.int32), rng.integers(0, 10, 64)
-
-    def ours():
-        for _ in range(steps):
-            model.train_on_batch(tokens, labels)
-
-    theirs = None
-    if torch:
-        nn = torch.nn
-        embed, gru, rnn = nn.Embedding(1000, 64), nn.GRU(64, 256, batch_first=True), nn.RNN(256, 128, batch_first=True)
-        head = nn.Linear(128, 10)
-        params = [*embed.parameters(), *gru.parameters(), *rnn.parameters(), *head.parameters()]
-        adam = torch.optim.Adam(params, lr=1e-3)
-        t, y = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
-
-        def theirs():
-            for _ in range(steps):
-                adam.zero_grad()
-                sequence, _ = gru(embed(t))
-                _, h = rnn(sequence)
-                torch.nn.functional.cross_entropy(head(h[-1]), y).backward()
-                adam.step()
-
-    ours_s, theirs_s = alternate(ours, theirs, repeat)
-    rate = lambda s: 64 * steps / s if s else None  # noqa: E731
-    return rate(ours_s), rate(theirs_s)
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)")
+        return
+    measured = [(race.name.rsplit(" (", 1)[0], ours / theirs) for race, ours, theirs in results if theirs]
+    names, ratios = zip(*reversed(measured))
+    figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.4))
+    axes.barh(names, ratios, color=["#2a7" if r < 1 else "#c43" for r in ratios])
+    axes.axvline(1.0, color="black", linewidth=1)
+    for y, ratio in enumerate(ratios):
+        axes.text(ratio + 0.01, y, f"{ratio:.2f}", va="center", fontsize=8)
+    axes.set_xlabel("kdsl time / PyTorch time (lower is better)")
+    axes.set_title(f"kdsl against PyTorch on the CPU ({machine})", fontsize=9)
+    axes.tick_params(axis="y", labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"chart: {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one repetition, a quarter of W1's and W2's epoch")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, a quarter of W1's and W2's epoch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
+    parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
     args = parser.parse_args()
-    repeat = 1 if args.quick else 3
     try:
         import torch
 
@@ -191,24 +105,23 @@ def main() -> None:
     import numba
 
     numba.set_num_threads(args.threads)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"numpy {np.__version__}, numba {numba.__version__}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}"
           + (f", PyTorch {torch.__version__}" if torch else "") + f"; {args.threads} threads")  # fmt: skip
-    print(f"float32 GEMM (1024³, NumPy): {gemm_rate():.0f} GFLOP/s")
-    fraction, epoch = (0.25, "a quarter epoch") if args.quick else (1.0, "one epoch")
-    rows = [(f"W1 {epoch} (s)", *w1(torch, repeat, fraction)), (f"W2 {epoch} (s)", *w2(torch, repeat, fraction))]
-    for batch in (1, 32, 256):
-        ours, theirs = w3(torch, 10 * repeat + 1, batch)
-        rows.append((f"W3 batch {batch} (ms)", 1000 * ours, 1000 * theirs if theirs else None))
-    ours, theirs = w4(torch, repeat)
-    rows.append(("W4 training (samples/s, higher is better)", ours, theirs))
-    print("\n| workload | kdsl | PyTorch | kdsl / PyTorch time |\n|---|---|---|---|")
-    for name, ours, theirs in rows:
-        if theirs is None:
-            print(f"| {name} | {ours:.3g} | — | — |")
-            continue
-        ratio = theirs / ours if "samples/s" in name else ours / theirs
-        print(f"| {name} | {ours:.3g} | {theirs:.3g} | {ratio:.2f} |")
+    peak = gemm_rate()
+    print(f"float32 GEMM (1024³, NumPy): {peak:.0f} GFLOP/s")
+    results = []
+    for race in races(torch, args.quick):
+        ours, theirs = alternate(race)
+        results.append((race, ours, theirs))
+        print(f"  {race.name}: {race.value(ours):.3g}" + (f" against {race.value(theirs):.3g}" if theirs else ""))
+    print()
+    print(table(results, peak))
+    if args.chart:
+        chart(results, args.chart, machine)
+    if args.compile:
+        print()
+        print(compile_markdown(compile_times()))
 
 
 if __name__ == "__main__":
