@@ -67,6 +67,13 @@ def test_orthogonal_gives_orthonormal_rows_or_columns(shape):
     np.testing.assert_allclose(gram, np.eye(min(shape)), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", INITIALIZERS.names())
+def test_every_initializer_gives_c_ordered_float32(name):
+    """The kernels take C-ordered arrays; any other layout would be copied at every call."""
+    w = draw(name, (6, 4))
+    assert w.dtype == np.float32 and w.flags.c_contiguous
+
+
 def test_identity_and_its_errors():
     np.testing.assert_array_equal(draw("identity", (2, 3)), np.eye(2, 3, dtype=np.float32))
     with pytest.raises(KdslArgumentError, match="matrix"):

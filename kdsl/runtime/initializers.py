@@ -23,12 +23,15 @@ Shape = tuple[int, ...]
 
 
 def initialize(spec: FnSpec, shape: Shape, rng: np.random.Generator) -> np.ndarray:
-    """A float32 array of `shape` drawn by the initializer `spec`; its own `seed`, if set, wins over `rng`."""
+    """A C-ordered float32 array of `shape` drawn by the initializer `spec`; its own `seed`, if set, wins over `rng`.
+
+    C order matters: the kernels take C-contiguous arrays, and any other layout would be copied at every call.
+    """
     seed = spec.args.get("seed")
     if seed is not None:
         rng = np.random.default_rng(seed)
     values = _INITIALIZERS[spec.name](dict(spec.args), shape, rng)
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(shape))
 
 
 def fans(shape: Shape) -> tuple[int, int]:
