@@ -43,6 +43,13 @@ def cache_dir() -> Path:
 
 
 class CompiledModel:
+    """A graph's inference and training programs on one target, with its weights.
+
+    `parallel` (CPU target): None decides per call, splitting a batch across threads (each runs the
+    time loops on its rows) when the model has a time loop and each thread gets enough rows; True
+    always splits; False compiles serial kernels and leaves the threads to BLAS.
+    """
+
     def __init__(
         self,
         graph: Graph,
@@ -65,6 +72,7 @@ class CompiledModel:
         self.trainable = [i for i, (_, spec, _) in enumerate(self.inference.params) if spec.trainable]
         self.grads = [np.zeros_like(self.weights[i]) for i in self.trainable]
         self.parallel = self.splits_by_rows() if parallel is None else parallel
+        self.split = parallel or None  # None: split a batch across threads only when it is large enough
         self.module = self._build_module(self.parallel) if target == "cpu" else None
 
     # --- running ---------------------------------------------------------------------------------
@@ -73,7 +81,7 @@ class CompiledModel:
         """Inference: the model outputs for one batch of inputs (in the graph's input order)."""
         arrays = [*self._inputs(inputs), *self.weights]
         if self.module is not None:
-            return [np.array(x) for x in self.module.forward(*arrays)]
+            return [np.array(x) for x in self.module.forward(*arrays, split=self.split)]
         return run_program(self.inference.program, arrays)
 
     def train_step(
@@ -89,7 +97,9 @@ class CompiledModel:
         data, noise = self._step_arrays(inputs, targets, sample_weights)
         arrays = [*data, *self.weights, *noise]
         results = (
-            self.module.train_step(*arrays) if self.module is not None else run_program(self.training.program, arrays)
+            self.module.train_step(*arrays, split=self.split)
+            if self.module is not None
+            else run_program(self.training.program, arrays)
         )
         n_out, n_grad = len(self.graph.outputs), len(self.trainable)
         self.outputs = list(results[1 : 1 + n_out])

@@ -47,18 +47,37 @@ class EntryPoint:
             self.arenas[key] = (np.empty(total, np.float32), offsets)
         return self.arenas[key]
 
-    def __call__(self, *arrays):
+    def __call__(self, *arrays, split=None):
+        """Run the kernel on `arrays`; `split` forces (True) or forbids (False) splitting the batch across
+        threads, and by default it is split when each thread gets at least MIN_ROWS_PER_THREAD rows."""
         if len(arrays) != len(self.arguments):
             raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
         arrays = [
             np.ascontiguousarray(a, np.float32 if dtype == "f32" else np.int32)
             for a, (_, dtype, _) in zip(arrays, self.arguments)
         ]
-        arena, offsets = self.arena(self.symbols(arrays))
+        sizes = self.symbols(arrays)
+        arena, offsets = self.arena(sizes)
+        threads = numba.get_num_threads()
         if not self.parallel:
             return self.kernel(arena, offsets, 1, *arrays)
+        if split is None:
+            split = sizes.get("batch", 0) >= MIN_ROWS_PER_THREAD * threads
+        if not split:
+            numba.set_num_threads(1)  # one thread runs the loops; BLAS uses every core inside each product
+            try:
+                return self.kernel(arena, offsets, 1, *arrays)
+            finally:
+                numba.set_num_threads(threads)
         with single_threaded_blas():  # BLAS calls inside parallel regions must not start threads of their own
-            return self.kernel(arena, offsets, numba.get_num_threads(), *arrays)
+            return self.kernel(arena, offsets, threads, *arrays)
+
+
+# Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. With
+# fewer rows per thread than this, each thread's products are too small to run well, and one
+# thread with BLAS threading each product is faster: an LSTM(256) forward at batch 16 over 150
+# steps took 23.4 ms against 27.7 ms split; a GRU(512) training step at batch 32, 3.6 against 5.8 ms.
+MIN_ROWS_PER_THREAD = 32
 
 
 _BLAS = []
