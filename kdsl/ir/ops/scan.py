@@ -98,7 +98,7 @@ class _BackwardScan:
         for k, g in enumerate(body_grads[nc + nx :]):
             for term in _terms(bb, g) if g is not None else []:
                 maker = _hoistable(bb, term)
-                (hoisted if maker else accumulated).append((k, maker or term))
+                (hoisted if maker else accumulated).append((k, _sum_of_concat(bb, maker) if maker else term))
         acc_in = [bb.var(body.inputs[nc + nx + k].type, "acc") for k, _ in accumulated]
         acc_out = [bb.add(acc, term) for acc, (_, term) in zip(acc_in, accumulated)]
 
@@ -205,6 +205,29 @@ def _hoistable(bb: Builder, var: Var) -> Eqn | None:
     if maker.op.name == "concat" and all(_hoistable(bb, x) for x in maker.inputs):
         return maker
     return None
+
+
+def _sum_of_concat(bb: Builder, maker: Eqn) -> Eqn:
+    """A concat of row sums of pieces, as the row sum of the pieces' concat.
+
+    A cell's bias gradient is the concat of its gates' row sums; summed after the loop, it would
+    stack every gate's gradient apart. As one sum over the concat of the gates' gradients (which
+    the weight gradient already stacks), the pieces never reach memory on their own.
+    """
+    if maker.op.name != "concat":
+        return maker
+    leaves = [_producer(bb, x) for x in maker.inputs]
+    if not all(leaf is not None and leaf.op.name == "reduce_sum" for leaf in leaves):
+        return maker
+    pieces = [leaf.inputs[0] for leaf in leaves]
+    axes, last = leaves[0].attrs["axes"], pieces[0].rank - 1
+    alike = all(
+        leaf.attrs == leaves[0].attrs and p.shape[:-1] == pieces[0].shape[:-1] for leaf, p in zip(leaves, pieces)
+    )
+    if not alike or last in axes:
+        return maker
+    total = bb.reduce_sum(bb.concat(*pieces, axis=last), axes=axes)
+    return _producer(bb, total)
 
 
 def _leaves(bb: Builder, maker: Eqn) -> list[Eqn]:
