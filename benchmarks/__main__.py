@@ -1,26 +1,34 @@
 """kdsl against PyTorch on the reference workloads, side by side in one run: `python -m benchmarks`.
 
-Each workload (see `benchmarks.workloads`) alternates kdsl and PyTorch after a warm-up run of each and
-reports medians, the ratio kdsl / PyTorch (time), kdsl's achieved GFLOP/s and its share of this
-machine's float32 GEMM rate (a 1024³ NumPy matmul, measured in the same run). The datasets come
-from $KDSL_DATA (see kdsl.datasets). `--chart` draws the ratios (needs matplotlib); `--compile`
-adds the cold and cached compile of every example (several minutes).
+Each workload (see `benchmarks.workloads`) alternates kdsl and PyTorch, each side in a worker process
+of its own (see `benchmarks.sides`), after a warm-up run of each, and reports medians, the ratio
+kdsl / PyTorch (time), kdsl's achieved GFLOP/s and its share of this machine's float32 GEMM rate (a
+1024³ NumPy matmul, measured in the same run). The datasets come from $KDSL_DATA (see
+kdsl.datasets). `--chart` draws the ratios (needs matplotlib); `--compile` adds the cold and cached
+compile of every example (several minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from importlib import metadata
 
 import numpy as np
 
 from benchmarks.compile_times import compile_times
 from benchmarks.compile_times import markdown as compile_markdown
-from benchmarks.workloads import Race, races
+from benchmarks.sides import Side
+from benchmarks.workloads import Race
+
+PAUSE = 0.2  # seconds between turns, for the other side's spinning threads to go to sleep
+TURN = 0.05  # shortest turn in seconds: a faster workload runs several times per turn
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -29,17 +37,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def alternate(race: Race) -> tuple[float, float | None]:
-    """Median seconds of `race.repeat` runs of kdsl and of PyTorch, interleaved, after one warm-up run of each."""
-    race.kdsl()
-    if race.torch:
-        race.torch()
-    ours, theirs = [], []
+def alternate(index: int, race: Race, ours: Side, theirs: Side | None) -> tuple[float, float | None]:
+    """Median seconds per run over `race.repeat` turns of each side; a turn lasts at least TURN seconds."""
+    sides = (ours, theirs) if theirs else (ours,)
+    calls = {side: max(1, math.ceil(TURN / side.time(index))) for side in sides}
+    times: dict[Side, list[float]] = {side: [] for side in sides}
     for _ in range(race.repeat):
-        ours.append(timed(race.kdsl))
-        if race.torch:
-            theirs.append(timed(race.torch))
-    return statistics.median(ours), statistics.median(theirs) if theirs else None
+        for side in sides:
+            time.sleep(PAUSE)
+            times[side].append(side.time(index, calls[side]))
+    return statistics.median(times[ours]), statistics.median(times[theirs]) if theirs else None
 
 
 def gemm_rate() -> float:
@@ -94,27 +101,23 @@ def main() -> None:
     parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
     parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
     args = parser.parse_args()
-    try:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
+    has_torch = importlib.util.find_spec("torch") is not None
+    if not has_torch:
         print("PyTorch is not installed: kdsl alone")
-
-    import numba
-
-    numba.set_num_threads(args.threads)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    print(f"machine: {machine}, Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}"
-          + (f", PyTorch {torch.__version__}" if torch else "") + f"; {args.threads} threads")  # fmt: skip
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("numpy", "numba", "torch")[: 2 + has_torch])
+    print(f"machine: {machine}, Python {platform.python_version()}, {versions}; {args.threads} threads")
     peak = gemm_rate()
     print(f"float32 GEMM (1024³, NumPy): {peak:.0f} GFLOP/s")
+    ours = Side(torch_side=False, quick=args.quick, threads=args.threads)
+    theirs = Side(torch_side=True, quick=args.quick, threads=args.threads) if has_torch else None
     results = []
-    for race in races(torch, args.quick):
-        ours, theirs = alternate(race)
-        results.append((race, ours, theirs))
-        print(f"  {race.name}: {race.value(ours):.3g}" + (f" against {race.value(theirs):.3g}" if theirs else ""))
+    for index, race in enumerate(ours.races):
+        kdsl_s, torch_s = alternate(index, race, ours, theirs)
+        results.append((race, kdsl_s, torch_s))
+        print(f"  {race.name}: {race.value(kdsl_s):.3g}" + (f" against {race.value(torch_s):.3g}" if torch_s else ""))
+    for side in (ours, theirs) if theirs else (ours,):
+        side.close()
     print()
     print(table(results, peak))
     if args.chart:
