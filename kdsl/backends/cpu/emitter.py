@@ -115,8 +115,10 @@ class Emitter:
         return self.parallel and not self._in_scan
 
     @contextmanager
-    def row_chunks(self, rows: str) -> Iterator[tuple[str, str, str, str]]:
+    def row_chunks(self, rows: str, before: Sequence[str] = ()) -> Iterator[tuple[str, str, str, str]]:
         """A `prange` over one chunk of `rows` per thread; yields (chunk, number of chunks, lo, hi).
+
+        `before`: lines to emit once the number of chunks is known (`{chunks}` names it).
 
         The work of one chunk becomes a serial function called from the `prange`. Inside a parallel
         region Numba types slices as possibly non-contiguous, and `np.dot` then copies its operands:
@@ -125,6 +127,8 @@ class Emitter:
         """
         n, c, lo, hi = self.fresh("chunks"), self.fresh("chunk"), self.fresh("lo"), self.fresh("hi")
         self.line(f"{n} = max(1, min(threads, {rows}))")  # `threads` is a kernel argument
+        for line in before:
+            self.line(line.format(chunks=n))
         with self.block(f"for {c} in prange({n}):"):
             self.line(f"{lo} = {c} * {rows} // {n}")
             self.line(f"{hi} = ({c} + 1) * {rows} // {n}")

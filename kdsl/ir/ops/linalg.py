@@ -76,15 +76,18 @@ class MatMulTN(Op):
         if not (em.threaded and worth_threads(a, b)):
             em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
             return
-        left, right, parts = em.fresh("left"), em.fresh("right"), em.fresh("parts")
+        left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
         em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
-        em.line(f"{parts} = np.empty((threads, {left}.shape[1], {right}.shape[1]), np.float32)")
-        with em.row_chunks(f"{left}.shape[0]") as (chunk, count, lo, hi):  # each thread sums its rows
-            em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {parts}[{chunk}])")
+        # each thread sums its rows: the first into the result, the others into partial sums added after
+        with em.row_chunks(
+            f"{left}.shape[0]",
+            before=[f"{parts} = np.empty(({{chunks}} - 1, {left}.shape[1], {right}.shape[1]), np.float32)"],
+        ) as (chunk, count, lo, hi):
+            em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
+            em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
         k = em.fresh("k")
-        em.line(f"{em.ref(y)}[...] = {parts}[0]")
         with em.block(f"for {k} in range(1, {count}):"):
-            em.line(f"{em.ref(y)} += {parts}[{k}]")
+            em.line(f"{em.ref(y)} += {parts}[{k} - 1]")
 
     def flops(self, eqn, sizes):
         a, b = eqn.inputs
