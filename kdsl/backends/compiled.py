@@ -101,13 +101,18 @@ class CompiledModel:
             if self.module is not None
             else run_program(self.training.program, arrays)
         )
-        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
-        self.outputs = list(results[1 : 1 + n_out])
-        for grad, value in zip(self.grads, results[1 + n_out : 1 + n_out + n_grad]):
+        loss, self.outputs, grads, updates = self._unpack(results)
+        for grad, value in zip(self.grads, grads):
             grad[...] = value
-        for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
+        for (index, _), value in zip(self.training.lowered.updates, updates):
             self.weights[index][...] = value
-        return float(np.asarray(results[0]).reshape(-1)[0])
+        return float(np.asarray(loss).reshape(-1)[0])
+
+    def _unpack(self, results: Sequence) -> tuple[object, list, list, list]:
+        """A training step's results as (loss, model outputs, gradients, BatchNormalization updates)."""
+        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
+        rest = list(results[1:])
+        return results[0], rest[:n_out], rest[n_out : n_out + n_grad], rest[n_out + n_grad :]
 
     def apply_optimizer(self, optimizer: Optimizer) -> None:
         """One step of `optimizer` on the trainable weights, from the gradients the last `train_step` left."""

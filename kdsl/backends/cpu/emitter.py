@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import BATCH, Dim
 from kdsl.passes.fuse import Kernel, Plan, plan
@@ -36,7 +37,7 @@ class Buffer:
 
 
 @dataclass
-class Emitter:
+class Emitter(SourceWriter):
     parallel: bool = False
     lines: list[str] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
@@ -55,22 +56,6 @@ class Emitter:
     _constants: dict[int, str] = field(default_factory=dict)  # const values, inlined as literals
     _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
     _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
-
-    # --- text -----------------------------------------------------------------------------------
-
-    def line(self, text: str) -> None:
-        self.lines.append("    " * self._depth + text)
-
-    @contextmanager
-    def block(self, header: str) -> Iterator[None]:
-        self.line(header)
-        self._depth += 1
-        yield
-        self._depth -= 1
-
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
 
     # --- values ---------------------------------------------------------------------------------
 

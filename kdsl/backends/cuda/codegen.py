@@ -12,13 +12,13 @@ calls the GEMM (`kdsl.backends.cuda.gemm`) and launches a scan's cell once per s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kdsl.backends.cpu import scalars
 from kdsl.backends.cpu.codegen import Entry, _support_source, identifier
 from kdsl.backends.cuda import ops
+from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import Dim
 from kdsl.passes.fuse import Kernel, Plan, plan
@@ -47,7 +47,7 @@ class Schedule:
     constants: dict[int, float]
 
 
-class KernelWriter:
+class KernelWriter(SourceWriter):
     """The text of one kernel: its array parameters, the index of the element a thread is at, its body."""
 
     def __init__(self, name: str):
@@ -59,20 +59,6 @@ class KernelWriter:
         self.lines: list[str] = []
         self._depth = 2
         self._count = 0
-
-    def line(self, text: str) -> None:
-        self.lines.append("    " * self._depth + text)
-
-    @contextmanager
-    def block(self, header: str) -> Iterator[None]:
-        self.line(header)
-        self._depth += 1
-        yield
-        self._depth -= 1
-
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}{self._count}"
 
     def array(self, var: Var) -> str:
         """The parameter holding `var`'s array."""

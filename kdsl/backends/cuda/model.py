@@ -99,15 +99,14 @@ class CudaModel(CompiledModel):
         data, noise = self._step_arrays(inputs, targets, sample_weights)
         results = self._run("train_step", data, noise)
         assert self.training is not None
-        n_out, n_grad = len(self.graph.outputs), len(self.trainable)
-        self.outputs = [out.copy_to_host() for out in results[1 : 1 + n_out]]
-        self._device_grads = results[1 + n_out : 1 + n_out + n_grad]
+        loss, outputs, self._device_grads, updates = self._unpack(results)
+        self.outputs = [out.copy_to_host() for out in outputs]
         self._grads_downloaded = False
         weights = self.device_weights()
-        for (index, _), value in zip(self.training.lowered.updates, results[1 + n_out + n_grad :]):
+        for (index, _), value in zip(self.training.lowered.updates, updates):
             copy(weights[index], value)  # new BatchNormalization statistics
         self._device_changed = self._device_changed or bool(self.training.lowered.updates)
-        return float(results[0].copy_to_host().reshape(-1)[0])
+        return float(loss.copy_to_host().reshape(-1)[0])
 
     def _run(self, entry: str, data: list[np.ndarray], noise: list[np.ndarray]) -> list:
         program = self.programs[entry]

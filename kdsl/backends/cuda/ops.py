@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
+from kdsl.ir.ops.reduce import row_softmax_lines
 from kdsl.ir.program import Eqn
 
 if TYPE_CHECKING:
@@ -51,22 +52,8 @@ def _count(w: KernelWriter, eqn: Eqn) -> None:
 
 def _row_softmax(w: KernelWriter, x, y, row: list[str], log: bool) -> None:
     """(Log-)softmax of one row: the last axis of `x` at `row`, into `y`."""
-    n, j, top, total = w.size(x, x.rank - 1), w.fresh("j"), w.fresh("top"), w.fresh("total")
-    X, Y = w.at(x, [*row, j]), w.at(y, [*row, j])
-    w.line(f"{top} = {w.at(x, [*row, '0'])}")
-    with w.block(f"for {j} in range(1, {n}):"):
-        w.line(f"{top} = max({top}, {X})")
-    w.line(f"{total} = {F}(0.0)")
-    with w.block(f"for {j} in range({n}):"):
-        if log:
-            w.line(f"{total} += math.exp({X} - {top})")
-        else:
-            w.line(f"{Y} = math.exp({X} - {top})")
-            w.line(f"{total} += {Y}")
-    if log:
-        w.line(f"{total} = {top} + math.log({total})")
-    with w.block(f"for {j} in range({n}):"):
-        w.line(f"{Y} = {X} - {total}" if log else f"{Y} = {Y} / {total}")
+    x_at, y_at = (lambda j: w.at(x, [*row, j])), (lambda j: w.at(y, [*row, j]))
+    row_softmax_lines(w, x_at, y_at, w.size(x, x.rank - 1), f"{F}(0.0)", log)
 
 
 def _softmax(w: KernelWriter, eqn: Eqn) -> None:

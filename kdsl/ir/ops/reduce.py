@@ -71,25 +71,34 @@ def _softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def row_softmax_lines(w, x_at, y_at, n: str, zero: str, log: bool) -> None:
+    """Loop code for (log-)softmax over one row of `n` elements, through the writer `w` (CPU or CUDA).
+
+    `x_at(j)` and `y_at(j)` spell element `j` of the input and output rows; `zero` a float32 zero.
+    """
+    j, top, total = w.fresh("j"), w.fresh("top"), w.fresh("total")
+    X, Y = x_at(j), y_at(j)
+    w.line(f"{top} = {x_at('0')}")
+    with w.block(f"for {j} in range(1, {n}):"):
+        w.line(f"{top} = max({top}, {X})")
+    w.line(f"{total} = {zero}")
+    with w.block(f"for {j} in range({n}):"):
+        if log:
+            w.line(f"{total} += math.exp({X} - {top})")
+        else:
+            w.line(f"{Y} = math.exp({X} - {top})")
+            w.line(f"{total} += {Y}")
+    if log:
+        w.line(f"{total} = {top} + math.log({total})")
+    with w.block(f"for {j} in range({n}):"):
+        w.line(f"{Y} = {X} - {total}" if log else f"{Y} = {Y} / {total}")
+
+
 def _emit_row_softmax(em, x, y, idx, log: bool) -> None:
     """Numba loop body computing (log-)softmax over the last axis of one row."""
-    row = ", ".join(idx)
-    n, j, top, total = f"{em.ref(x)}.shape[-1]", em.fresh("j"), em.fresh("top"), em.fresh("total")
-    X, Y = f"{em.ref(x)}[{row}{', ' if row else ''}{j}]", f"{em.ref(y)}[{row}{', ' if row else ''}{j}]"
-    em.line(f"{top} = {em.ref(x)}[{row}{', ' if row else ''}0]")
-    with em.block(f"for {j} in range(1, {n}):"):
-        em.line(f"{top} = max({top}, {X})")
-    em.line(f"{total} = np.float32(0.0)")
-    with em.block(f"for {j} in range({n}):"):
-        if log:
-            em.line(f"{total} += math.exp({X} - {top})")
-        else:
-            em.line(f"{Y} = math.exp({X} - {top})")
-            em.line(f"{total} += {Y}")
-    if log:
-        em.line(f"{total} = {top} + math.log({total})")
-    with em.block(f"for {j} in range({n}):"):
-        em.line(f"{Y} = {X} - {total}" if log else f"{Y} /= {total}")
+    row = "".join(f"{i}, " for i in idx)
+    x_at, y_at = (lambda j: f"{em.ref(x)}[{row}{j}]"), (lambda j: f"{em.ref(y)}[{row}{j}]")
+    row_softmax_lines(em, x_at, y_at, f"{em.ref(x)}.shape[-1]", "np.float32(0.0)", log)
 
 
 class Softmax(Op):
