@@ -88,7 +88,7 @@ def epoch_race(torch, name: str, file: str, dataset, batch_size: int, network, h
     model = kdsl.load_model_file(EXAMPLES / file)
     model.compile()
     flops = flops_per_call(model.graph, batch_size, training=True) * len(x) / batch_size
-    ours = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, initial_epoch=0)  # noqa: E731
+    ours = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # noqa: E731
     theirs = None
     if torch:
         logits, params = network(torch)

@@ -98,9 +98,9 @@ class Model:
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             callbacks: Sequence = (), validation_split: float = 0.0, validation_data: Any = None,
-            shuffle: bool = True, initial_epoch: int | None = None, sample_weight: Any = None,
+            shuffle: bool = True, initial_epoch: int = 0, sample_weight: Any = None,
             class_weight: Any = None, steps_per_epoch: int | None = None):  # fmt: skip
-        """Train up to epoch `epochs` over (x, y), from `initial_epoch` (default: where training stopped)."""
+        """Train up to epoch `epochs` over (x, y), from `initial_epoch` (to resume a run, the epochs it did)."""
         return self.trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
                                 initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch)  # fmt: skip
 

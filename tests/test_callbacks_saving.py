@@ -38,7 +38,7 @@ RESUME = """
 import sys, numpy as np, kdsl
 model = kdsl.load_model(sys.argv[1])
 data = np.load(sys.argv[2])
-model.fit(data["x"], data["y"], batch_size=16, epochs=3, verbose=0)
+model.fit(data["x"], data["y"], batch_size=16, epochs=3, verbose=0, initial_epoch=1)
 np.savez(sys.argv[3], *model.get_weights())
 """
 

@@ -105,6 +105,16 @@ def test_fit_learns_and_evaluate_predict_agree():
     assert after["loss"] == pytest.approx(expected_loss, rel=1e-4)
 
 
+def test_fit_called_again_trains_again_as_in_keras():
+    model, (x, y) = _classifier(), _blobs()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    before = model.get_weights()
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert history.epoch == [0]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert model.fit(x, y, batch_size=16, epochs=3, verbose=0, initial_epoch=2).epoch == [2]
+
+
 def test_weights_round_trip_in_keras_order():
     model = _classifier()
     weights = model.get_weights()

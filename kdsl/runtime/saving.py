@@ -58,7 +58,6 @@ def save_model(model: Model, path: str | Path) -> None:
         },
         "optimizer": {"iterations": optimizer.iterations, "learning_rate": optimizer.learning_rate},
         "random": {"batches": trainer.rng.bit_generator.state, "dropout": trainer.compiled.rng.bit_generator.state},
-        "epochs_done": trainer.epochs_done,
     }
     slots = {f"{i}/{name}": value for i, named in enumerate(optimizer.slots) for name, value in named.items()}
     out = io.BytesIO()
@@ -107,5 +106,4 @@ def load_model(path: str | Path) -> Model:
         optimizer.slots[int(index)][name] = value.copy()
     trainer.rng.bit_generator.state = state["random"]["batches"]
     trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
-    trainer.epochs_done = state["epochs_done"]
     return model

@@ -96,7 +96,6 @@ class Trainer:
         self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
         self.rng = np.random.default_rng(seed)
         self.evaluation = _evaluation_program(self.compiled, self.losses)
-        self.epochs_done = 0
 
     # --- data -------------------------------------------------------------------------------------
 
@@ -134,9 +133,9 @@ class Trainer:
     # --- loops ----------------------------------------------------------------------------------
 
     def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
-            shuffle=True, initial_epoch=None, callbacks=(), sample_weight=None, class_weight=None,
+            shuffle=True, initial_epoch=0, callbacks=(), sample_weight=None, class_weight=None,
             steps_per_epoch=None) -> History:  # fmt: skip
-        """Train `model` (whose trainer this is); `initial_epoch` defaults to the epochs already done.
+        """Train `model` (whose trainer this is) from epoch `initial_epoch` up to epoch `epochs`, as Keras does.
 
         `x` is the inputs (with targets `y`), or a `kdsl.data.Dataset` / iterable / generator of
         `(x, y)` or `(x, y, sample_weight)` batches.
@@ -155,8 +154,7 @@ class Trainer:
         for callback in callbacks:
             callback.set_model(model)
             callback.on_train_begin()
-        start = self.epochs_done if initial_epoch is None else initial_epoch
-        for epoch in range(start, epochs):
+        for epoch in range(initial_epoch, epochs):
             if model.stop_training:
                 break
             for callback in callbacks:
@@ -181,7 +179,6 @@ class Trainer:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
             if verbose:
                 _progress(done, steps or done, started, logs, end="\n")
-            self.epochs_done = epoch + 1
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
             history.epoch.append(epoch)
