@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import OPTIMIZERS
 from kdsl.runtime import schedules
+from kdsl.runtime import update_rules as rules
 from kdsl.runtime.schedules import LearningRateSchedule
 
 __all__ = ["CLASSES", "SGD", "Adagrad", "Adam", "Optimizer", "RMSprop", "get", "schedules"]
@@ -76,14 +78,8 @@ class SGD(Optimizer):
         return {"momentum": np.zeros_like(weight)} if self.hyper["momentum"] else {}
 
     def update(self, w, g, slots, lr):
-        momentum = np.float32(self.hyper["momentum"])
-        if not momentum:
-            w -= lr * g
-            return
-        m = slots["momentum"]
-        m *= momentum
-        m -= lr * g
-        w += momentum * m - lr * g if self.hyper["nesterov"] else m
+        momentum, nesterov = np.float32(self.hyper["momentum"]), bool(self.hyper["nesterov"])
+        _sgd(_flat(w), _flat(g), _flat(slots.get("momentum", w)), lr, momentum, nesterov)
 
 
 class Adam(Optimizer):
@@ -101,13 +97,8 @@ class Adam(Optimizer):
     def update(self, w, g, slots, lr):
         b1, b2, t = self.hyper["beta_1"], self.hyper["beta_2"], self.iterations
         alpha = np.float32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))
-        m, v = slots["m"], slots["v"]
-        m += (g - m) * np.float32(1 - b1)
-        v += (np.square(g) - v) * np.float32(1 - b2)
-        if self.hyper["amsgrad"]:
-            np.maximum(slots["v_hat"], v, out=slots["v_hat"])
-            v = slots["v_hat"]
-        w -= alpha * m / (np.sqrt(v) + np.float32(self.hyper["epsilon"]))
+        rule = (alpha, np.float32(1 - b1), np.float32(1 - b2), np.float32(self.hyper["epsilon"]), self.hyper["amsgrad"])
+        _adam(_flat(w), _flat(g), _flat(slots["m"]), _flat(slots["v"]), _flat(slots.get("v_hat", w)), *rule)
 
 
 class RMSprop(Optimizer):
@@ -125,23 +116,10 @@ class RMSprop(Optimizer):
         return slots
 
     def update(self, w, g, slots, lr):
-        rho = np.float32(self.hyper["rho"])
-        velocity = slots["velocity"]
-        velocity *= rho
-        velocity += (1 - rho) * np.square(g)
-        denominator = velocity + np.float32(self.hyper["epsilon"])
-        if self.hyper["centered"]:
-            average = slots["average_gradient"]
-            average *= rho
-            average += (1 - rho) * g
-            denominator = denominator - np.square(average)
-        increment = lr * g / np.sqrt(denominator)
-        if self.hyper["momentum"]:
-            m = slots["momentum"]
-            m *= np.float32(self.hyper["momentum"])
-            m += increment
-            increment = m
-        w -= increment
+        rho, epsilon, momentum = (np.float32(self.hyper[k]) for k in ("rho", "epsilon", "momentum"))
+        momentum_slot, average = _flat(slots.get("momentum", w)), _flat(slots.get("average_gradient", w))
+        rule = (lr, rho, np.float32(1) - rho, epsilon, momentum, bool(self.hyper["centered"]))
+        _rmsprop(_flat(w), _flat(g), _flat(slots["velocity"]), momentum_slot, average, *rule)
 
 
 class Adagrad(Optimizer):
@@ -156,9 +134,43 @@ class Adagrad(Optimizer):
         return {"accumulator": np.full_like(weight, self.hyper["initial_accumulator_value"])}
 
     def update(self, w, g, slots, lr):
-        accumulator = slots["accumulator"]
-        accumulator += np.square(g)
-        w -= lr * g / np.sqrt(accumulator + np.float32(self.hyper["epsilon"]))
+        _adagrad(_flat(w), _flat(g), _flat(slots["accumulator"]), lr, np.float32(self.hyper["epsilon"]))
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    """A one-dimensional view (the weights, gradients and slots are C-ordered float32)."""
+    return array.reshape(-1)
+
+
+# The rules of `kdsl.runtime.update_rules`, each in a compiled loop over the elements: one pass and no
+# temporaries (the NumPy expressions they replaced took a sixth of W2's epoch).
+_sgd_at, _adam_at, _rmsprop_at, _adagrad_at = (
+    numba.njit(inline="always")(rule) for rule in (rules.sgd, rules.adam, rules.rmsprop, rules.adagrad)
+)
+
+
+@numba.njit(cache=True)
+def _sgd(w, g, m, lr, momentum, nesterov):
+    for i in range(w.size):
+        _sgd_at(i, w, g[i], m, lr, momentum, nesterov)
+
+
+@numba.njit(cache=True)
+def _adam(w, g, m, v, v_hat, alpha, one_minus_b1, one_minus_b2, epsilon, amsgrad):
+    for i in range(w.size):
+        _adam_at(i, w, g[i], m, v, v_hat, alpha, one_minus_b1, one_minus_b2, epsilon, amsgrad)
+
+
+@numba.njit(cache=True)
+def _rmsprop(w, g, velocity, momentum_slot, average, lr, rho, one_minus_rho, epsilon, momentum, centered):
+    for i in range(w.size):
+        _rmsprop_at(i, w, g[i], velocity, momentum_slot, average, lr, rho, one_minus_rho, epsilon, momentum, centered)
+
+
+@numba.njit(cache=True)
+def _adagrad(w, g, accumulator, lr, epsilon):
+    for i in range(w.size):
+        _adagrad_at(i, w, g[i], accumulator, lr, epsilon)
 
 
 CLASSES = {cls.name: cls for cls in (SGD, Adam, RMSprop, Adagrad)}

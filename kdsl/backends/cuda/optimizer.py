@@ -1,4 +1,4 @@
-"""Optimizer updates on the device: Keras 3's rules, one fused kernel per parameter.
+"""Optimizer updates on the device: Keras 3's rules (`kdsl.runtime.update_rules`), one kernel per parameter.
 
 The host `Optimizer` (`kdsl.runtime.optimizers`) stays the source of the hyperparameters,
 the step count and the learning-rate schedule; its slots (momentum, Adam's moments, ...)
@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 from kdsl.backends.cuda.launch import element_grid
+from kdsl.runtime import update_rules as rules
 from kdsl.runtime.optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
 
 
@@ -35,32 +36,22 @@ def _sum_squares(g, clip, limit, out):
         cuda.atomic.add(out, 0, value * value)
 
 
+_sgd_at, _adam_at, _rmsprop_at, _adagrad_at = (
+    cuda.jit(device=True, inline=True)(rule) for rule in (rules.sgd, rules.adam, rules.rmsprop, rules.adagrad)
+)
+
+
 @cuda.jit(cache=True)
 def _sgd(w, g, m, clip, limit, scale, global_scale, lr, momentum, nesterov):
     for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
-        grad = _clipped(g[i], clip, limit, scale, global_scale)
-        if momentum == 0:
-            w[i] = w[i] - lr * grad
-            continue
-        m[i] = m[i] * momentum
-        m[i] = m[i] - lr * grad
-        if nesterov:
-            w[i] = w[i] + (momentum * m[i] - lr * grad)
-        else:
-            w[i] = w[i] + m[i]
+        _sgd_at(i, w, _clipped(g[i], clip, limit, scale, global_scale), m, lr, momentum, nesterov)
 
 
 @cuda.jit(cache=True)
 def _adam(w, g, m, v, v_hat, clip, limit, scale, global_scale, alpha, one_minus_b1, one_minus_b2, epsilon, amsgrad):
     for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
         grad = _clipped(g[i], clip, limit, scale, global_scale)
-        m[i] = m[i] + (grad - m[i]) * one_minus_b1
-        v[i] = v[i] + (grad * grad - v[i]) * one_minus_b2
-        second = v[i]
-        if amsgrad:
-            v_hat[i] = max(v_hat[i], v[i])
-            second = v_hat[i]
-        w[i] = w[i] - alpha * m[i] / (math.sqrt(second) + epsilon)
+        _adam_at(i, w, grad, m, v, v_hat, alpha, one_minus_b1, one_minus_b2, epsilon, amsgrad)
 
 
 @cuda.jit(cache=True)
@@ -68,27 +59,13 @@ def _rmsprop(w, g, velocity, momentum_slot, average, clip, limit, scale, global_
              epsilon, momentum, centered):  # fmt: skip
     for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
         grad = _clipped(g[i], clip, limit, scale, global_scale)
-        velocity[i] = velocity[i] * rho
-        velocity[i] = velocity[i] + one_minus_rho * (grad * grad)
-        denominator = velocity[i] + epsilon
-        if centered:
-            average[i] = average[i] * rho
-            average[i] = average[i] + one_minus_rho * grad
-            denominator = denominator - average[i] * average[i]
-        increment = lr * grad / math.sqrt(denominator)
-        if momentum != 0:
-            momentum_slot[i] = momentum_slot[i] * momentum
-            momentum_slot[i] = momentum_slot[i] + increment
-            increment = momentum_slot[i]
-        w[i] = w[i] - increment
+        _rmsprop_at(i, w, grad, velocity, momentum_slot, average, lr, rho, one_minus_rho, epsilon, momentum, centered)
 
 
 @cuda.jit(cache=True)
 def _adagrad(w, g, accumulator, clip, limit, scale, global_scale, lr, epsilon):
     for i in range(cuda.grid(1), w.size, cuda.gridsize(1)):
-        grad = _clipped(g[i], clip, limit, scale, global_scale)
-        accumulator[i] = accumulator[i] + grad * grad
-        w[i] = w[i] - lr * grad / math.sqrt(accumulator[i] + epsilon)
+        _adagrad_at(i, w, _clipped(g[i], clip, limit, scale, global_scale), accumulator, lr, epsilon)
 
 
 f32 = np.float32
