@@ -41,7 +41,7 @@ class MatMul(Op):
 
     def cpu(self, em, eqn):
         (a, w), y = eqn.inputs, eqn.out
-        weight = f"{em.ref(w)}.T" if eqn.attrs.get("transpose_b") else em.ref(w)
+        weight = em.right_operand(w, bool(eqn.attrs.get("transpose_b")))
         if not (em.threaded and worth_threads(a, w)):
             em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
             return
