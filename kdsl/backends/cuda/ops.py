@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from kdsl.ir.ops.reduce import row_softmax_lines
+from kdsl.ir.ops.reduce import row_softmax_lines, softmax_cross_entropy_lines
 from kdsl.ir.program import Eqn
 
 if TYPE_CHECKING:
@@ -64,17 +64,10 @@ def _softmax(w: KernelWriter, eqn: Eqn) -> None:
 def _softmax_cross_entropy(w: KernelWriter, eqn: Eqn) -> None:
     (logits, labels), (probs, loss) = eqn.inputs, eqn.outputs
     row = w.over(loss.shape)
-    _row_softmax(w, logits, probs, row, log=True)  # probs holds log-probabilities until the last loop
-    n, j, total = w.size(logits, logits.rank - 1), w.fresh("j"), w.fresh("total")
-    if eqn.attrs["sparse"]:
-        w.line(f"{w.at(loss, row)} = -{w.at(probs, [*row, w.at(labels, row)])}")
-    else:
-        w.line(f"{total} = {F}(0.0)")
-        with w.block(f"for {j} in range({n}):"):
-            w.line(f"{total} -= {w.at(labels, [*row, j])} * {w.at(probs, [*row, j])}")
-        w.line(f"{w.at(loss, row)} = {total}")
-    with w.block(f"for {j} in range({n}):"):
-        w.line(f"{w.at(probs, [*row, j])} = math.exp({w.at(probs, [*row, j])})")
+    at = lambda var: lambda j: w.at(var, [*row, j])  # noqa: E731
+    label = w.at(labels, row) if eqn.attrs["sparse"] else None
+    n = w.size(logits, logits.rank - 1)
+    softmax_cross_entropy_lines(w, at(logits), at(probs), at(labels), w.at(loss, row), label, n, f"{F}(0.0)")
 
 
 def _softmax_cross_entropy_grad(w: KernelWriter, eqn: Eqn) -> None:

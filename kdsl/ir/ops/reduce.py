@@ -94,6 +94,26 @@ def row_softmax_lines(w, x_at, y_at, n: str, zero: str, log: bool) -> None:
         w.line(f"{Y} = {X} - {total}" if log else f"{Y} = {Y} / {total}")
 
 
+def softmax_cross_entropy_lines(w, logits_at, probs_at, labels_at, loss, label, n: str, zero: str) -> None:
+    """Loop code for one row's softmax probabilities and crossentropy, through the writer `w` (CPU or CUDA).
+
+    `label` spells the class id of a sparse row (None: the labels are a row of probabilities, read by
+    `labels_at`); `loss` spells the row's loss element. The log-probabilities are kept in the
+    probabilities' row until the last loop, so the loss of a sparse row is one read.
+    """
+    row_softmax_lines(w, logits_at, probs_at, n, zero, log=True)
+    j, total = w.fresh("j"), w.fresh("total")
+    if label is not None:
+        w.line(f"{loss} = -{probs_at(label)}")
+    else:
+        w.line(f"{total} = {zero}")
+        with w.block(f"for {j} in range({n}):"):
+            w.line(f"{total} -= {labels_at(j)} * {probs_at(j)}")
+        w.line(f"{loss} = {total}")
+    with w.block(f"for {j} in range({n}):"):
+        w.line(f"{probs_at(j)} = math.exp({probs_at(j)})")
+
+
 def _emit_row_softmax(em, x, y, idx, log: bool) -> None:
     """Numba loop body computing (log-)softmax over the last axis of one row."""
     row = "".join(f"{i}, " for i in idx)
@@ -170,17 +190,13 @@ class SoftmaxCrossEntropy(Op):
     def cpu(self, em, eqn):
         (logits, labels), (probs, loss) = eqn.inputs, eqn.outputs
         with em.loops(loss) as idx:
-            row = ", ".join(idx) + (", " if idx else "")
-            _emit_row_softmax(em, logits, probs, idx, log=True)  # probs holds log-probabilities here
-            j = em.fresh("j")
-            if eqn.attrs["sparse"]:
-                em.line(f"{em.index(loss, idx)} = -{em.ref(probs)}[{row}{em.index(labels, idx)}]")
-            else:
-                em.line(f"{em.index(loss, idx)} = np.float32(0.0)")
-                with em.block(f"for {j} in range({em.ref(logits)}.shape[-1]):"):
-                    em.line(f"{em.index(loss, idx)} -= {em.ref(labels)}[{row}{j}] * {em.ref(probs)}[{row}{j}]")
-            with em.block(f"for {j} in range({em.ref(logits)}.shape[-1]):"):
-                em.line(f"{em.ref(probs)}[{row}{j}] = math.exp({em.ref(probs)}[{row}{j}])")
+            row = "".join(f"{i}, " for i in idx)
+            at = lambda var: lambda j: f"{em.ref(var)}[{row}{j}]"  # noqa: E731
+            label = em.index(labels, idx) if eqn.attrs["sparse"] else None
+            n = f"{em.ref(logits)}.shape[-1]"
+            softmax_cross_entropy_lines(
+                em, at(logits), at(probs), at(labels), em.index(loss, idx), label, n, "np.float32(0.0)"
+            )
 
 
 class SoftmaxCrossEntropyGrad(Op):
