@@ -58,8 +58,17 @@ class Optimizer:
     def create_slots(self, weight: np.ndarray) -> dict[str, np.ndarray]:
         return {}
 
-    def update(self, w: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], lr: np.float32) -> None:
+    # the rule of `kdsl.runtime.update_rules` (by this optimizer's name) takes the weight, its gradient,
+    # then these slots (a slot the optimizer does not keep stands as the weight: never read), then `scalars`
+    slot_names: tuple[str, ...] = ()
+
+    def scalars(self, lr: np.float32) -> tuple:
+        """The rule's float32 hyperparameters and flags after the slots, for this step's learning rate."""
         raise NotImplementedError
+
+    def update(self, w: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], lr: np.float32) -> None:
+        arrays = [slots.get(name, w).reshape(-1) for name in self.slot_names]
+        _HOST_LOOPS[self.name](w.reshape(-1), g.reshape(-1), *arrays, *self.scalars(lr))
 
     def config(self) -> dict:
         """Name and arguments: `CLASSES[name](**rest)` makes the same optimizer again."""
@@ -77,9 +86,10 @@ class SGD(Optimizer):
     def create_slots(self, weight):
         return {"momentum": np.zeros_like(weight)} if self.hyper["momentum"] else {}
 
-    def update(self, w, g, slots, lr):
-        momentum, nesterov = np.float32(self.hyper["momentum"]), bool(self.hyper["nesterov"])
-        _sgd(_flat(w), _flat(g), _flat(slots.get("momentum", w)), lr, momentum, nesterov)
+    slot_names = ("momentum",)
+
+    def scalars(self, lr):
+        return lr, np.float32(self.hyper["momentum"]), np.bool_(self.hyper["nesterov"])
 
 
 class Adam(Optimizer):
@@ -94,11 +104,13 @@ class Adam(Optimizer):
             slots["v_hat"] = np.zeros_like(weight)
         return slots
 
-    def update(self, w, g, slots, lr):
+    slot_names = ("m", "v", "v_hat")
+
+    def scalars(self, lr):
         b1, b2, t = self.hyper["beta_1"], self.hyper["beta_2"], self.iterations
-        alpha = np.float32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))
-        rule = (alpha, np.float32(1 - b1), np.float32(1 - b2), np.float32(self.hyper["epsilon"]), self.hyper["amsgrad"])
-        _adam(_flat(w), _flat(g), _flat(slots["m"]), _flat(slots["v"]), _flat(slots.get("v_hat", w)), *rule)
+        alpha = np.float32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))  # the learning rate with step t's bias corrections
+        epsilon, amsgrad = np.float32(self.hyper["epsilon"]), np.bool_(self.hyper["amsgrad"])
+        return alpha, np.float32(1 - b1), np.float32(1 - b2), epsilon, amsgrad
 
 
 class RMSprop(Optimizer):
@@ -115,11 +127,11 @@ class RMSprop(Optimizer):
             slots["average_gradient"] = np.zeros_like(weight)
         return slots
 
-    def update(self, w, g, slots, lr):
+    slot_names = ("velocity", "momentum", "average_gradient")
+
+    def scalars(self, lr):
         rho, epsilon, momentum = (np.float32(self.hyper[k]) for k in ("rho", "epsilon", "momentum"))
-        momentum_slot, average = _flat(slots.get("momentum", w)), _flat(slots.get("average_gradient", w))
-        rule = (lr, rho, np.float32(1) - rho, epsilon, momentum, bool(self.hyper["centered"]))
-        _rmsprop(_flat(w), _flat(g), _flat(slots["velocity"]), momentum_slot, average, *rule)
+        return lr, rho, np.float32(1) - rho, epsilon, momentum, np.bool_(self.hyper["centered"])
 
 
 class Adagrad(Optimizer):
@@ -133,13 +145,10 @@ class Adagrad(Optimizer):
     def create_slots(self, weight):
         return {"accumulator": np.full_like(weight, self.hyper["initial_accumulator_value"])}
 
-    def update(self, w, g, slots, lr):
-        _adagrad(_flat(w), _flat(g), _flat(slots["accumulator"]), lr, np.float32(self.hyper["epsilon"]))
+    slot_names = ("accumulator",)
 
-
-def _flat(array: np.ndarray) -> np.ndarray:
-    """A one-dimensional view (the weights, gradients and slots are C-ordered float32)."""
-    return array.reshape(-1)
+    def scalars(self, lr):
+        return lr, np.float32(self.hyper["epsilon"])
 
 
 # The rules of `kdsl.runtime.update_rules`, each in a compiled loop over the elements: one pass and no
@@ -173,6 +182,7 @@ def _adagrad(w, g, accumulator, lr, epsilon):
         _adagrad_at(i, w, g[i], accumulator, lr, epsilon)
 
 
+_HOST_LOOPS = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
 CLASSES = {cls.name: cls for cls in (SGD, Adam, RMSprop, Adagrad)}
 
 

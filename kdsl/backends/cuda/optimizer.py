@@ -18,7 +18,7 @@ from numba import cuda
 
 from kdsl.backends.cuda.launch import element_grid
 from kdsl.runtime import update_rules as rules
-from kdsl.runtime.optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+from kdsl.runtime.optimizers import Optimizer
 
 
 @cuda.jit(device=True, inline=True)
@@ -68,6 +68,7 @@ def _adagrad(w, g, accumulator, clip, limit, scale, global_scale, lr, epsilon):
         _adagrad_at(i, w, _clipped(g[i], clip, limit, scale, global_scale), accumulator, lr, epsilon)
 
 
+_KERNELS = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
 f32 = np.float32
 
 
@@ -100,24 +101,11 @@ class DeviceOptimizer:
         self._on_host = False
 
     def _update(self, optimizer: Optimizer, grid, w, g, slots, common, lr) -> None:
-        hyper, unused = optimizer.hyper, w  # stands for a slot the rule does not keep: never read
-        if isinstance(optimizer, SGD):
-            momentum, nesterov = f32(hyper["momentum"]), np.bool_(hyper["nesterov"])
-            _sgd[grid](w, g, slots.get("momentum", unused), *common, lr, momentum, nesterov)
-        elif isinstance(optimizer, Adam):
-            b1, b2, t = hyper["beta_1"], hyper["beta_2"], optimizer.iterations
-            alpha = f32(lr * np.sqrt(1 - b2**t) / (1 - b1**t))
-            rule = (alpha, f32(1 - b1), f32(1 - b2), f32(hyper["epsilon"]), np.bool_(hyper["amsgrad"]))
-            _adam[grid](w, g, slots["m"], slots["v"], slots.get("v_hat", unused), *common, *rule)
-        elif isinstance(optimizer, RMSprop):
-            rho = f32(hyper["rho"])
-            rule = (lr, rho, f32(1) - rho, f32(hyper["epsilon"]), f32(hyper["momentum"]), np.bool_(hyper["centered"]))
-            momentum, average = slots.get("momentum", unused), slots.get("average_gradient", unused)
-            _rmsprop[grid](w, g, slots["velocity"], momentum, average, *common, *rule)
-        elif isinstance(optimizer, Adagrad):
-            _adagrad[grid](w, g, slots["accumulator"], *common, lr, f32(hyper["epsilon"]))
-        else:
+        """The optimizer's rule as its kernel: the same slots and scalars the host loop takes."""
+        if optimizer.name not in _KERNELS:
             raise NotImplementedError(f"optimizer `{optimizer.name}` has no device update")
+        arrays = [slots.get(name, w) for name in optimizer.slot_names]  # the weight stands for a slot not kept
+        _KERNELS[optimizer.name][grid](w, g, *arrays, *common, *optimizer.scalars(lr))
 
     def _clip_scales(self, optimizer: Optimizer, grads: list) -> tuple[list[float], float]:
         """The factors `clipnorm` and `global_clipnorm` multiply each gradient by (1.0 when unset)."""

@@ -79,10 +79,9 @@ class MatMulTN(Op):
         left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
         em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
         # each thread sums its rows: the first into the result, the others into partial sums added after
-        with em.row_chunks(
-            f"{left}.shape[0]",
-            before=[f"{parts} = np.empty(({{chunks}} - 1, {left}.shape[1], {right}.shape[1]), np.float32)"],
-        ) as (chunk, count, lo, hi):
+        count = em.chunk_count(f"{left}.shape[0]")
+        em.line(f"{parts} = np.empty(({count} - 1, {left}.shape[1], {right}.shape[1]), np.float32)")
+        with em.row_chunks(f"{left}.shape[0]", count) as (chunk, _, lo, hi):
             em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
             em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
         k = em.fresh("k")
