@@ -76,6 +76,12 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
         return f"one compiled time loop ({direction}); per step: " + "; ".join(parts)
     if eqn.op.name in ("matmul", "matmul_tn"):
         return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
+    if eqn.op.name == "gather_matmul":
+        table = eqn.inputs[0].shape[0]
+        return (
+            f"embedding rows and their projection, folded -> {eqn.out.type}: with more than {table} ids, "
+            f"rows of the table's product through BLAS, else the product of the rows"
+        )
     return f"{eqn.op.name} -> {', '.join(str(v.type) for v in eqn.outputs)}"
 
 

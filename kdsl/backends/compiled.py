@@ -26,6 +26,8 @@ from kdsl.backends.cpu.emitter import rows_independent
 from kdsl.backends.numpy_ref import bind_sizes, run_program
 from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.graph import Graph, LossTerm
+from kdsl.ir.program import Program
+from kdsl.passes.fold import fold_gather_projections
 from kdsl.passes.fuse import cse
 from kdsl.passes.lower import Lowered, lower
 from kdsl.passes.training import Training, build_training, losses_per_output
@@ -180,15 +182,21 @@ class CompiledModel:
     def entries(self) -> list[Entry]:
         """The programs the CPU module exposes: `forward`, and `train_step` when training."""
         data = [v.name for v in self.graph.inputs]
-        entries = [Entry("forward", cse(self.inference.program), [*data, *self.param_names], self.graph.output_names)]
+        forward = self.prepare(self.inference.program)
+        entries = [Entry("forward", forward, [*data, *self.param_names], self.graph.output_names)]
         if self.training is not None:
             t = self.training
             noise = [f"{n.layer}/keep{i}" for i, n in enumerate(t.lowered.noise)]
             targets = [v.name for v in [*t.targets, *t.sample_weights]]
             results = ["loss", *self.graph.output_names, *(f"grad/{self.param_names[i]}" for i in self.trainable)]
             results += [f"update/{self.param_names[i]}" for i, _ in t.lowered.updates]
-            entries.append(Entry("train_step", cse(t.program), [*data, *targets, *self.param_names, *noise], results))
+            step = self.prepare(t.program)
+            entries.append(Entry("train_step", step, [*data, *targets, *self.param_names, *noise], results))
         return entries
+
+    def prepare(self, program: Program) -> Program:
+        """A program as the code generator takes it: repeated work merged, embeddings folded into projections."""
+        return fold_gather_projections(cse(program))
 
     def splits_by_rows(self) -> bool:
         """Whether threads pay: a time loop whose rows are independent can run one batch chunk per thread.

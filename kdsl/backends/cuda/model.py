@@ -20,6 +20,8 @@ from kdsl.backends.cuda.optimizer import DeviceOptimizer
 from kdsl.backends.cuda.runner import DeviceProgram, copy
 from kdsl.backends.numpy_ref import bind_sizes
 from kdsl.ir.graph import Graph, LossTerm
+from kdsl.ir.program import Program
+from kdsl.passes.fuse import cse
 from kdsl.runtime.optimizers import Optimizer
 
 
@@ -45,6 +47,10 @@ class CudaModel(CompiledModel):
         self.kernels = load_module(text)
         self.programs = {name: DeviceProgram(self.kernels, schedule) for name, schedule in schedules.items()}
         self.optimizer_state = DeviceOptimizer()
+
+    def prepare(self, program: Program) -> Program:
+        """Repeated work merged; embeddings stay unfolded (this generator has no `gather_matmul` kernel yet)."""
+        return cse(program)
 
     # --- weights and gradients, as host copies ----------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from kdsl.ir.ops.base import Op, numel
+from kdsl.ir.ops.shape import Gather
+from kdsl.ir.program import Var
 from kdsl.ir.types import TensorType
 
 
@@ -17,6 +19,18 @@ def worth_threads(a, b) -> bool:
     """Split a product across threads only when it is large: a sequence's (rows over time and batch)
     or a big weight matrix. A parallel region costs tens of microseconds to open."""
     return a.rank >= 3 or a.shape[-1] * b.shape[-1] >= 65536
+
+
+def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: bool = False) -> None:
+    """CPU code for y = a·w (or a·wᵀ), its rows split across threads when the product is `large` or looks it."""
+    weight = em.right_operand(w, transpose_b)
+    if not (em.threaded and (large or worth_threads(a, w))):
+        em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
+        return
+    rows, out = em.fresh("rows"), em.fresh("out")
+    em.line(f"{rows}, {out} = {em.matrix(a)}, {em.matrix(y)}")
+    with em.row_chunks(f"{rows}.shape[0]") as (_, _, lo, hi):  # one block of rows per thread
+        em.line(f"np.dot({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
 
 
 class MatMul(Op):
@@ -41,14 +55,7 @@ class MatMul(Op):
 
     def cpu(self, em, eqn):
         (a, w), y = eqn.inputs, eqn.out
-        weight = em.right_operand(w, bool(eqn.attrs.get("transpose_b")))
-        if not (em.threaded and worth_threads(a, w)):
-            em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
-            return
-        rows, out = em.fresh("rows"), em.fresh("out")
-        em.line(f"{rows}, {out} = {em.matrix(a)}, {em.matrix(y)}")
-        with em.row_chunks(f"{rows}.shape[0]") as (_, _, lo, hi):  # one block of rows per thread
-            em.line(f"np.dot({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
+        emit_product(em, a, w, y, bool(eqn.attrs.get("transpose_b")))
 
     def flops(self, eqn, sizes):
         return 2 * numel(eqn.inputs[0].shape, sizes) * eqn.out.shape[-1]
@@ -93,4 +100,58 @@ class MatMulTN(Op):
         return 2 * numel(a.shape, sizes) * b.shape[-1]
 
 
-OPS = [MatMul(), MatMulTN()]
+class GatherMatMul(Op):
+    """Rows of table·w picked by integer ids: an embedding folded into the product that reads it.
+
+    y[i, j, ...] = table[ids[...]]·w, the ids' axes reordered by `perm` (an embedding read
+    time-major by a recurrent layer). Made after autodiff by `kdsl.passes.fold`, so it needs
+    no gradient. Which order of work is cheaper depends on the batch, so the code decides
+    when it runs: with more ids than table rows, the table is projected once and its rows
+    picked (W3 at batch 256: 25,600 token projections against 1,000); with fewer, the rows
+    are picked and projected.
+    """
+
+    name = "gather_matmul"
+    differentiable = False
+
+    def infer(self, attrs, table, ids, w):
+        if table.rank != 2 or w.rank != 2 or table.dims[1] != w.dims[0]:
+            raise ValueError(f"gather_matmul: {table} by {w}")
+        return [TensorType("f32", (*(ids.dims[p] for p in attrs["perm"]), w.dims[1]))]
+
+    def reference(self, attrs, table, ids, w):
+        (rows,) = Gather().reference({}, table, np.transpose(ids, attrs["perm"]))
+        return [np.matmul(rows, w).astype(table.dtype)]
+
+    def cpu(self, em, eqn):
+        (table, ids, w), y = eqn.inputs, eqn.out
+        t, i = em.ref(table), em.ref(ids)
+        projected = Var(TensorType("f32", (table.shape[0], w.shape[1])), "projected")
+        picked = Var(TensorType("f32", (*y.shape[:-1], table.shape[1])), "picked")
+        em.ref(projected), em.ref(picked)  # both carved from the arena; each call uses one
+        with em.block(f"if {i}.size and ({i}.min() < 0 or {i}.max() >= {t}.shape[0]):"):
+            em.line("raise IndexError('token id out of range of the embedding table')")
+        with em.block(f"if {i}.size > {t}.shape[0]:"):
+            emit_product(em, table, w, projected, large=True)
+            self._pick_rows(em, projected, ids, eqn.attrs["perm"], y)
+        with em.block("else:"):
+            self._pick_rows(em, table, ids, eqn.attrs["perm"], picked)
+            emit_product(em, picked, w, y)
+
+    @staticmethod
+    def _pick_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
+        row, j = em.fresh("row"), em.fresh("j")
+        with em.loops(out, skip_last=True, parallel=True) as idx:
+            at = [""] * len(perm)
+            for axis, p in enumerate(perm):
+                at[p] = idx[axis]
+            em.line(f"{row} = {em.index(ids, at)}")
+            with em.block(f"for {j} in range({em.ref(source)}.shape[1]):"):
+                em.line(f"{em.index(out, [*idx, j])} = {em.ref(source)}[{row}, {j}]")
+
+    def flops(self, eqn, sizes):
+        (table, ids, w) = eqn.inputs
+        return 2 * min(numel(ids.shape, sizes), table.shape[0]) * table.shape[1] * w.shape[1]
+
+
+OPS = [MatMul(), MatMulTN(), GatherMatMul()]
