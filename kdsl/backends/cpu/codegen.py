@@ -12,7 +12,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from kdsl.backends.cpu import entry, scalars
+from kdsl.backends.cpu import blocks, entry, scalars
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.ir.program import Program
 from kdsl.passes import memory
@@ -81,6 +81,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         'order of its ARGUMENTS / RESULTS entry in METADATA."""',
         "import math\n\nimport numba\nimport numpy as np\nfrom numba import prange",
         _support_source(scalars),
+        _support_source(blocks),
         _support_source(memory),
         _support_source(entry),
     ]
@@ -92,7 +93,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         lifetimes = [(b.first, b.last) for b in em.buffers]
         parts.append(
             f"{e.name} = EntryPoint(_{e.name}, {arguments!r}, {[list(b.dims) for b in em.buffers]!r}, "
-            f"{lifetimes!r}, plan_layout, parallel={parallel})"
+            f"{lifetimes!r}, plan_layout, parallel={parallel}, short_loops={em.short_loops})"
         )
         metadata[e.name] = {
             "arguments": arguments,

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from kdsl.backends.cpu.blocks import SUPPORT_FUNCTIONS
 from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import BATCH, Dim
@@ -57,6 +58,8 @@ class Emitter(SourceWriter):
     _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
     _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
     _transposed: dict[int, str] = field(default_factory=dict)  # a time loop's weight -> its transpose, made once
+    _blocks: dict[tuple[int, bool], tuple[str, str]] = field(default_factory=dict)  # (weight, transposed) -> blocks
+    short_loops: bool = False  # whether a time loop is too short to cut its weights into blocks
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -153,6 +156,10 @@ class Emitter(SourceWriter):
         if transposed:
             return self._transposed.get(id(w), f"{self.ref(w)}.T")
         return self.ref(w)
+
+    def column_blocks(self, w: Var, transposed: bool) -> tuple[str, str] | None:
+        """A time loop's weight cut into column blocks before the loop (see `blocks`), with a block's scratch."""
+        return self._blocks.get((id(w), transposed))
 
     def matrix(self, var: Var) -> str:
         """`var` as a 2-D matrix of its last axis (contiguous, for BLAS)."""
@@ -320,6 +327,7 @@ class Emitter(SourceWriter):
 
     def _time_loop(self, eqn: Eqn) -> None:
         body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+        self.short_loops |= not long_loop(eqn)
         steps = f"{self.ref(eqn.inputs[nc])}.shape[0]"
         stacked = [self.ref(v) for v in eqn.outputs[nc:]]
         finals = [self.ref(v) for v in eqn.outputs[:nc]]
@@ -332,11 +340,15 @@ class Emitter(SourceWriter):
         for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
             self.bind(inner, self.fresh("w"))
             self.line(f"{self.ref(inner)} = {self.rows(self.ref(outer), inner)}")
-            if long_loop(eqn) and any(
-                e.op.name == "matmul" and e.attrs.get("transpose_b") and e.inputs[1] is inner for e in body.eqns
-            ):
+            products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
+            if not long_loop(eqn):
+                continue
+            if any(e.attrs.get("transpose_b") for e in products):
                 self._transposed[id(inner)] = self.fresh("wt")
                 self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
+            if batch_leading(body.inputs[0]):
+                for transposed in sorted({bool(e.attrs.get("transpose_b")) for e in products}):
+                    self._cut_into_blocks(inner, transposed, f"{current[0]}.shape[0]")
         inputs = {id(v) for v in body.inputs}
         swapped = {}  # carry index -> the second buffer its new value is written to
         for k, var in enumerate(body.outputs[:nc]):
@@ -379,6 +391,13 @@ class Emitter(SourceWriter):
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
             self.line(f"{self.rows(final, var)}[...] = {name}")
 
+    def _cut_into_blocks(self, w: Var, transposed: bool, rows: str) -> None:
+        """Before a time loop: `w` (or its transpose) cut into column blocks for products with `rows` rows."""
+        blocks, scratch = self.fresh("blocks"), self.fresh("scratch")
+        self.line(f"{blocks} = column_blocks({self.right_operand(w, transposed)}, {rows})")
+        self.line(f"{scratch} = np.empty(({rows}, {blocks}.shape[2]), np.float32)")
+        self._blocks[(id(w), transposed)] = (blocks, scratch)
+
 
 # A transposed copy of a weight costs about a pass over it with a fresh allocation (2 ms for a GRU(512)'s
 # 3 MB kernel) and saves about a third of each step's product: it pays from about ten steps on.
@@ -395,7 +414,7 @@ def free_names(lines: list[str]) -> list[str]:
     """The variables a function body reads but does not assign, in order: the arguments it needs."""
     table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
     free = [s.get_name() for s in table.get_symbols() if s.is_global()]
-    module_level = set(dir(builtins)) | {"np", "math", "numba", "prange"}
+    module_level = set(dir(builtins)) | {"np", "math", "numba", "prange", *SUPPORT_FUNCTIONS}
     return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]
 
 

@@ -16,9 +16,10 @@ class EntryPoint:
     views of that arena: they stay valid until the next call.
     """
 
-    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout, parallel):
+    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout, parallel, short_loops=False):
         self.kernel = kernel
         self.parallel = parallel
+        self.min_rows = MIN_ROWS_PER_THREAD if short_loops else MIN_ROWS_PER_THREAD_IN_BLOCKS
         self.arguments = arguments  # [(name, dtype, dims)]
         self.buffers = buffers  # dims of each buffer
         self.lifetimes = lifetimes
@@ -49,7 +50,7 @@ class EntryPoint:
 
     def __call__(self, *arrays, split=None):
         """Run the kernel on `arrays`; `split` forces (True) or forbids (False) splitting the batch across
-        threads, and by default it is split when each thread gets at least MIN_ROWS_PER_THREAD rows."""
+        threads, and by default it is split when each thread gets at least `min_rows` rows."""
         if len(arrays) != len(self.arguments):
             raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
         arrays = [
@@ -62,7 +63,7 @@ class EntryPoint:
         if not self.parallel:
             return self.kernel(arena, offsets, 1, *arrays)
         if split is None:
-            split = sizes.get("batch", 0) >= MIN_ROWS_PER_THREAD * threads
+            split = sizes.get("batch", 0) >= self.min_rows * threads
         if not split:
             numba.set_num_threads(1)  # one thread runs the loops; BLAS uses every core inside each product
             try:
@@ -73,11 +74,15 @@ class EntryPoint:
             return self.kernel(arena, offsets, threads, *arrays)
 
 
-# Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. With
-# fewer rows per thread than this, each thread's products are too small to run well, and one
-# thread with BLAS threading each product is faster: an LSTM(256) forward at batch 16 over 150
-# steps took 23.4 ms against 27.7 ms split; a GRU(512) training step at batch 32, 3.6 against 5.8 ms.
+# Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
+# time loop multiplies in column blocks that BLAS runs unpacked (see `column_blocks`) at nearly
+# the same rate from 2 rows up, so threads pay from 8 rows each: an LSTM(256) forward at batch 16
+# over 150 steps took 16.1 ms split against 22.3 ms on one thread. A loop of a few steps multiplies
+# whole weights, which BLAS runs slowly on few rows: with fewer than 32 rows per thread, one
+# thread with BLAS threading each product is faster (a one-step GRU(512) training step at batch
+# 32: 3.6 against 5.8 ms split).
 MIN_ROWS_PER_THREAD = 32
+MIN_ROWS_PER_THREAD_IN_BLOCKS = 8
 
 
 _BLAS = []

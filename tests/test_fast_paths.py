@@ -1,0 +1,114 @@
+"""The CPU target's fast paths against the NumPy backend, which takes none of them.
+
+- An embedding folded into the recurrent input projection (`kdsl.passes.fold`): fewer ids than
+  table rows take one path (rows picked, then projected), more take the other (the table
+  projected, then its rows picked); which one runs depends on the batch.
+- Products inside time loops cut into column blocks (`kdsl.backends.cpu.blocks`): only a product
+  of more than SMALL_PRODUCT multiply-adds is cut, so a batch of 64 is needed here, forward
+  (h·U) and backward (dz·Uᵀ).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cpu_backend import assert_close
+
+from kdsl.backends.compiled import compile_model
+from kdsl.backends.cpu.blocks import SMALL_PRODUCT, column_blocks, product_in_blocks
+from kdsl.ir.ops import OPS
+from kdsl.lang import load
+from kdsl.passes.fold import fold_gather_projections
+
+# a batch of 3 or more holds more ids than the table has rows; the length of time is left open, so
+# the time loops count as long ones, which cut their weights into blocks
+VOCAB, STEPS, UNITS = 9, 3, 128
+
+TEXT = f"""
+model Text(ids: i32[batch, time]) -> y {{
+    y = embedding(ids, {VOCAB}, 4) |> lstm({UNITS}) |> dense(2, activation=softmax)
+}}
+train Text {{ loss = sparse_categorical_crossentropy }}
+"""
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return load(TEXT, "text.kd").models["Text"]
+
+
+@pytest.fixture(scope="module")
+def pair(graph):
+    reference = compile_model(graph, target="numpy")
+    compiled = compile_model(graph, target="cpu", parallel=True)
+    compiled.weights = [w.copy() for w in reference.weights]
+    return reference, compiled
+
+
+def _ops(program) -> list[str]:
+    return [e.op.name for e in program.eqns]
+
+
+def _ids(batch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, (batch, STEPS)).astype(np.int32)
+
+
+def test_forward_folds_the_embedding_and_training_keeps_it(graph):
+    model = compile_model(graph, target="numpy")
+    forward = fold_gather_projections(model.inference.program)
+    assert "gather_matmul" in _ops(forward) and "gather" not in _ops(forward)
+    # the training step reads the gathered rows again for the input kernel's gradient
+    step = fold_gather_projections(model.training.program)
+    assert "gather_matmul" not in _ops(step) and "gather" in _ops(step)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_folded_forward_matches_numpy(pair, batch, seed):
+    reference, compiled = pair
+    (expected,), (actual,) = reference.forward(_ids(batch, seed)), compiled.forward(_ids(batch, seed))
+    assert_close(expected, actual)
+
+
+@pytest.mark.parametrize("batch", [1, 6])  # both paths
+def test_folded_forward_refuses_ids_out_of_range(pair, batch):
+    _, compiled = pair
+    ids = np.zeros((batch, STEPS), np.int32)
+    ids[-1, -1] = VOCAB
+    with pytest.raises(IndexError, match="out of range"):
+        compiled.forward(ids)
+
+
+def test_gather_matmul_reference_is_the_product_of_the_picked_rows():
+    rng = np.random.default_rng(0)
+    table, weight = rng.standard_normal((6, 3)), rng.standard_normal((3, 4))
+    ids = rng.integers(0, 6, (2, 5))
+    (folded,) = OPS["gather_matmul"].reference({"perm": (1, 0)}, table, ids, weight)
+    np.testing.assert_allclose(folded, np.transpose(table[ids], (1, 0, 2)) @ weight, rtol=1e-12)
+
+
+def test_blocked_train_step_matches_numpy(pair):
+    reference, compiled = pair
+    batch = 64  # 32 rows a thread: h·U is 32x128·128x512, dz·Uᵀ 32x512·512x128, both over the limit
+    assert (batch // 2) * UNITS * 4 * UNITS > SMALL_PRODUCT
+    ids, labels = _ids(batch, 1), np.arange(batch, dtype=np.int32) % 2
+    loss_reference, loss_compiled = reference.train_step([ids], [labels]), compiled.train_step([ids], [labels])
+    assert loss_compiled == pytest.approx(loss_reference, rel=1e-5)
+    for expected, actual in zip(reference.grads, compiled.grads, strict=True):
+        assert_close(expected, actual)
+    assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
+
+
+@pytest.mark.parametrize(("rows", "k", "n"), [(16, 256, 512), (32, 512, 128), (2, 8, 24)])
+def test_column_blocks_multiply_like_the_whole_weight(rows, k, n):
+    rng = np.random.default_rng(0)
+    a, w = rng.standard_normal((rows, k), np.float32), rng.standard_normal((k, n), np.float32)
+    blocks = column_blocks(w, rows)
+    count, _, width = blocks.shape
+    assert count * width == n and (count == 1 or rows * k * width <= SMALL_PRODUCT)
+    assert count > 1 or rows * k * n <= SMALL_PRODUCT or n % 8
+    out, scratch = np.empty((rows, n), np.float32), np.empty((rows, width), np.float32)
+    product_in_blocks(a, blocks, out, scratch)
+    np.testing.assert_allclose(out, a @ w, rtol=1e-4, atol=1e-4)
