@@ -5,7 +5,8 @@
   projected, then its rows picked); which one runs depends on the batch.
 - Products inside time loops cut into column blocks (`kdsl.backends.cpu.blocks`): only a product
   of more than SMALL_PRODUCT multiply-adds is cut, so a batch of 64 is needed here, forward
-  (h·U) and backward (dz·Uᵀ).
+  (h·U) and backward (dz·Uᵀ). (Where BLAS has no unpacked small-matrix kernel, nothing is cut
+  and the same test checks the whole products.)
 """
 
 from __future__ import annotations
@@ -105,10 +106,16 @@ def test_blocked_train_step_matches_numpy(pair):
 def test_column_blocks_multiply_like_the_whole_weight(rows, k, n):
     rng = np.random.default_rng(0)
     a, w = rng.standard_normal((rows, k), np.float32), rng.standard_normal((k, n), np.float32)
-    blocks = column_blocks(w, rows)
+    blocks = column_blocks(w, rows, SMALL_PRODUCT)
     count, _, width = blocks.shape
     assert count * width == n and (count == 1 or rows * k * width <= SMALL_PRODUCT)
     assert count > 1 or rows * k * n <= SMALL_PRODUCT or n % 8
     out, scratch = np.empty((rows, n), np.float32), np.empty((rows, width), np.float32)
     product_in_blocks(a, blocks, out, scratch)
     np.testing.assert_allclose(out, a @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_no_blocks_without_the_unpacked_kernel():
+    """With no small-matrix kernel to run them (limit 0), a weight stays whole."""
+    w = np.ones((256, 1024), np.float32)
+    assert column_blocks(w, 16, 0).shape == (1, 256, 1024)

@@ -10,25 +10,45 @@ per block. This module's source is copied into generated modules: it needs only 
 and Numba.
 """
 
+import functools
+
 import numba
 import numpy as np
 
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
+SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
 SUPPORT_FUNCTIONS = ("column_blocks", "product_in_blocks")
 
 
+@functools.cache
+def small_product_limit() -> int:
+    """SMALL_PRODUCT when every BLAS loaded is an OpenBLAS with the unpacked kernel; else 0: no blocks.
+
+    Elsewhere blocks would only add calls and copies: it is the kernel that makes them pay.
+    """
+    try:
+        import scipy.linalg  # noqa: F401  (the BLAS Numba calls)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return 0
+    blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    unpacked = all(lib.internal_api == "openblas" and lib.architecture in SMALL_KERNEL_ARCHITECTURES for lib in blas)
+    return SMALL_PRODUCT if blas and unpacked else 0
+
+
 @numba.njit(cache=True)
-def column_blocks(w, rows):
+def column_blocks(w, rows, limit):
     """`w` (K×N) as contiguous column blocks (count, K, width) for products with `rows` rows.
 
     The width is the widest divisor of N, a multiple of 8, that keeps rows·K·width within
-    SMALL_PRODUCT; when all of N fits, or no such width exists, one block: `w` itself.
+    `limit` (`small_product_limit()`); when all of N fits, or no such width exists, one
+    block: `w` itself.
     """
     k, n = w.shape
     width = n
-    if rows * k * n > SMALL_PRODUCT:
+    if rows * k * n > limit:
         for d in range(n - n % 8, 7, -8):
-            if n % d == 0 and rows * k * d <= SMALL_PRODUCT:
+            if n % d == 0 and rows * k * d <= limit:
                 width = d
                 break
     if width == n:

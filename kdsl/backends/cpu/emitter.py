@@ -235,7 +235,7 @@ class Emitter(SourceWriter):
         body = self.lines[self._chunk_start :]
         if not body:
             return
-        pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads)\b"
+        pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads|small_product)\b"
         arguments = list(dict.fromkeys(re.findall(pattern, "\n".join(body))))
         name = f"_{self.prefix}_part{len(self.functions)}"
         self.functions.append((name, arguments, body, parallel))
@@ -394,7 +394,8 @@ class Emitter(SourceWriter):
     def _cut_into_blocks(self, w: Var, transposed: bool, rows: str) -> None:
         """Before a time loop: `w` (or its transpose) cut into column blocks for products with `rows` rows."""
         blocks, scratch = self.fresh("blocks"), self.fresh("scratch")
-        self.line(f"{blocks} = column_blocks({self.right_operand(w, transposed)}, {rows})")
+        # `small_product` is a kernel argument, as `threads` is
+        self.line(f"{blocks} = column_blocks({self.right_operand(w, transposed)}, {rows}, small_product)")
         self.line(f"{scratch} = np.empty(({rows}, {blocks}.shape[2]), np.float32)")
         self._blocks[(id(w), transposed)] = (blocks, scratch)
 

@@ -7,6 +7,8 @@ layout planner next to it.
 import numba
 import numpy as np
 
+from kdsl.backends.cpu.blocks import small_product_limit
+
 
 class EntryPoint:
     """One compiled program: `outputs = entry(*arrays)`, arrays in the order of `arguments`.
@@ -59,19 +61,19 @@ class EntryPoint:
         ]
         sizes = self.symbols(arrays)
         arena, offsets = self.arena(sizes)
-        threads = numba.get_num_threads()
+        threads, limit = numba.get_num_threads(), small_product_limit()
         if not self.parallel:
-            return self.kernel(arena, offsets, 1, *arrays)
+            return self.kernel(arena, offsets, 1, limit, *arrays)
         if split is None:
             split = sizes.get("batch", 0) >= self.min_rows * threads
         if not split:
             numba.set_num_threads(1)  # one thread runs the loops; BLAS uses every core inside each product
             try:
-                return self.kernel(arena, offsets, 1, *arrays)
+                return self.kernel(arena, offsets, 1, limit, *arrays)
             finally:
                 numba.set_num_threads(threads)
         with single_threaded_blas():  # BLAS calls inside parallel regions must not start threads of their own
-            return self.kernel(arena, offsets, threads, *arrays)
+            return self.kernel(arena, offsets, threads, limit, *arrays)
 
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
