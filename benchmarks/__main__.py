@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.compile_times import compile_times
 from benchmarks.compile_times import markdown as compile_markdown
 from benchmarks.sides import Side
-from benchmarks.workloads import Race
+from benchmarks.workloads import WORKLOADS, Race
 
 PAUSE = 0.2  # seconds between turns, for the other side's spinning threads to go to sleep
 TURN = 0.05  # shortest turn in seconds: a faster workload runs several times per turn
@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, a quarter of W1's and W2's epoch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=WORKLOADS, help="run these workloads alone")
     parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
     parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
     args = parser.parse_args()
@@ -109,8 +110,8 @@ def main() -> None:
     print(f"machine: {machine}, Python {platform.python_version()}, {versions}; {args.threads} threads")
     peak = gemm_rate()
     print(f"float32 GEMM (1024³, NumPy): {peak:.0f} GFLOP/s")
-    ours = Side(torch_side=False, quick=args.quick, threads=args.threads)
-    theirs = Side(torch_side=True, quick=args.quick, threads=args.threads) if has_torch else None
+    ours = Side(torch_side=False, quick=args.quick, threads=args.threads, only=tuple(args.only))
+    theirs = Side(torch_side=True, quick=args.quick, threads=args.threads, only=tuple(args.only)) if has_torch else None
     results = []
     for index, race in enumerate(ours.races):
         kdsl_s, torch_s = alternate(index, race, ours, theirs)

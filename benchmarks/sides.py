@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from benchmarks.workloads import Race
 
 
-def _serve(connection: Connection, torch_side: bool, quick: bool, threads: int) -> None:
+def _serve(connection: Connection, torch_side: bool, quick: bool, threads: int, only: tuple[str, ...]) -> None:
     torch = None
     if torch_side:
         import torch
@@ -27,7 +27,7 @@ def _serve(connection: Connection, torch_side: bool, quick: bool, threads: int) 
     numba.set_num_threads(threads)
     from benchmarks.workloads import races
 
-    built = races(torch, quick)
+    built = races(torch, quick, only)
     connection.send([dataclasses.replace(race, kdsl=None, torch=None) for race in built])
     while (message := connection.recv()) is not None:
         index, calls = message
@@ -42,10 +42,10 @@ def _serve(connection: Connection, torch_side: bool, quick: bool, threads: int) 
 class Side:
     """A worker process that builds every race and times its side of one on request."""
 
-    def __init__(self, torch_side: bool, quick: bool, threads: int):
+    def __init__(self, torch_side: bool, quick: bool, threads: int, only: tuple[str, ...]):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, torch_side, quick, threads), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, torch_side, quick, threads, only), daemon=True)
         self.process.start()
         self.races: list[Race] = self.connection.recv()
 

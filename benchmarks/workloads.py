@@ -219,15 +219,23 @@ def deepbench(torch, layer: str, module: str, hidden: int, batch: int, steps: in
     ]  # fmt: skip
 
 
-def races(torch, quick: bool) -> list[Race]:
-    """Every workload; `quick` takes a quarter of W1's and W2's epoch and fewer repetitions."""
+WORKLOADS = ("w1", "w2", "w3", "w4", "deepbench-lstm", "deepbench-gru", "deepbench-rnn")
+
+
+def races(torch, quick: bool, only: tuple[str, ...] = WORKLOADS) -> list[Race]:
+    """The workloads named in `only` (all by default); `quick` takes a quarter of W1's and W2's epoch and
+    fewer repetitions."""
     fraction, epoch = (0.25, "a quarter epoch") if quick else (1.0, "one epoch")
     repeat = 5 if quick else 21
-    result = [w1(torch, fraction, epoch), w2(torch, fraction, epoch)]
-    result += [w3(torch, batch, repeat) for batch in (1, 32, 256)]
-    result.append(w4(torch))
+    builders: dict[str, Callable[[], list[Race]]] = {
+        "w1": lambda: [w1(torch, fraction, epoch)],
+        "w2": lambda: [w2(torch, fraction, epoch)],
+        "w3": lambda: [w3(torch, batch, repeat) for batch in (1, 32, 256)],
+        "w4": lambda: [w4(torch)],
+    }
     for shape in DEEPBENCH_SHAPES:
-        result += deepbench(torch, *shape, repeat)
+        builders[f"deepbench-{shape[0].replace('simple_', '')}"] = lambda shape=shape: deepbench(torch, *shape, repeat)
+    result = [race for name in WORKLOADS if name in only for race in builders[name]()]
     if quick:
         for race in result:
             race.repeat = min(race.repeat, 5) if race.unit == "ms" else 1

@@ -4,8 +4,10 @@ Consecutive elementwise equations over one iteration shape form a single loop; a
 used only inside its loop stays in a register. A `split` whose pieces only feed loops
 is free: the loops read the pieces at an offset of the source (a recurrent cell's gates
 from one projection). A `concat` of values computed in loops is free too: the loops
-store straight into the pieces of its output (a cell's gate gradients). Identical
-equations are computed once. The same plan drives the CPU code and `--explain`.
+store straight into the pieces of its output (a cell's gate gradients); a value in two
+such concats is stored into both (a GRU's gate gradients go to the gradients of its
+input projection and of its recurrent product). Identical equations are computed once.
+The same plan drives the CPU code and `--explain`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Plan:
     kernels: list[Kernel]
     registers: set[int] = field(default_factory=set)  # values that live only inside their loop
     pieces: dict[int, tuple[Var, int]] = field(default_factory=dict)  # value -> (whole, offset on last axis)
+    copies: dict[int, list[tuple[Var, int]]] = field(default_factory=dict)  # value -> more (whole, offset) it fills
 
 
 def cse(program: Program) -> Program:
@@ -119,12 +122,15 @@ def plan(program: Program) -> Plan:
                 result.pieces[id(piece)] = (eqn.inputs[0], offset)
                 offset += size
             eqn.attrs["free"] = True
-        elif eqn.op.name == "concat" and _concat_in_place(eqn, producers, users, outputs, result):
-            offset = 0
-            for piece in eqn.inputs:
+    for eqn in _concats_in_place(program.eqns, producers, users, outputs):
+        offset = 0
+        for piece in eqn.inputs:
+            if id(piece) in result.pieces:
+                result.copies.setdefault(id(piece), []).append((eqn.out, offset))
+            else:
                 result.pieces[id(piece)] = (eqn.out, offset)
-                offset += piece.shape[-1]
-            eqn.attrs["free"] = True
+            offset += piece.shape[-1]
+        eqn.attrs["free"] = True
 
     current: Kernel | None = None
     for eqn in program.eqns:
@@ -166,16 +172,28 @@ def plan(program: Program) -> Plan:
     return result
 
 
-def _concat_in_place(eqn: Eqn, producers, users, outputs, result: Plan) -> bool:
-    """A last-axis concat whose every piece is computed by a loop, read by nothing but loops and this concat."""
+def _concats_in_place(eqns: list[Eqn], producers, users, outputs) -> list[Eqn]:
+    """Last-axis concats whose every piece is computed by a loop, read by nothing but loops and such concats."""
+    candidates = [e for e in eqns if e.op.name == "concat" and _pieces_from_loops(e, producers, outputs)]
+    while True:
+        chosen = {id(e) for e in candidates}
+        kept = [
+            e
+            for e in candidates
+            if all(u.op.elementwise or id(u) in chosen for piece in e.inputs for u in users.get(id(piece), []))
+        ]
+        if len(kept) == len(candidates):
+            return kept
+        candidates = kept
+
+
+def _pieces_from_loops(eqn: Eqn, producers, outputs) -> bool:
     if eqn.attrs["axis"] != eqn.out.rank - 1 or len({id(x) for x in eqn.inputs}) != len(eqn.inputs):
         return False
     for piece in eqn.inputs:
         maker = producers.get(id(piece))
         if maker is None or not maker.op.elementwise or maker.op.name in FREE_OPS or id(piece) in outputs:
             return False
-        if id(piece) in result.pieces or piece.shape[:-1] != eqn.out.shape[:-1]:
-            return False
-        if any(u is not eqn and not u.op.elementwise for u in users.get(id(piece), [])):
+        if piece.shape[:-1] != eqn.out.shape[:-1]:
             return False
     return True

@@ -17,6 +17,7 @@ from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
 from kdsl.ir.program import Builder, Program, Var
 from kdsl.ir.types import TensorType
 from kdsl.passes.dce import dce
+from kdsl.passes.transposes import cancel_transposes
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class _Lowering:
             [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
             [*outputs, *(value for _, value in updates)],
         )
-        return Lowered(dce(program), inputs, params, self.noise, outputs, updates)
+        return Lowered(dce(cancel_transposes(program)), inputs, params, self.noise, outputs, updates)
 
     def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
         layer = node.layer

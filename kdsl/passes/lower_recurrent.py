@@ -64,10 +64,10 @@ def gru_cell(c: Cell, h: Var) -> list[Var]:
     b = c.b
     xz, xr, xh = c.projections(3)
     if c.config["reset_after"]:
-        hu = c.recurrent(h)
+        # split before adding the bias, as in the LSTM: the whole cell is then one fused loop
+        hz, hr, hh = c.gates(c.recurrent(h), 3)
         if "recurrent_bias" in c.weights:
-            hu = b.add(hu, c.weights["recurrent_bias"])
-        hz, hr, hh = c.gates(hu, 3)
+            hz, hr, hh = (b.add(p, bias) for p, bias in zip((hz, hr, hh), c.gates(c.weights["recurrent_bias"], 3)))
         z, r = c.gate(b.add(xz, hz)), c.gate(b.add(xr, hr))
         candidate = c.act(b.add(xh, b.mul(r, hh)))
     else:

@@ -265,6 +265,8 @@ class Emitter(SourceWriter):
         for eqn in kernel.eqns:  # buffers first, so none is carved inside the loop
             if id(eqn.out) not in self._plan.registers:
                 self.store_target(eqn.out)
+            for whole, _ in self._plan.copies.get(id(eqn.out), ()):
+                self.store_target(whole)
         # a view read in the loop (`buf.reshape(...)`) is named once before it, not made at every element:
         # reshaping inside a loop over 32x512 elements took 0.37 ms
         views = {id(x): self.names[id(x)] for e in kernel.eqns for x in e.inputs if "(" in self.names.get(id(x), "")}
@@ -280,6 +282,8 @@ class Emitter(SourceWriter):
                 self.line(f"{register} = {value}")
                 if id(eqn.out) not in self._plan.registers:
                     self.line(f"{self.place(eqn.out, idx)} = {register}")
+                for whole, offset in self._plan.copies.get(id(eqn.out), ()):
+                    self.line(f"{self.place(whole, [*idx[:-1], f'{offset} + {idx[-1]}'])} = {register}")
         for eqn in kernel.eqns:
             self._registers.pop(id(eqn.out), None)
         self.names.update(views)  # later code may sit in another function, where the local does not exist

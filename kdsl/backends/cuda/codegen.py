@@ -155,6 +155,8 @@ def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, literals: dict[int,
         registers[id(eqn.out)] = register
         if id(eqn.out) not in fused.registers:
             w.line(f"{place(eqn.out, idx)} = {register}")
+        for whole, offset in fused.copies.get(id(eqn.out), ()):
+            w.line(f"{place(whole, [*idx[:-1], f'{offset} + {idx[-1]}'])} = {register}")
 
 
 def device_scalars() -> str:
