@@ -82,6 +82,13 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
             f"embedding rows and their projection, folded -> {eqn.out.type}: with more than {table} ids, "
             f"rows of the table's product through BLAS, else the product of the rows"
         )
+    if eqn.op.name == "gather_matmul_grads":
+        table = eqn.inputs[0].shape[0]
+        return (
+            f"gradients of the folded embedding and projection -> {eqn.outputs[0].type}, {eqn.outputs[1].type}: "
+            f"with more than {table} ids, the output gradient summed by id, then two table-sized products "
+            f"through BLAS, else the products of the rows"
+        )
     return f"{eqn.op.name} -> {', '.join(str(v.type) for v in eqn.outputs)}"
 
 

@@ -1,8 +1,9 @@
 """The CPU target's fast paths against the NumPy backend, which takes none of them.
 
-- An embedding folded into the recurrent input projection (`kdsl.passes.fold`): fewer ids than
-  table rows take one path (rows picked, then projected), more take the other (the table
-  projected, then its rows picked); which one runs depends on the batch.
+- An embedding folded into the recurrent input projection and, in a training step, into its
+  gradients (`kdsl.passes.fold`): fewer ids than table rows take one path (rows picked, then
+  projected), more take the other (the table projected, then its rows picked; the gradient
+  summed by id, then multiplied); which one runs depends on the batch.
 - Products inside time loops cut into column blocks (`kdsl.backends.cpu.blocks`): only a product
   of more than SMALL_PRODUCT multiply-adds is cut, so a batch of 64 is needed here, forward
   (h·U) and backward (dz·Uᵀ). (Where BLAS has no unpacked small-matrix kernel, nothing is cut
@@ -56,13 +57,15 @@ def _ids(batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, (batch, STEPS)).astype(np.int32)
 
 
-def test_forward_folds_the_embedding_and_training_keeps_it(graph):
+def test_the_embedding_folds_into_the_projection_and_its_gradients(graph):
     model = compile_model(graph, target="numpy")
     forward = fold_gather_projections(model.inference.program)
     assert "gather_matmul" in _ops(forward) and "gather" not in _ops(forward)
-    # the training step reads the gathered rows again for the input kernel's gradient
     step = fold_gather_projections(model.training.program)
-    assert "gather_matmul" not in _ops(step) and "gather" in _ops(step)
+    assert {"gather_matmul", "gather_matmul_grads"} <= set(_ops(step))
+    assert not {"gather", "gather_grad", "transpose"} & set(_ops(step))
+    # the input kernel's gradient is folded; the recurrent kernel's and the dense layer's stay
+    assert _ops(step).count("matmul_tn") == _ops(model.training.program).count("matmul_tn") - 1
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -88,6 +91,30 @@ def test_gather_matmul_reference_is_the_product_of_the_picked_rows():
     ids = rng.integers(0, 6, (2, 5))
     (folded,) = OPS["gather_matmul"].reference({"perm": (1, 0)}, table, ids, weight)
     np.testing.assert_allclose(folded, np.transpose(table[ids], (1, 0, 2)) @ weight, rtol=1e-12)
+
+
+def test_gather_matmul_grads_reference_is_the_gradient_of_the_picked_rows():
+    rng = np.random.default_rng(0)
+    table, weight = rng.standard_normal((6, 3)), rng.standard_normal((3, 4))
+    ids = rng.integers(0, 6, (2, 5))
+    g = rng.standard_normal((5, 2, 4))  # time-major, as the folded product's output
+    dw, dtable = OPS["gather_matmul_grads"].reference({"perm": (1, 0)}, table, ids, weight, g)
+    rows = np.transpose(table[ids], (1, 0, 2))
+    expected_dtable = np.zeros_like(table)
+    np.add.at(expected_dtable, ids, np.transpose(g @ weight.T, (1, 0, 2)))
+    np.testing.assert_allclose(dw, np.einsum("tbk,tbn->kn", rows, g), rtol=1e-12)
+    np.testing.assert_allclose(dtable, expected_dtable, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [2, 5])  # fewer ids than table rows, and more: both orders of work
+def test_folded_train_step_matches_numpy(pair, batch):
+    reference, compiled = pair
+    ids, labels = _ids(batch, 2), np.arange(batch, dtype=np.int32) % 2
+    assert len(np.unique(ids)) < ids.size  # a repeated id: its rows' gradients must be summed
+    loss_reference, loss_compiled = reference.train_step([ids], [labels]), compiled.train_step([ids], [labels])
+    assert loss_compiled == pytest.approx(loss_reference, rel=1e-5)
+    for expected, actual in zip(reference.grads, compiled.grads, strict=True):
+        assert_close(expected, actual)
 
 
 def test_blocked_train_step_matches_numpy(pair):

@@ -37,6 +37,24 @@ def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: b
         em.line(f"np.dot({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
 
 
+def emit_product_tn(em, a: Var, b: Var, y: Var, large: bool = False) -> None:
+    """CPU code for y = aᵀ·b over all leading axes; when `large` or it looks it, each thread sums its rows' share."""
+    if not (em.threaded and (large or worth_threads(a, b))):
+        em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
+        return
+    left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
+    em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
+    # each thread sums its rows: the first into the result, the others into partial sums added after
+    count = em.chunk_count(f"{left}.shape[0]")
+    em.line(f"{parts} = np.empty(({count} - 1, {left}.shape[1], {right}.shape[1]), np.float32)")
+    with em.row_chunks(f"{left}.shape[0]", count) as (chunk, _, lo, hi):
+        em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
+        em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
+    k = em.fresh("k")
+    with em.block(f"for {k} in range(1, {count}):"):
+        em.line(f"{em.ref(y)} += {parts}[{k} - 1]")
+
+
 class MatMul(Op):
     """a[..., K] @ w[K, N] (or w[N, K] with `transpose_b`) -> [..., N]."""
 
@@ -83,21 +101,7 @@ class MatMulTN(Op):
         return [b.matmul(y, g, transpose_b=True), b.matmul(x, g)]
 
     def cpu(self, em, eqn):
-        (a, b), y = eqn.inputs, eqn.out
-        if not (em.threaded and worth_threads(a, b)):
-            em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
-            return
-        left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
-        em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
-        # each thread sums its rows: the first into the result, the others into partial sums added after
-        count = em.chunk_count(f"{left}.shape[0]")
-        em.line(f"{parts} = np.empty(({count} - 1, {left}.shape[1], {right}.shape[1]), np.float32)")
-        with em.row_chunks(f"{left}.shape[0]", count) as (chunk, _, lo, hi):
-            em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
-            em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
-        k = em.fresh("k")
-        with em.block(f"for {k} in range(1, {count}):"):
-            em.line(f"{em.ref(y)} += {parts}[{k} - 1]")
+        emit_product_tn(em, *eqn.inputs, eqn.out)
 
     def flops(self, eqn, sizes):
         a, b = eqn.inputs
@@ -109,10 +113,11 @@ class GatherMatMul(Op):
 
     y[i, j, ...] = table[ids[...]]·w, the ids' axes reordered by `perm` (an embedding read
     time-major by a recurrent layer). Made after autodiff by `kdsl.passes.fold`, so it needs
-    no gradient. Which order of work is cheaper depends on the batch, so the code decides
-    when it runs: with more ids than table rows, the table is projected once and its rows
-    picked (W3 at batch 256: 25,600 token projections against 1,000); with fewer, the rows
-    are picked and projected.
+    no gradient (a training step gets `gather_matmul_grads` in place of the gradient's ops).
+    Which order of work is cheaper depends on the batch, so the code decides when it runs:
+    with more ids than table rows, the table is projected once and its rows picked (W3 at
+    batch 256: 25,600 token projections against 1,000); with fewer, the rows are picked and
+    projected.
     """
 
     name = "gather_matmul"
@@ -158,4 +163,61 @@ class GatherMatMul(Op):
         return 2 * min(numel(ids.shape, sizes), table.shape[0]) * table.shape[1] * w.shape[1]
 
 
-OPS = [MatMul(), MatMulTN(), GatherMatMul()]
+class GatherMatMulGrads(Op):
+    """The gradients of `gather_matmul` for the weight and the table, from the output's gradient g.
+
+    With S the rows of g summed by id (a table-sized matrix), dw = tableᵀ·S and dtable = S·wᵀ:
+    two products of table size in place of two of batch × time rows. As for the forward, the
+    code picks the cheaper side when it runs: with fewer ids than table rows, the rows are
+    picked, dw = rowsᵀ·g and dtable sums g·wᵀ by id. Made after autodiff by `kdsl.passes.fold`;
+    the forward `gather_matmul` before it has checked the ids.
+    """
+
+    name = "gather_matmul_grads"
+    differentiable = False
+    single_output = False
+
+    def infer(self, attrs, table, ids, w, g):
+        return [w, table]
+
+    def reference(self, attrs, table, ids, w, g):
+        summed = np.zeros((table.shape[0], g.shape[-1]), g.dtype)
+        np.add.at(summed, np.transpose(ids, attrs["perm"]).reshape(-1), g.reshape(-1, g.shape[-1]))
+        return [(table.T @ summed).astype(g.dtype), (summed @ w.T).astype(g.dtype)]
+
+    def cpu(self, em, eqn):
+        (table, ids, w, g), (dw, dtable), perm = eqn.inputs, eqn.outputs, eqn.attrs["perm"]
+        summed = Var(TensorType("f32", (table.shape[0], w.shape[1])), "summed")
+        picked = Var(TensorType("f32", (*g.shape[:-1], table.shape[1])), "picked")
+        back = Var(picked.type, "back")
+        em.ref(summed), em.ref(picked), em.ref(back)  # all carved from the arena; each call uses some
+        with em.block(f"if {em.ref(ids)}.size > {em.ref(table)}.shape[0]:"):
+            self._sum_rows(em, g, ids, perm, summed)
+            emit_product_tn(em, table, summed, dw, large=True)
+            emit_product(em, summed, w, dtable, transpose_b=True, large=True)
+        with em.block("else:"):
+            GatherMatMul._pick_rows(em, table, ids, perm, picked)
+            emit_product_tn(em, picked, g, dw)
+            emit_product(em, g, w, back, transpose_b=True)
+            self._sum_rows(em, back, ids, perm, dtable)
+
+    @staticmethod
+    def _sum_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
+        """out[id] = the sum of `source`'s rows with that id; threads take a share of the columns each."""
+        row, j, o = em.fresh("row"), em.fresh("j"), em.ref(out)
+        with em.row_chunks(f"{o}.shape[1]") as (_, _, lo, hi):
+            em.line(f"{o}[:, {lo}:{hi}] = np.float32(0.0)")
+            with em.loops(source, skip_last=True) as idx:
+                at = [""] * len(perm)
+                for axis, p in enumerate(perm):
+                    at[p] = idx[axis]
+                em.line(f"{row} = {em.index(ids, at)}")
+                with em.block(f"for {j} in range({lo}, {hi}):"):
+                    em.line(f"{o}[{row}, {j}] += {em.index(source, [*idx, j])}")
+
+    def flops(self, eqn, sizes):
+        (table, ids, w, _) = eqn.inputs
+        return 4 * min(numel(ids.shape, sizes), table.shape[0]) * table.shape[1] * w.shape[1]
+
+
+OPS = [MatMul(), MatMulTN(), GatherMatMul(), GatherMatMulGrads()]
