@@ -108,6 +108,14 @@ class MatMulTN(Op):
         return 2 * numel(a.shape, sizes) * b.shape[-1]
 
 
+def id_at(em, ids: Var, perm: tuple[int, ...], idx: list[str]) -> str:
+    """The id for element `idx` of a folded product's rows, whose axes are the ids' reordered by `perm`."""
+    at = [""] * len(perm)
+    for axis, p in enumerate(perm):
+        at[p] = idx[axis]
+    return em.index(ids, at)
+
+
 class GatherMatMul(Op):
     """Rows of table·w picked by integer ids: an embedding folded into the product that reads it.
 
@@ -151,10 +159,7 @@ class GatherMatMul(Op):
     def _pick_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
         row, j = em.fresh("row"), em.fresh("j")
         with em.loops(out, skip_last=True, parallel=True) as idx:
-            at = [""] * len(perm)
-            for axis, p in enumerate(perm):
-                at[p] = idx[axis]
-            em.line(f"{row} = {em.index(ids, at)}")
+            em.line(f"{row} = {id_at(em, ids, perm, idx)}")
             with em.block(f"for {j} in range({em.ref(source)}.shape[1]):"):
                 em.line(f"{em.index(out, [*idx, j])} = {em.ref(source)}[{row}, {j}]")
 
@@ -208,10 +213,7 @@ class GatherMatMulGrads(Op):
         with em.row_chunks(f"{o}.shape[1]") as (_, _, lo, hi):
             em.line(f"{o}[:, {lo}:{hi}] = np.float32(0.0)")
             with em.loops(source, skip_last=True) as idx:
-                at = [""] * len(perm)
-                for axis, p in enumerate(perm):
-                    at[p] = idx[axis]
-                em.line(f"{row} = {em.index(ids, at)}")
+                em.line(f"{row} = {id_at(em, ids, perm, idx)}")
                 with em.block(f"for {j} in range({lo}, {hi}):"):
                     em.line(f"{o}[{row}, {j}] += {em.index(source, [*idx, j])}")
 
