@@ -4,10 +4,11 @@
   gradients (`kdsl.passes.fold`): fewer ids than table rows take one path (rows picked, then
   projected), more take the other (the table projected, then its rows picked; the gradient
   summed by id, then multiplied); which one runs depends on the batch.
-- Products inside time loops cut into column blocks (`kdsl.backends.cpu.blocks`): only a product
-  of more than SMALL_PRODUCT multiply-adds is cut, so a batch of 64 is needed here, forward
-  (h·U) and backward (dz·Uᵀ). (Where BLAS has no unpacked small-matrix kernel, nothing is cut
-  and the same test checks the whole products.)
+- Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.loop_products`):
+  where BLAS has an unpacked small-matrix kernel, only a product of more than SMALL_PRODUCT
+  multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
+  backward (dz·Uᵀ); elsewhere every step multiplies by the transposed weight in `product_nt`.
+  Both preparations are also checked directly, whichever this machine's BLAS picks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
 from kdsl.backends.compiled import compile_model
-from kdsl.backends.cpu.blocks import SMALL_PRODUCT, column_blocks, product_in_blocks
+from kdsl.backends.cpu.loop_products import SMALL_PRODUCT, column_blocks, prepare_weight, product_nt, step_product
 from kdsl.ir.ops import OPS
 from kdsl.lang import load
 from kdsl.passes.fold import fold_gather_projections
@@ -132,17 +133,40 @@ def test_blocked_train_step_matches_numpy(pair):
 @pytest.mark.parametrize(("rows", "k", "n"), [(16, 256, 512), (32, 512, 128), (2, 8, 24)])
 def test_column_blocks_multiply_like_the_whole_weight(rows, k, n):
     rng = np.random.default_rng(0)
-    a, w = rng.standard_normal((rows, k), np.float32), rng.standard_normal((k, n), np.float32)
+    w = rng.standard_normal((k, n), np.float32)
     blocks = column_blocks(w, rows, SMALL_PRODUCT)
     count, _, width = blocks.shape
     assert count * width == n and (count == 1 or rows * k * width <= SMALL_PRODUCT)
     assert count > 1 or rows * k * n <= SMALL_PRODUCT or n % 8
-    out, scratch = np.empty((rows, n), np.float32), np.empty((rows, width), np.float32)
-    product_in_blocks(a, blocks, out, scratch)
-    np.testing.assert_allclose(out, a @ w, rtol=1e-4, atol=1e-4)
 
 
 def test_no_blocks_without_the_unpacked_kernel():
-    """With no small-matrix kernel to run them (limit 0), a weight stays whole."""
-    w = np.ones((256, 1024), np.float32)
-    assert column_blocks(w, 16, 0).shape == (1, 256, 1024)
+    """With no small-matrix kernel to run them (limit 0), a weight is not cut but transposed."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert column_blocks(w, 16, 0).shape == (1, 3, 4)
+    prepared, _ = prepare_weight(w, False, 16, 0)
+    np.testing.assert_array_equal(prepared[0], w.T)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 7), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.sampled_from([0, 200, SMALL_PRODUCT])
+)
+def test_step_products_multiply_like_numpy(rows, k, n, transposed, limit):
+    """Every preparation (blocks of any width, one block, the transpose) and every tile edge of `product_nt`."""
+    rng = np.random.default_rng(rows * 1000 + k * 10 + n)
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    w = rng.standard_normal((n, k) if transposed else (k, n)).astype(np.float32)
+    prepared, scratch = prepare_weight(w, transposed, rows, limit)
+    out = np.full((rows, n), np.nan, np.float32)
+    step_product(a, prepared, scratch, limit, out)
+    expected = a.astype(np.float64) @ (w.T if transposed else w)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_product_nt_keeps_nans():
+    """Fast-math here never assumes away NaNs: a diverging step must still show as NaN."""
+    a, wt, out = np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), np.zeros((2, 5), np.float32)
+    a[1, 3] = np.nan
+    product_nt(a, wt, out)
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()

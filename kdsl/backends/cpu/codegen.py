@@ -12,7 +12,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from kdsl.backends.cpu import blocks, entry, scalars
+from kdsl.backends.cpu import entry, loop_products, scalars
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.ir.program import Program
 from kdsl.passes import memory
@@ -81,7 +81,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         'order of its ARGUMENTS / RESULTS entry in METADATA."""',
         "import functools\nimport math\n\nimport numba\nimport numpy as np\nfrom numba import prange",
         _support_source(scalars),
-        _support_source(blocks),
+        _support_source(loop_products),
         _support_source(memory),
         _support_source(entry),
     ]

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kdsl.backends.cpu.blocks import SUPPORT_FUNCTIONS
+from kdsl.backends.cpu.loop_products import SUPPORT_FUNCTIONS
 from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import BATCH, Dim
@@ -58,8 +58,9 @@ class Emitter(SourceWriter):
     _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
     _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
     _transposed: dict[int, str] = field(default_factory=dict)  # a time loop's weight -> its transpose, made once
-    _blocks: dict[tuple[int, bool], tuple[str, str]] = field(default_factory=dict)  # (weight, transposed) -> blocks
-    short_loops: bool = False  # whether a time loop is too short to cut its weights into blocks
+    _prepared: dict[tuple[int, bool], tuple[str, str]] = field(default_factory=dict)  # (weight, transposed) -> its
+    # preparation for products inside a time loop, and that's scratch (see `loop_products`)
+    short_loops: bool = False  # whether a time loop is too short to prepare its weights
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -157,9 +158,9 @@ class Emitter(SourceWriter):
             return self._transposed.get(id(w), f"{self.ref(w)}.T")
         return self.ref(w)
 
-    def column_blocks(self, w: Var, transposed: bool) -> tuple[str, str] | None:
-        """A time loop's weight cut into column blocks before the loop (see `blocks`), with a block's scratch."""
-        return self._blocks.get((id(w), transposed))
+    def prepared_weight(self, w: Var, transposed: bool) -> tuple[str, str] | None:
+        """A time loop's weight as prepared before the loop (see `loop_products`), with its scratch."""
+        return self._prepared.get((id(w), transposed))
 
     def matrix(self, var: Var) -> str:
         """`var` as a 2-D matrix of its last axis (contiguous, for BLAS)."""
@@ -347,12 +348,12 @@ class Emitter(SourceWriter):
             products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
             if not long_loop(eqn):
                 continue
-            if any(e.attrs.get("transpose_b") for e in products):
-                self._transposed[id(inner)] = self.fresh("wt")
-                self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
             if batch_leading(body.inputs[0]):
                 for transposed in sorted({bool(e.attrs.get("transpose_b")) for e in products}):
-                    self._cut_into_blocks(inner, transposed, f"{current[0]}.shape[0]")
+                    self._prepare(inner, transposed, f"{current[0]}.shape[0]")
+            elif any(e.attrs.get("transpose_b") for e in products):
+                self._transposed[id(inner)] = self.fresh("wt")
+                self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
         inputs = {id(v) for v in body.inputs}
         swapped = {}  # carry index -> the second buffer its new value is written to
         for k, var in enumerate(body.outputs[:nc]):
@@ -395,13 +396,12 @@ class Emitter(SourceWriter):
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
             self.line(f"{self.rows(final, var)}[...] = {name}")
 
-    def _cut_into_blocks(self, w: Var, transposed: bool, rows: str) -> None:
-        """Before a time loop: `w` (or its transpose) cut into column blocks for products with `rows` rows."""
-        blocks, scratch = self.fresh("blocks"), self.fresh("scratch")
+    def _prepare(self, w: Var, transposed: bool, rows: str) -> None:
+        """Before a time loop: `w` (or its transpose) prepared for products with `rows` rows."""
+        prepared, scratch = self.fresh("prepared"), self.fresh("scratch")
         # `small_product` is a kernel argument, as `threads` is
-        self.line(f"{blocks} = column_blocks({self.right_operand(w, transposed)}, {rows}, small_product)")
-        self.line(f"{scratch} = np.empty(({rows}, {blocks}.shape[2]), np.float32)")
-        self._blocks[(id(w), transposed)] = (blocks, scratch)
+        self.line(f"{prepared}, {scratch} = prepare_weight({self.ref(w)}, {transposed}, {rows}, small_product)")
+        self._prepared[(id(w), transposed)] = (prepared, scratch)
 
 
 # A transposed copy of a weight costs about a pass over it with a fresh allocation (2 ms for a GRU(512)'s

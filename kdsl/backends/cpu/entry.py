@@ -7,7 +7,7 @@ layout planner next to it.
 import numba
 import numpy as np
 
-from kdsl.backends.cpu.blocks import small_product_limit
+from kdsl.backends.cpu.loop_products import small_product_limit
 
 
 class EntryPoint:
@@ -21,7 +21,7 @@ class EntryPoint:
     def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout, parallel, short_loops=False):
         self.kernel = kernel
         self.parallel = parallel
-        self.min_rows = MIN_ROWS_PER_THREAD if short_loops else MIN_ROWS_PER_THREAD_IN_BLOCKS
+        self.min_rows = MIN_ROWS_PER_THREAD if short_loops else MIN_ROWS_PER_THREAD_PREPARED
         self.arguments = arguments  # [(name, dtype, dims)]
         self.buffers = buffers  # dims of each buffer
         self.lifetimes = lifetimes
@@ -77,14 +77,14 @@ class EntryPoint:
 
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
-# time loop multiplies in column blocks that BLAS runs unpacked (see `column_blocks`) at nearly
-# the same rate from 2 rows up, so threads pay from 8 rows each: an LSTM(256) forward at batch 16
-# over 150 steps took 16.1 ms split against 22.3 ms on one thread. A loop of a few steps multiplies
-# whole weights, which BLAS runs slowly on few rows: with fewer than 32 rows per thread, one
-# thread with BLAS threading each product is faster (a one-step GRU(512) training step at batch
-# 32: 3.6 against 5.8 ms split).
+# time loop multiplies by weights prepared before it (see `loop_products`) at nearly the same rate
+# from 2 rows up, so threads pay from 8 rows each: an LSTM(256) forward at batch 16 over 150 steps
+# took 16.1 ms split against 22.3 ms on one thread. A loop of a few steps multiplies whole weights,
+# which BLAS runs slowly on few rows: with fewer than 32 rows per thread, one thread with BLAS
+# threading each product is faster (a one-step GRU(512) training step at batch 32: 3.6 against
+# 5.8 ms split).
 MIN_ROWS_PER_THREAD = 32
-MIN_ROWS_PER_THREAD_IN_BLOCKS = 8
+MIN_ROWS_PER_THREAD_PREPARED = 8
 
 
 _BLAS = []

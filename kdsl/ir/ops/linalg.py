@@ -23,9 +23,9 @@ def worth_threads(a, b) -> bool:
 
 def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: bool = False) -> None:
     """CPU code for y = a·w (or a·wᵀ), its rows split across threads when the product is `large` or looks it."""
-    blocks = em.column_blocks(w, transpose_b)
-    if blocks is not None:
-        em.line(f"product_in_blocks({em.matrix(a)}, {blocks[0]}, {em.matrix(y)}, {blocks[1]})")
+    prepared = em.prepared_weight(w, transpose_b)
+    if prepared is not None:
+        em.line(f"step_product({em.matrix(a)}, {prepared[0]}, {prepared[1]}, small_product, {em.matrix(y)})")
         return
     weight = em.right_operand(w, transpose_b)
     if not (em.threaded and (large or worth_threads(a, w))):
