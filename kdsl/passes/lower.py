@@ -17,6 +17,7 @@ from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
 from kdsl.ir.program import Builder, Program, Var
 from kdsl.ir.types import TensorType
 from kdsl.passes.dce import dce
+from kdsl.passes.single_steps import inline_single_steps
 from kdsl.passes.transposes import cancel_transposes
 
 
@@ -113,7 +114,10 @@ class _Lowering:
             [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
             [*outputs, *(value for _, value in updates)],
         )
-        return Lowered(dce(cancel_transposes(program)), inputs, params, self.noise, outputs, updates)
+        program = dce(inline_single_steps(cancel_transposes(program)))  # these may rename the program's results
+        outputs, values = program.outputs[: len(outputs)], program.outputs[len(outputs) :]
+        updates = [(index, value) for (index, _), value in zip(updates, values, strict=True)]
+        return Lowered(program, inputs, params, self.noise, outputs, updates)
 
     def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
         layer = node.layer

@@ -270,7 +270,8 @@ class Emitter(SourceWriter):
                 self.store_target(whole)
         # a view read in the loop (`buf.reshape(...)`) is named once before it, not made at every element:
         # reshaping inside a loop over 32x512 elements took 0.37 ms
-        views = {id(x): self.names[id(x)] for e in kernel.eqns for x in e.inputs if "(" in self.names.get(id(x), "")}
+        read = [self.whole(x) for e in kernel.eqns for x in e.inputs]
+        views = {id(x): self.names[id(x)] for x in read if "(" in self.names.get(id(x), "")}
         for key, expr in views.items():
             self.names[key] = self.fresh("view")
             self.line(f"{self.names[key]} = {expr}")
@@ -289,12 +290,15 @@ class Emitter(SourceWriter):
             self._registers.pop(id(eqn.out), None)
         self.names.update(views)  # later code may sit in another function, where the local does not exist
 
+    def whole(self, var: Var) -> Var:
+        """The value whose buffer `var` lives in: itself, or the value it is a piece of."""
+        while self._plan and id(var) in self._plan.pieces:
+            var = self._plan.pieces[id(var)][0]
+        return var
+
     def store_target(self, var: Var) -> str:
         """The array a loop iterates over: the buffer of `var` (or of the whole `var` is a piece of)."""
-        if self._plan and id(var) in self._plan.pieces:
-            whole, _ = self._plan.pieces[id(var)]
-            return self.ref(whole)
-        return self.ref(var)
+        return self.ref(self.whole(var))
 
     def place(self, var: Var, idx: Sequence[str]) -> str:
         """Where element `idx` of `var` lives: its own buffer, or a slice of the value it is a piece of."""
