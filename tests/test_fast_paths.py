@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
 from kdsl.backends.compiled import compile_model
-from kdsl.backends.cpu.loop_products import SMALL_PRODUCT, column_blocks, prepare_weight, product_nt, step_product
+from kdsl.backends.cpu.loop_products import (
+    SMALL_PRODUCT,
+    column_blocks,
+    prepare_weight,
+    product_nt,
+    step_product,
+    step_scratch,
+)
 from kdsl.ir.ops import OPS
 from kdsl.lang import load
 from kdsl.passes.fold import fold_gather_projections
@@ -144,7 +151,7 @@ def test_no_blocks_without_the_unpacked_kernel():
     """With no small-matrix kernel to run them (limit 0), a weight is not cut but transposed."""
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert column_blocks(w, 16, 0).shape == (1, 3, 4)
-    prepared, _ = prepare_weight(w, False, 16, 0)
+    prepared = prepare_weight(w, False, 16, 0)
     np.testing.assert_array_equal(prepared[0], w.T)
 
 
@@ -157,7 +164,8 @@ def test_step_products_multiply_like_numpy(rows, k, n, transposed, limit):
     rng = np.random.default_rng(rows * 1000 + k * 10 + n)
     a = rng.standard_normal((rows, k)).astype(np.float32)
     w = rng.standard_normal((n, k) if transposed else (k, n)).astype(np.float32)
-    prepared, scratch = prepare_weight(w, transposed, rows, limit)
+    prepared = prepare_weight(w, transposed, rows, limit)
+    scratch = step_scratch(prepared, rows, limit)
     out = np.full((rows, n), np.nan, np.float32)
     step_product(a, prepared, scratch, limit, out)
     expected = a.astype(np.float64) @ (w.T if transposed else w)

@@ -59,7 +59,7 @@ class Emitter(SourceWriter):
     _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
     _transposed: dict[int, str] = field(default_factory=dict)  # a time loop's weight -> its transpose, made once
     _prepared: dict[tuple[int, bool], tuple[str, str]] = field(default_factory=dict)  # (weight, transposed) -> its
-    # preparation for products inside a time loop, and that's scratch (see `loop_products`)
+    # preparation for products inside a time loop and that preparation's scratch (see `loop_products`)
     short_loops: bool = False  # whether a time loop is too short to prepare its weights
 
     # --- values ---------------------------------------------------------------------------------
@@ -327,14 +327,18 @@ class Emitter(SourceWriter):
         if self.threaded and rows_independent(eqn):
             for var in eqn.outputs:  # whole buffers; each chunk takes its rows
                 self.ref(var)
-            with self.row_chunks(f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]") as (_, _, *rows):
+            batch = f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]"
+            count = self.chunk_count(batch)
+            weights = self._prepare_weights(eqn, f"-(-{batch} // {count})")  # once, for every chunk's rows
+            with self.row_chunks(batch, count) as (_, _, *rows):
                 self._rows = tuple(rows)
-                self._time_loop(eqn)
+                self._time_loop(eqn, weights)
                 self._rows = None
         else:
-            self._time_loop(eqn)
+            self._time_loop(eqn, self._prepare_weights(eqn, f"{self.ref(eqn.inputs[0])}.shape[0]"))
 
-    def _time_loop(self, eqn: Eqn) -> None:
+    def _time_loop(self, eqn: Eqn, weights: dict[tuple[int, bool], str]) -> None:
+        """The loop over steps; `weights` are the cell's weights as prepared before it (see `_prepare_weights`)."""
         body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
         self.short_loops |= not long_loop(eqn)
         steps = f"{self.ref(eqn.inputs[nc])}.shape[0]"
@@ -350,14 +354,13 @@ class Emitter(SourceWriter):
             self.bind(inner, self.fresh("w"))
             self.line(f"{self.ref(inner)} = {self.rows(self.ref(outer), inner)}")
             products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
-            if not long_loop(eqn):
-                continue
-            if batch_leading(body.inputs[0]):
-                for transposed in sorted({bool(e.attrs.get("transpose_b")) for e in products}):
-                    self._prepare(inner, transposed, f"{current[0]}.shape[0]")
-            elif any(e.attrs.get("transpose_b") for e in products):
+            if long_loop(eqn) and not weights and any(e.attrs.get("transpose_b") for e in products):
                 self._transposed[id(inner)] = self.fresh("wt")
                 self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
+        for key, prepared in weights.items():  # a scratch of its own for each chunk of rows
+            scratch = self.fresh("scratch")
+            self.line(f"{scratch} = step_scratch({prepared}, {current[0]}.shape[0], small_product)")
+            self._prepared[key] = (prepared, scratch)
         inputs = {id(v) for v in body.inputs}
         swapped = {}  # carry index -> the second buffer its new value is written to
         for k, var in enumerate(body.outputs[:nc]):
@@ -400,12 +403,20 @@ class Emitter(SourceWriter):
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
             self.line(f"{self.rows(final, var)}[...] = {name}")
 
-    def _prepare(self, w: Var, transposed: bool, rows: str) -> None:
-        """Before a time loop: `w` (or its transpose) prepared for products with `rows` rows."""
-        prepared, scratch = self.fresh("prepared"), self.fresh("scratch")
-        # `small_product` is a kernel argument, as `threads` is
-        self.line(f"{prepared}, {scratch} = prepare_weight({self.ref(w)}, {transposed}, {rows}, small_product)")
-        self._prepared[(id(w), transposed)] = (prepared, scratch)
+    def _prepare_weights(self, eqn: Eqn, rows: str) -> dict[tuple[int, bool], str]:
+        """Before a long time loop: each weight its cell multiplies by, prepared for products of up to `rows`
+        rows (see `loop_products`); keyed by (the cell's weight, whether it is read transposed)."""
+        body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+        if not long_loop(eqn) or not batch_leading(body.inputs[0]):
+            return {}
+        weights = {}
+        for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
+            products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
+            for transposed in sorted({bool(e.attrs.get("transpose_b")) for e in products}):
+                weights[(id(inner), transposed)] = prepared = self.fresh("prepared")
+                # `small_product` is a kernel argument, as `threads` is
+                self.line(f"{prepared} = prepare_weight({self.ref(outer)}, {transposed}, {rows}, small_product)")
+        return weights
 
 
 # A transposed copy of a weight costs about a pass over it with a fresh allocation (2 ms for a GRU(512)'s
