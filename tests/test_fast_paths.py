@@ -125,8 +125,11 @@ def test_folded_train_step_matches_numpy(pair, batch):
         assert_close(expected, actual)
 
 
-def test_blocked_train_step_matches_numpy(pair):
+@pytest.mark.parametrize("limit", [0, SMALL_PRODUCT])  # the transposed weight, and column blocks
+def test_prepared_train_step_matches_numpy(pair, monkeypatch, limit):
+    """Both preparations of a time loop's weights, whichever this machine's BLAS would pick."""
     reference, compiled = pair
+    monkeypatch.setattr(compiled.module, "small_product_limit", lambda: limit)
     batch = 64  # 32 rows a thread: h·U is 32x128·128x512, dz·Uᵀ 32x512·512x128, both over the limit
     assert (batch // 2) * UNITS * 4 * UNITS > SMALL_PRODUCT
     ids, labels = _ids(batch, 1), np.arange(batch, dtype=np.int32) % 2
