@@ -88,8 +88,10 @@ def column_blocks(w, rows, limit):
     if width == n:
         return w.reshape((1, k, n))
     blocks = np.empty((n // width, k, width), np.float32)
-    for b in range(n // width):
-        blocks[b] = w[:, b * width : (b + 1) * width]
+    for b in range(n // width):  # element by element: slice assignments cost Numba 5 s to compile
+        for i in range(k):
+            for j in range(width):
+                blocks[b, i, j] = w[i, b * width + j]
     return blocks
 
 
@@ -108,7 +110,9 @@ def step_product(a, prepared, scratch, limit, out):
     width = prepared.shape[2]
     for b in range(prepared.shape[0]):
         np.dot(a, prepared[b], scratch)
-        out[:, b * width : (b + 1) * width] = scratch
+        for i in range(a.shape[0]):
+            for j in range(width):
+                out[i, b * width + j] = scratch[i, j]
 
 
 # reassociation lets LLVM vectorize the sums along K (fast-math without "no NaNs": a NaN must show)
