@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from kdsl.backends.cpu.emitter import batch_leading, long_loop
+from kdsl.backends.cpu.loop_products import small_product_limit
 from kdsl.ir.graph import Graph, Layer
 from kdsl.ir.ops.base import numel
-from kdsl.ir.program import Program
+from kdsl.ir.program import Eqn, Program
 from kdsl.passes.fuse import Kernel, plan
 
 
@@ -71,7 +73,7 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
         return f"fused loop over ({', '.join(map(str, kernel.shape))}): {ops}"
     if eqn.op.name == "scan":
         body = plan(eqn.attrs["body"])
-        parts = [_describe(k, sizes) for k in body.kernels if k.kind != "view"]
+        parts = [_step_product(k.eqns[0], eqn) or _describe(k, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
         return f"one compiled time loop ({direction}); per step: " + "; ".join(parts)
     if eqn.op.name in ("matmul", "matmul_tn"):
@@ -90,6 +92,19 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
             f"through BLAS, else the products of the rows"
         )
     return f"{eqn.op.name} -> {', '.join(str(v.type) for v in eqn.outputs)}"
+
+
+def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
+    """How a time loop's step multiplies by a weight that `kdsl.backends.cpu.loop_products` prepares; None otherwise."""
+    body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
+    weights = {id(v) for v in body.inputs[nc + nx :]}
+    if eqn.op.name != "matmul" or id(eqn.inputs[1]) not in weights:
+        return None
+    if not (long_loop(scan) and batch_leading(body.inputs[0])):
+        return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
+    tiles = "in 4x3 register tiles (a single row: BLAS's matrix-vector product)"
+    how = "in column blocks through BLAS's unpacked kernel" if small_product_limit() else tiles
+    return f"matmul by the weight prepared before the loop, {how} -> {eqn.out.type}"
 
 
 def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:

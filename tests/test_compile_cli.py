@@ -56,6 +56,13 @@ def test_explain_names_kernels_and_fallbacks(tmp_path, capsys):
     assert "one compiled time loop (forwards)" in out and "one compiled time loop (backwards)" in out
     assert "recurrent_dropout > 0" in out
     assert "matmul_tn through BLAS" in out  # weight gradients summed over time in one GEMM
+    assert "a loop this short does not pay for preparing the weight" in out  # 5 steps
+
+
+def test_explain_says_how_a_long_loop_multiplies(examples, capsys):
+    assert main(["compile", str(examples / "mnist_lstm.kd"), "--explain"]) == 0  # 28 steps
+    out = capsys.readouterr().out
+    assert out.count("matmul by the weight prepared before the loop") == 3  # forward, step's forward and backward
 
 
 def test_emit_ir_shows_fused_loops(examples, capsys):
