@@ -354,7 +354,8 @@ class Emitter(SourceWriter):
             self.bind(inner, self.fresh("w"))
             self.line(f"{self.ref(inner)} = {self.rows(self.ref(outer), inner)}")
             products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
-            if long_loop(eqn) and not weights and any(e.attrs.get("transpose_b") for e in products):
+            unprepared = long_loop(eqn) and not batch_leading(body.inputs[0])  # see `_prepare_weights`
+            if unprepared and any(e.attrs.get("transpose_b") for e in products):
                 self._transposed[id(inner)] = self.fresh("wt")
                 self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
         for key, prepared in weights.items():  # a scratch of its own for each chunk of rows
