@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from kdsl.backends.cpu.emitter import batch_leading, long_loop
+from kdsl.backends.cpu.emitter import prepares_weights
 from kdsl.backends.cpu.loop_products import small_product_limit
 from kdsl.ir.graph import Graph, Layer
 from kdsl.ir.ops.base import numel
@@ -100,7 +100,7 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
     weights = {id(v) for v in body.inputs[nc + nx :]}
     if eqn.op.name != "matmul" or id(eqn.inputs[1]) not in weights:
         return None
-    if not (long_loop(scan) and batch_leading(body.inputs[0])):
+    if not prepares_weights(scan):
         return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
     tiles = "in 4x3 register tiles (a single row: BLAS's matrix-vector product)"
     how = "in column blocks through BLAS's unpacked kernel" if small_product_limit() else tiles

@@ -354,7 +354,7 @@ class Emitter(SourceWriter):
             self.bind(inner, self.fresh("w"))
             self.line(f"{self.ref(inner)} = {self.rows(self.ref(outer), inner)}")
             products = [e for e in body.eqns if e.op.name == "matmul" and e.inputs[1] is inner]
-            unprepared = long_loop(eqn) and not batch_leading(body.inputs[0])  # see `_prepare_weights`
+            unprepared = long_loop(eqn) and not prepares_weights(eqn)
             if unprepared and any(e.attrs.get("transpose_b") for e in products):
                 self._transposed[id(inner)] = self.fresh("wt")
                 self.line(f"{self._transposed[id(inner)]} = np.ascontiguousarray({self.ref(inner)}.T)")
@@ -408,7 +408,7 @@ class Emitter(SourceWriter):
         """Before a long time loop: each weight its cell multiplies by, prepared for products of up to `rows`
         rows (see `loop_products`); keyed by (the cell's weight, whether it is read transposed)."""
         body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
-        if not long_loop(eqn) or not batch_leading(body.inputs[0]):
+        if not prepares_weights(eqn):
             return {}
         weights = {}
         for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
@@ -429,6 +429,12 @@ def long_loop(scan: Eqn) -> bool:
     """Whether a time loop runs long enough to pay for work done once before it (unknown lengths count as long)."""
     steps = scan.inputs[scan.attrs["num_carry"]].shape[0]
     return not isinstance(steps, int) or steps >= MIN_STEPS_TO_TRANSPOSE
+
+
+def prepares_weights(scan: Eqn) -> bool:
+    """Whether a time loop's products use weights prepared before it (see `loop_products`): long loops
+    whose state has one row per sample, as the prepared products take rows."""
+    return long_loop(scan) and batch_leading(scan.attrs["body"].inputs[0])
 
 
 def free_names(lines: list[str]) -> list[str]:
