@@ -209,13 +209,16 @@ class GatherMatMulGrads(Op):
     @staticmethod
     def _sum_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
         """out[id] = the sum of `source`'s rows with that id; threads take a share of the columns each."""
-        row, j, o = em.fresh("row"), em.fresh("j"), em.ref(out)
+        into, part, j, o = em.fresh("into"), em.fresh("part"), em.fresh("j"), em.ref(out)
         with em.row_chunks(f"{o}.shape[1]") as (_, _, lo, hi):
             em.line(f"{o}[:, {lo}:{hi}] = np.float32(0.0)")
             with em.loops(source, skip_last=True) as idx:
-                em.line(f"{row} = {id_at(em, ids, perm, idx)}")
-                with em.block(f"for {j} in range({lo}, {hi}):"):
-                    em.line(f"{o}[{row}, {j}] += {em.index(source, [*idx, j])}")
+                # indices from 0 over slices: with `range(lo, hi)` Numba cannot rule out a negative
+                # index, and the check it adds kept LLVM from vectorizing the sum (2.6 ms against 0.46)
+                em.line(f"{into} = {o}[{id_at(em, ids, perm, idx)}, {lo}:{hi}]")
+                em.line(f"{part} = {em.index(source, [*idx, f'{lo}:{hi}'])}")
+                with em.block(f"for {j} in range({into}.shape[0]):"):
+                    em.line(f"{into}[{j}] += {part}[{j}]")
 
     def flops(self, eqn, sizes):
         (table, ids, w, _) = eqn.inputs
