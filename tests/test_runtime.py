@@ -14,6 +14,7 @@ from kdsl.datasets import idx, mnist
 from kdsl.errors import KdslArgumentError, KdslError
 from kdsl.lang import load
 from kdsl.runtime import optimizers
+from kdsl.runtime import update_rules as rules
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -58,6 +59,38 @@ def test_rmsprop_and_adagrad_follow_keras():
         acc = acc + g * g
         w = w - 0.1 * g / np.sqrt(acc + 1e-7)
     np.testing.assert_allclose(_steps(optimizers.Adagrad(0.1), GRADS), w, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        optimizers.SGD(0.1),
+        optimizers.SGD(0.1, momentum=0.9),
+        optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        optimizers.Adam(0.01),
+        optimizers.Adam(0.01, amsgrad=True),
+        optimizers.RMSprop(0.01),
+        optimizers.RMSprop(0.01, centered=True),
+        optimizers.RMSprop(0.01, momentum=0.5),
+        optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        optimizers.Adagrad(0.1),
+    ],
+    ids=lambda o: f"{o.name}-{'-'.join(f'{k}={v}' for k, v in o.hyper.items())}",
+)
+def test_each_flag_combination_runs_its_update_rule(optimizer):
+    """The compiled loops branch on the flags outside each loop: every branch against the rule run in Python."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(37).astype(np.float32)
+    expected, slots = w.copy(), {k: v.copy() for k, v in optimizer.create_slots(w).items()}
+    rule = getattr(rules, optimizer.name)
+    for step in range(3):
+        g = rng.standard_normal(37).astype(np.float32)
+        optimizer.apply([w], [g])
+        scalars = optimizer.scalars(np.float32(optimizer.learning_rate))
+        held = [slots.get(name, expected) for name in optimizer.slot_names]
+        for i in range(w.size):
+            rule(i, expected, g[i], *held, *scalars)
+        np.testing.assert_allclose(w, expected, rtol=1e-6, err_msg=f"step {step}")
 
 
 def test_optimizers_by_name_take_keras_defaults():
