@@ -80,9 +80,10 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
         return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
     if eqn.op.name == "gather_matmul":
         table = eqn.inputs[0].shape[0]
+        picked = "picked by the time loop at each step" if eqn.attrs.get("in_loop") else "picked"
         return (
             f"embedding rows and their projection, folded -> {eqn.out.type}: with more than {table} ids, "
-            f"rows of the table's product through BLAS, else the product of the rows"
+            f"the table's product through BLAS, its rows {picked}; else the product of the rows"
         )
     if eqn.op.name == "gather_matmul_grads":
         table = eqn.inputs[0].shape[0]

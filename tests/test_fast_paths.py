@@ -2,8 +2,8 @@
 
 - An embedding folded into the recurrent input projection and, in a training step, into its
   gradients (`kdsl.passes.fold`): fewer ids than table rows take one path (rows picked, then
-  projected), more take the other (the table projected, then its rows picked; the gradient
-  summed by id, then multiplied); which one runs depends on the batch.
+  projected), more take the other (the table projected, then its rows picked by the time loop at
+  each step; the gradient summed by id, then multiplied); which one runs depends on the batch.
 - Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.loop_products`):
   where BLAS has an unpacked small-matrix kernel, only a product of more than SMALL_PRODUCT
   multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
@@ -71,6 +71,8 @@ def test_the_embedding_folds_into_the_projection_and_its_gradients(graph):
     assert "gather_matmul" in _ops(forward) and "gather" not in _ops(forward)
     step = fold_gather_projections(model.training.program)
     assert {"gather_matmul", "gather_matmul_grads"} <= set(_ops(step))
+    # only the time loop's cell reads the projection, element by element: the loop picks its rows
+    assert all(e.attrs.get("in_loop") for p in (forward, step) for e in p.eqns if e.op.name == "gather_matmul")
     assert not {"gather", "gather_grad", "transpose"} & set(_ops(step))
     # the input kernel's gradient is folded; the recurrent kernel's and the dense layer's stay
     assert _ops(step).count("matmul_tn") == _ops(model.training.program).count("matmul_tn") - 1

@@ -11,6 +11,11 @@ table's gradient sums g·Wᵀ by id. Both gradients come from the projection's g
 summed by id, a table-sized matrix, as `gather_matmul_grads` computes them; the rows are then
 never gathered at all (a W4 step at batch 64: 3,200 token rows against a table of 1,000).
 
+A folded projection that only a time loop's cell reads, element by element, is not gathered
+either when the table is projected: the loop reads each step's rows straight from the
+projected table (`in_loop`), which stays in cache, where the gathered sequence would go out
+to memory and back (52 MB for W3 at batch 256).
+
 The pass runs on finished programs (after autodiff), and only where the gathered rows feed
 nothing but these products (and `fill`s, which read only the batch size from them).
 """
@@ -54,7 +59,8 @@ def fold_gather_projections(program: Program) -> Program:
         for fill in fills:
             replaced[id(fill)] = Eqn(fill.op, (ids,), fill.outputs, fill.attrs, fill.origin)
         attrs = {"perm": perm}
-        replaced[id(eqn)] = Eqn(OPS["gather_matmul"], (table, ids, w), eqn.outputs, attrs, eqn.origin)
+        loop = {"in_loop": True} if _read_in_loop(eqn.out, readers(eqn.out)) else {}
+        replaced[id(eqn)] = Eqn(OPS["gather_matmul"], (table, ids, w), eqn.outputs, attrs | loop, eqn.origin)
         dropped.update(id(e) for e in [maker, *chain])
         if backward:
             tn, g, folded = backward
@@ -88,3 +94,23 @@ def _gradient_chain(x: Var, w: Var, table: Var, ids: Var, readers) -> tuple[Eqn,
         if back.op.name != "transpose":
             return None
     return None
+
+
+def _read_in_loop(projection: Var, readers: list[Eqn] | None) -> bool:
+    """Whether `projection` is a sequence input of one time loop, whose cell reads it only element by
+    element: in fused loops, directly or through pieces split off its last axis."""
+    if not readers or len(readers) != 1 or readers[0].op.name != "scan":
+        return False
+    scan = readers[0]
+    body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
+    positions = [k for k, x in enumerate(scan.inputs) if x is projection]
+    if len(positions) != 1 or not nc <= positions[0] < nc + nx:
+        return False
+    step = body.inputs[positions[0]]
+    pieces = [step]
+    for eqn in body.eqns:
+        if any(x is step for x in eqn.inputs) and eqn.op.name == "split" and eqn.attrs["axis"] == step.rank - 1:
+            pieces += eqn.outputs
+        elif any(x is p for x in eqn.inputs for p in pieces) and not eqn.op.elementwise:
+            return False
+    return not any(y is p for y in body.outputs for p in pieces)

@@ -125,7 +125,8 @@ class GatherMatMul(Op):
     Which order of work is cheaper depends on the batch, so the code decides when it runs:
     with more ids than table rows, the table is projected once and its rows picked (W3 at
     batch 256: 25,600 token projections against 1,000); with fewer, the rows are picked and
-    projected.
+    projected. With `in_loop`, the time loop that reads y picks a projected table's rows at
+    each step itself (see `kdsl.passes.fold`).
     """
 
     name = "gather_matmul"
@@ -150,7 +151,12 @@ class GatherMatMul(Op):
             em.line("raise IndexError('token id out of range of the embedding table')")
         with em.block(f"if {i}.size > {t}.shape[0]:"):
             emit_product(em, table, w, projected, large=True)
-            self._pick_rows(em, projected, ids, eqn.attrs["perm"], y)
+            if eqn.attrs.get("in_loop"):  # the time loop reading y picks its rows itself
+                perm = eqn.attrs["perm"]
+                by_id = f"{i}.size > {t}.shape[0]"
+                em.rows_in_loop[id(y)] = (projected, by_id, lambda *at: id_at(em, ids, perm, list(at)))
+            else:
+                self._pick_rows(em, projected, ids, eqn.attrs["perm"], y)
         with em.block("else:"):
             self._pick_rows(em, table, ids, eqn.attrs["perm"], picked)
             emit_product(em, picked, w, y)
