@@ -121,3 +121,17 @@ def test_shared_layers_several_outputs_and_weighted_losses():
               loss aux = mean_squared_error, weight 0.3
               optimizer = sgd() }"""
     assert worst_gradient_error(training_for(text), np.random.default_rng(3), 2, samples=4) < TOLERANCE
+
+
+def test_the_backward_pass_recomputes_one_minus_z_instead_of_storing_it():
+    """A GRU's 1 - z is recomputed from z (which the backward cell reads anyway): one stacked value less."""
+    training = training_for("""model M(x: f32[batch, 5, 3]) -> y {
+        y = gru(x, 4) |> dense(1)
+    }
+    train M { loss = mean_squared_error }""")
+    forward, backward = [e for e in training.program.eqns if e.op.name == "scan"]
+    makers = forward.attrs["body"].producers()
+    stored = [makers.get(id(v)) for v in forward.attrs["body"].outputs[forward.attrs["num_carry"] :]]
+    assert [e.op.name for e in stored if e is not None].count("sigmoid") == 2  # z and r
+    assert "sub" not in [e.op.name for e in stored if e is not None]  # no 1 - z
+    assert "sub" in [e.op.name for e in backward.attrs["body"].eqns]

@@ -8,7 +8,8 @@ from last to first; y_t is still stored at position t.
 Its gradient is backpropagation through time: a second scan running the other way whose
 body is the vector-Jacobian product of the cell. Values of the forward cell that the
 backward body needs become extra stacked outputs of the forward scan (its residuals), so
-nothing is recomputed. Weight gradients that are sums over steps of `matmul_tn` or
+nothing costly is recomputed; a value made of one other and constants (a GRU's 1 - z) is
+recomputed from that one instead of being stored too. Weight gradients that are sums over steps of `matmul_tn` or
 `reduce_sum` terms are hoisted out of the loop: their per-step operands are stacked and
 contracted once, as one large GEMM over time and batch.
 """
@@ -158,12 +159,18 @@ class _BackwardScan:
         steps = eqn.inputs[nc].shape[0]
         mapping: dict[int, Var] = {}
         constants: list[Eqn] = []
-        for var in [x for e in bb.eqns for x in e.inputs] + needed:
+        recomputed: list[Eqn] = []
+        wanted = [x for e in bb.eqns for x in e.inputs] + needed
+        for var in wanted:  # grows as recomputed values ask for their operands
             if id(var) in local or id(var) in mapping:
                 continue
             i = position.get(id(var))
             maker = producers.get(id(var))
-            if i is not None and i >= nc + nx:
+            if maker is not None and _cheap_from_one(maker, producers):
+                inner = bb.var(var.type, "r")
+                recomputed.append(Eqn(maker.op, maker.inputs, (inner,), maker.attrs, eqn.origin))
+                wanted += maker.inputs
+            elif i is not None and i >= nc + nx:
                 inner = bb.var(var.type, "w")
                 self.consts.append((inner, eqn.inputs[i]))
             elif i is not None and i >= nc:
@@ -179,10 +186,21 @@ class _BackwardScan:
                 eqn.outputs = (*eqn.outputs, residual)
                 self.xs.append((inner, residual))
             mapping[id(var)] = inner
-        bb.eqns[:0] = constants
+        bb.eqns[:0] = constants + recomputed[::-1]  # operands before the values made of them
         for e in bb.eqns:
             e.inputs = tuple(mapping.get(id(x), x) for x in e.inputs)
         return mapping
+
+
+def _cheap_from_one(maker: Eqn, producers: dict[int, Eqn]) -> bool:
+    """Whether the backward pass recomputes `maker`'s value instead of storing it at every step: an
+    addition, subtraction, product or negation of one value and constants (a GRU's 1 - z). Storing
+    that one value in its place never costs more, and the cell often needs it anyway (z)."""
+    if maker.op.name not in ("add", "sub", "mul", "neg"):
+        return False
+    constant = [id(x) in producers and producers[id(x)].op.name == "const" for x in maker.inputs]
+    values = [x for x, c in zip(maker.inputs, constant) if not c]
+    return len(values) == 1 and values[0].shape == maker.out.shape
 
 
 def _producer(bb: Builder, var: Var) -> Eqn | None:
