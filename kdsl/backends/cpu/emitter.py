@@ -336,21 +336,21 @@ class Emitter(SourceWriter):
             batch = f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]"
             count = self.chunk_count(batch)
             weights = self._prepare_weights(eqn, f"-(-{batch} // {count})")  # once, for every chunk's rows
-            sums = {id(s): self.fresh("partial") for s in self._sums_of_steps(eqn)}
-            for s in self._sums_of_steps(eqn):
-                self.line(f"{sums[id(s)]} = np.zeros(({count}, {self.ref(s.out)}.shape[0]), np.float32)")
+            sums = [(s, self.fresh("partial")) for s in self._sums_of_steps(eqn)]  # with each one's partial sums
+            for s, partials in sums:
+                self.line(f"{partials} = np.zeros(({count}, {self.ref(s.out)}.shape[0]), np.float32)")
             with self.row_chunks(batch, count) as (chunk, _, *rows):
                 self._rows = tuple(rows)
                 self._time_loop(eqn, weights)
-                for s in self._sums_of_steps(eqn):
-                    self._sum_chunk_rows(s.inputs[0], f"{sums[id(s)]}[{chunk}]")
+                for s, partials in sums:
+                    self._sum_chunk_rows(s.inputs[0], f"{partials}[{chunk}]")
                 self._rows = None
-            for s in self._sums_of_steps(eqn):  # loops: an array expression here would be a parallel loop too
+            for s, partials in sums:  # loops: an array expression here would be a parallel loop too
                 c, j, total = self.fresh("c"), self.fresh("j"), self.ref(s.out)
                 with self.block(f"for {j} in range({total}.shape[0]):"):
                     self.line(f"{total}[{j}] = np.float32(0.0)")
                     with self.block(f"for {c} in range({count}):"):
-                        self.line(f"{total}[{j}] += {sums[id(s)]}[{c}, {j}]")
+                        self.line(f"{total}[{j}] += {partials}[{c}, {j}]")
                 self._summed_by_chunks.add(id(s))
         else:
             self._time_loop(eqn, self._prepare_weights(eqn, f"{self.ref(eqn.inputs[0])}.shape[0]"))
@@ -368,16 +368,15 @@ class Emitter(SourceWriter):
             and not s.attrs.get("keepdims")
         ]  # fmt: skip
 
-    def _sum_chunk_rows(self, stacked: Var, into: str) -> None:
-        """`into` (a row of partial sums) += this chunk's rows of `stacked` at every step."""
+    def _sum_chunk_rows(self, stacked: Var, partial: str) -> None:
+        """`partial` (this chunk's row of partial sums) += the chunk's rows of `stacked` at every step."""
         t, i, j, rows, total = self.fresh("t"), self.fresh("i"), self.fresh("j"), self.fresh("rows"), self.fresh("sum")
         lo, hi = self._rows
-        self.line(f"{total} = {into}")
-        into = total
+        self.line(f"{total} = {partial}")  # named once, not indexed at every element
         with self.block(f"for {t} in range({self.ref(stacked)}.shape[0]):"):
             self.line(f"{rows} = {self.ref(stacked)}[{t}, {lo}:{hi}]")
             with self.block(f"for {i} in range({rows}.shape[0]):"), self.block(f"for {j} in range({rows}.shape[1]):"):
-                self.line(f"{into}[{j}] += {rows}[{i}, {j}]")
+                self.line(f"{total}[{j}] += {rows}[{i}, {j}]")
 
     def _time_loop(self, eqn: Eqn, weights: dict[tuple[int, bool], str]) -> None:
         """The loop over steps; `weights` are the cell's weights as prepared before it (see `_prepare_weights`)."""

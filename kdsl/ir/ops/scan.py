@@ -9,9 +9,9 @@ Its gradient is backpropagation through time: a second scan running the other wa
 body is the vector-Jacobian product of the cell. Values of the forward cell that the
 backward body needs become extra stacked outputs of the forward scan (its residuals), so
 nothing costly is recomputed; a value made of one other and constants (a GRU's 1 - z) is
-recomputed from that one instead of being stored too. Weight gradients that are sums over steps of `matmul_tn` or
-`reduce_sum` terms are hoisted out of the loop: their per-step operands are stacked and
-contracted once, as one large GEMM over time and batch.
+recomputed from that one instead of being stored too. Weight gradients that are sums over
+steps of `matmul_tn` or `reduce_sum` terms are hoisted out of the loop: their per-step
+operands are stacked and contracted once, as one large GEMM over time and batch.
 """
 
 from __future__ import annotations
