@@ -403,8 +403,8 @@ class Emitter(SourceWriter):
             scratch = self.fresh("scratch")
             self.line(f"{scratch} = step_scratch({prepared}, {current[0]}.shape[0], small_product)")
             self._prepared[key] = (prepared, scratch)
-        picked = {id(outer): self._step_rows_source(outer) for outer in eqn.inputs[nc : nc + nx]}
-        picked = {k: v for k, v in picked.items() if v is not None}
+        picked = {id(outer): self._step_rows_source(outer) for outer in eqn.inputs[nc : nc + nx]
+                  if id(outer) in self.rows_in_loop}  # fmt: skip
         inputs = {id(v) for v in body.inputs}
         swapped = {}  # carry index -> the second buffer its new value is written to
         for k, var in enumerate(body.outputs[:nc]):
@@ -450,11 +450,9 @@ class Emitter(SourceWriter):
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
             self.line(f"{self.rows(final, var)}[...] = {name}")
 
-    def _step_rows_source(self, outer: Var) -> tuple[str, str, str] | None:
+    def _step_rows_source(self, outer: Var) -> tuple[str, str, str]:
         """For a sequence the loop reads through rows picked at each step (`rows_in_loop`): before the loop,
         the array holding the rows, whether they are picked by id, and room for one step's rows."""
-        if id(outer) not in self.rows_in_loop:
-            return None
         projected, by_id, _ = self.rows_in_loop[id(outer)]
         self.touch(projected)  # read here, so no later buffer may take its place before the loop ends
         source, picking, step = self.fresh("source"), self.fresh("by_id"), self.fresh("rows")
