@@ -1,11 +1,12 @@
-"""kdsl against PyTorch on the reference workloads, side by side in one run: `python -m benchmarks`.
+"""kdsl against PyTorch and Keras on the reference workloads, side by side in one run: `python -m benchmarks`.
 
-Each workload (see `benchmarks.workloads`) alternates kdsl and PyTorch, each side in a worker process
-of its own (see `benchmarks.sides`), after a warm-up run of each, and reports medians, the ratio
-kdsl / PyTorch (time), kdsl's achieved GFLOP/s and its share of this machine's float32 GEMM rate (a
-1024³ NumPy matmul, measured in the same run). The datasets come from $KDSL_DATA (see
-kdsl.datasets). `--chart` draws the ratios (needs matplotlib); `--compile` adds the cold and cached
-compile of every example (several minutes).
+Each workload (see `benchmarks.workloads`) alternates kdsl, PyTorch and Keras (those installed; Keras
+runs W1 to W4), each side in a worker process of its own (see `benchmarks.sides`), after a warm-up run
+of each, and reports medians, the ratio kdsl / PyTorch (time), Keras's speed-up Keras / kdsl (time),
+kdsl's achieved GFLOP/s and its share of this machine's float32 GEMM rate (a 1024³ NumPy matmul,
+measured in the same run). The datasets come from $KDSL_DATA (see kdsl.datasets). `--chart` draws
+the ratios (needs matplotlib); `--compile` adds the cold and cached compile of every example (several
+minutes).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import numpy as np
 from benchmarks.compile_times import compile_times
 from benchmarks.compile_times import markdown as compile_markdown
 from benchmarks.sides import Side
-from benchmarks.workloads import WORKLOADS, Race
+from benchmarks.workloads import REFERENCES, WORKLOADS, Race
 
+PACKAGES = {"torch": ("torch",), "keras": ("keras", "tensorflow")}  # what each reference side imports
 PAUSE = 0.2  # seconds between turns, for the other side's spinning threads to go to sleep
 TURN = 0.05  # shortest turn in seconds: a faster workload runs several times per turn
 
@@ -37,16 +39,21 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def alternate(index: int, race: Race, ours: Side, theirs: Side | None) -> tuple[float, float | None]:
-    """Median seconds per run over `race.repeat` turns of each side; a turn lasts at least TURN seconds."""
-    sides = (ours, theirs) if theirs else (ours,)
-    calls = {side: max(1, math.ceil(TURN / side.time(index))) for side in sides}
-    times: dict[Side, list[float]] = {side: [] for side in sides}
+# (race, median seconds per run by side: "kdsl", and each reference that runs the race)
+Result = tuple[Race, dict[str, float]]
+
+
+def alternate(index: int, race: Race, sides: dict[str, Side]) -> dict[str, float]:
+    """Median seconds per run over `race.repeat` turns of each side that runs the race; a turn lasts at least
+    TURN seconds."""
+    sides = {name: side for name, side in sides.items() if side.runs[index]}
+    calls = {name: max(1, math.ceil(TURN / side.time(index))) for name, side in sides.items()}
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(race.repeat):
-        for side in sides:
+        for name, side in sides.items():
             time.sleep(PAUSE)
-            times[side].append(side.time(index, calls[side]))
-    return statistics.median(times[ours]), statistics.median(times[theirs]) if theirs else None
+            times[name].append(side.time(index, calls[name]))
+    return {name: statistics.median(runs) for name, runs in times.items()}
 
 
 def gemm_rate() -> float:
@@ -56,20 +63,23 @@ def gemm_rate() -> float:
     return 2 * 1024**3 / seconds / 1e9
 
 
-def table(results: list[tuple[Race, float, float | None]], peak: float) -> str:
-    lines = [
-        "| workload | kdsl | PyTorch | kdsl / PyTorch (time) | kdsl GFLOP/s | of GEMM peak |",
-        "|---|---|---|---|---|---|",
-    ]
-    for race, ours, theirs in results:
+def table(results: list[Result], peak: float, keras: bool) -> str:
+    """Markdown: each side's figure, kdsl / PyTorch and Keras / kdsl (time), kdsl's rate; Keras's columns if run."""
+    head = ["workload", "kdsl", "PyTorch", "kdsl / PyTorch (time)"]
+    head += ["Keras", "Keras / kdsl (time)"] if keras else []
+    lines = ["| " + " | ".join([*head, "kdsl GFLOP/s", "of GEMM peak"]) + " |", "|---" * (len(head) + 2) + "|"]
+    for race, seconds in results:
+        ours, torch, tf = seconds["kdsl"], seconds.get("torch"), seconds.get("keras")
+        cells = [race.name, f"{race.value(ours):.3g}"]
+        cells += ["—", "—"] if torch is None else [f"{race.value(torch):.3g}", f"{ours / torch:.2f}"]
+        if keras:
+            cells += ["—", "—"] if tf is None else [f"{race.value(tf):.3g}", f"{tf / ours:.1f}×"]
         rate = race.flops / ours / 1e9
-        theirs_text, ratio = ("—", "—") if theirs is None else (f"{race.value(theirs):.3g}", f"{ours / theirs:.2f}")
-        lines.append(f"| {race.name} | {race.value(ours):.3g} | {theirs_text} | {ratio} | {rate:.1f} | "
-                     f"{rate / peak:.0%} |")  # fmt: skip
+        lines.append("| " + " | ".join([*cells, f"{rate:.1f}", f"{rate / peak:.0%}"]) + " |")
     return "\n".join(lines)
 
 
-def chart(results: list[tuple[Race, float, float | None]], path: str, machine: str) -> None:
+def chart(results: list[Result], path: str, machine: str) -> None:
     """A horizontal bar per workload: kdsl's time as a fraction of PyTorch's (below 1: kdsl is faster)."""
     try:
         import matplotlib
@@ -79,7 +89,7 @@ def chart(results: list[tuple[Race, float, float | None]], path: str, machine: s
     except ImportError:
         print("matplotlib is not installed: no chart (pip install matplotlib)")
         return
-    measured = [(race.name.rsplit(" (", 1)[0], ours / theirs) for race, ours, theirs in results if theirs]
+    measured = [(race.name.rsplit(" (", 1)[0], s["kdsl"] / s["torch"]) for race, s in results if "torch" in s]
     names, ratios = zip(*reversed(measured))
     figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.4))
     axes.barh(names, ratios, color=["#2a7" if r < 1 else "#c43" for r in ratios])
@@ -102,25 +112,26 @@ def main() -> None:
     parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
     parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
     args = parser.parse_args()
-    has_torch = importlib.util.find_spec("torch") is not None
-    if not has_torch:
-        print("PyTorch is not installed: kdsl alone")
+    references = [name for name in REFERENCES if all(importlib.util.find_spec(p) for p in PACKAGES[name])]
+    for name in sorted(set(REFERENCES) - set(references)):
+        print(f"{name} is not installed: no {name} side (pip install {' '.join(PACKAGES[name])})")
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("numpy", "numba", "torch")[: 2 + has_torch])
+    packages = ["numpy", "numba", *(package for name in references for package in PACKAGES[name])]
+    distributions = metadata.packages_distributions()  # "tensorflow" may come as tensorflow-cpu
+    versions = ", ".join(f"{name} {metadata.version(distributions.get(name, [name])[0])}" for name in packages)
     print(f"machine: {machine}, Python {platform.python_version()}, {versions}; {args.threads} threads")
     peak = gemm_rate()
     print(f"float32 GEMM (1024³, NumPy): {peak:.0f} GFLOP/s")
-    ours = Side(torch_side=False, quick=args.quick, threads=args.threads, only=tuple(args.only))
-    theirs = Side(torch_side=True, quick=args.quick, threads=args.threads, only=tuple(args.only)) if has_torch else None
+    sides = {name: Side(name, args.quick, args.threads, tuple(args.only)) for name in ("kdsl", *references)}
     results = []
-    for index, race in enumerate(ours.races):
-        kdsl_s, torch_s = alternate(index, race, ours, theirs)
-        results.append((race, kdsl_s, torch_s))
-        print(f"  {race.name}: {race.value(kdsl_s):.3g}" + (f" against {race.value(torch_s):.3g}" if torch_s else ""))
-    for side in (ours, theirs) if theirs else (ours,):
+    for index, race in enumerate(sides["kdsl"].races):
+        seconds = alternate(index, race, sides)
+        results.append((race, seconds))
+        print(f"  {race.name}: " + ", ".join(f"{name} {race.value(s):.3g}" for name, s in seconds.items()))
+    for side in sides.values():
         side.close()
     print()
-    print(table(results, peak))
+    print(table(results, peak, keras="keras" in references))
     if args.chart:
         chart(results, args.chart, machine)
     if args.compile:

@@ -1,4 +1,5 @@
-"""The reference workloads: each is a race between kdsl and the same network written in PyTorch.
+"""The reference workloads: each is a race between kdsl and the same network written in PyTorch, and for
+W1 to W4 in Keras too (Keras 3 on TensorFlow, where installed).
 
 W1 sequential-MNIST LSTM(64)+BN+Dense(10), SGD 0.01, batch 64, one epoch of 60,000 (real MNIST).
 W2 Fashion-MNIST MLP 784-300-100-10, SGD 0.01, batch 32, one epoch of 55,000 (real Fashion-MNIST).
@@ -9,7 +10,8 @@ DeepBench-style recurrent shapes (input size = hidden size, as DeepBench has it)
 (forward, mean squared error of the last state, backward; no optimizer update, on both sides) and as inference.
 
 W1 and W2 run whole epochs through `Model.fit` (batching, optimizer updates and metrics included) against a
-plain PyTorch loop; the others call the compiled model directly.
+plain PyTorch loop and Keras's `fit`; the others call the compiled model directly, against PyTorch's modules
+and Keras's `predict` (W3) and `train_on_batch` (W4).
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ train DeepBench {{ loss = mean_squared_error }}"""
 DEEPBENCH_SHAPES = [("lstm", "LSTM", 256, 16, 150), ("gru", "GRU", 512, 32, 1), ("simple_rnn", "RNN", 64, 1, 96)]
 
 
+REFERENCES = ("torch", "keras")  # the frameworks kdsl races, each an attribute of `Race`
+
+
 @dataclass
 class Race:
-    """One workload: `kdsl()` and `torch()` each run it once; `flops` is one run's work as kdsl's IR counts it."""
+    """One workload: `kdsl()`, `torch()` and `keras()` each run it once (a reference not built is None);
+    `flops` is one run's work as kdsl's IR counts it."""
 
     name: str
     unit: str  # "s", "ms", or "samples/s" (then `samples` per run)
@@ -60,6 +66,7 @@ class Race:
     flops: float
     repeat: int = 3
     samples: int = 0
+    keras: Callable[[], object] | None = None
 
     def value(self, seconds: float) -> float:
         if self.unit == "samples/s":
@@ -79,10 +86,13 @@ def images(dataset, held_out: int = 0, fraction: float = 1.0) -> tuple[np.ndarra
     return x[held_out:end].astype(np.float32) / 255, y[held_out:end].astype(np.int64)
 
 
-def epoch_race(torch, name: str, file: str, dataset, batch_size: int, network, held_out=0, fraction=1.0) -> Race:
-    """One epoch of an example through `Model.fit` against the same network in a plain PyTorch loop with SGD 0.01.
+def epoch_race(torch, keras, name: str, file: str, dataset, batch_size: int, network, keras_layers, held_out=0,
+               fraction=1.0) -> Race:  # fmt: skip
+    """One epoch of an example through `Model.fit` against the same network in a plain PyTorch loop with SGD 0.01,
+    and in Keras's `fit` with the same optimizer, loss and metric.
 
     `network(torch)` builds the PyTorch model: a function from a batch of images to logits, and its parameters.
+    `keras_layers(keras)` lists the Keras layers after the input.
     """
     x, y = images(dataset, held_out, fraction)
     model = kdsl.load_model_file(EXAMPLES / file)
@@ -103,7 +113,13 @@ def epoch_race(torch, name: str, file: str, dataset, batch_size: int, network, h
                 torch.nn.functional.cross_entropy(logits(tx[rows]), ty[rows]).backward()
                 sgd.step()
 
-    return Race(name, "s", ours, theirs, flops)
+    keras_fit = None
+    if keras:
+        net = keras.Sequential([keras.Input(x.shape[1:]), *keras_layers(keras)])
+        net.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        keras_fit = lambda: net.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # noqa: E731
+
+    return Race(name, "s", ours, theirs, flops, keras=keras_fit)
 
 
 def lstm_network(torch):
@@ -117,6 +133,10 @@ def lstm_network(torch):
     return logits, [*lstm.parameters(), *norm.parameters(), *head.parameters()]
 
 
+def lstm_layers(keras):
+    return [keras.layers.LSTM(64), keras.layers.BatchNormalization(), keras.layers.Dense(10, activation="softmax")]
+
+
 def mlp_network(torch):
     nn = torch.nn
     layers = [nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)]
@@ -124,17 +144,23 @@ def mlp_network(torch):
     return net, list(net.parameters())
 
 
-def w1(torch, fraction: float, epoch: str) -> Race:
-    return epoch_race(torch, f"W1 LSTM sequential MNIST, {epoch} (s)", "mnist_lstm.kd", mnist, 64, lstm_network,
-                      fraction=fraction)  # fmt: skip
+def mlp_layers(keras):
+    dense = keras.layers.Dense
+    return [keras.layers.Flatten(), dense(300, activation="relu"), dense(100, activation="relu"),
+            dense(10, activation="softmax")]  # fmt: skip
 
 
-def w2(torch, fraction: float, epoch: str) -> Race:
-    return epoch_race(torch, f"W2 MLP Fashion-MNIST, {epoch} (s)", "fashion_mlp.kd", fashion_mnist, 32, mlp_network,
-                      held_out=5000, fraction=fraction)  # fmt: skip
+def w1(torch, keras, fraction: float, epoch: str) -> Race:
+    return epoch_race(torch, keras, f"W1 LSTM sequential MNIST, {epoch} (s)", "mnist_lstm.kd", mnist, 64,
+                      lstm_network, lstm_layers, fraction=fraction)  # fmt: skip
 
 
-def w3(torch, batch: int, repeat: int) -> Race:
+def w2(torch, keras, fraction: float, epoch: str) -> Race:
+    return epoch_race(torch, keras, f"W2 MLP Fashion-MNIST, {epoch} (s)", "fashion_mlp.kd", fashion_mnist, 32,
+                      mlp_network, mlp_layers, held_out=5000, fraction=fraction)  # fmt: skip
+
+
+def w3(torch, keras, batch: int, repeat: int) -> Race:
     graph = load(W3, "w3.kd").models["W3"]
     model = compile_model(graph, target="cpu", training=False)
     tokens = np.random.default_rng(0).integers(0, 1000, (batch, 100)).astype(np.int32)
@@ -149,11 +175,20 @@ def w3(torch, batch: int, repeat: int) -> Race:
                 _, (h, _) = lstm(embed(t))
                 torch.softmax(head(h[-1]), -1)
 
+    keras_predict = None
+    if keras:
+        layers = keras.layers
+        net = keras.Sequential([keras.Input((100,), dtype="int32"), layers.Embedding(1000, 64), layers.LSTM(128),
+                                layers.Dense(10, activation="softmax")])  # fmt: skip
+        # `predict`, the call Keras users serve with; `predict_on_batch` skips its set-up (see RESULTS.md)
+        keras_predict = lambda: net.predict(tokens, batch_size=batch, verbose=0)  # noqa: E731
+
     name = f"W3 Embedding-LSTM(128)-Dense inference, batch {batch} (ms)"
-    return Race(name, "ms", lambda: model.forward(tokens), theirs, flops_per_call(graph, batch, False), repeat)
+    flops = flops_per_call(graph, batch, False)
+    return Race(name, "ms", lambda: model.forward(tokens), theirs, flops, repeat, keras=keras_predict)
 
 
-def w4(torch, steps: int = 10) -> Race:
+def w4(torch, keras, steps: int = 10) -> Race:
     graph = load(W4, "w4.kd").models["W4"]
     model = kdsl.Model.from_graph(graph)
     model.compile()
@@ -181,9 +216,21 @@ def w4(torch, steps: int = 10) -> Race:
                 torch.nn.functional.cross_entropy(head(h[-1]), y).backward()
                 adam.step()
 
+    keras_steps = None
+    if keras:
+        layers = keras.layers
+        net = keras.Sequential([keras.Input((50,), dtype="int32"), layers.Embedding(1000, 64),
+                                layers.GRU(256, return_sequences=True), layers.SimpleRNN(128),
+                                layers.Dense(10, activation="softmax")])  # fmt: skip
+        net.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy")
+
+        def keras_steps():
+            for _ in range(steps):
+                net.train_on_batch(tokens, labels)
+
     name = "W4 Embedding-GRU(256)-SimpleRNN(128)-Dense, Adam, batch 64 (samples/s)"
     flops = steps * flops_per_call(graph, 64, training=True)
-    return Race(name, "samples/s", ours, theirs, flops, samples=64 * steps)
+    return Race(name, "samples/s", ours, theirs, flops, samples=64 * steps, keras=keras_steps)
 
 
 def deepbench(torch, layer: str, module: str, hidden: int, batch: int, steps: int, repeat: int) -> list[Race]:
@@ -222,16 +269,16 @@ def deepbench(torch, layer: str, module: str, hidden: int, batch: int, steps: in
 WORKLOADS = ("w1", "w2", "w3", "w4", "deepbench-lstm", "deepbench-gru", "deepbench-rnn")
 
 
-def races(torch, quick: bool, only: tuple[str, ...] = WORKLOADS) -> list[Race]:
-    """The workloads named in `only` (all by default); `quick` takes a quarter of W1's and W2's epoch and
-    fewer repetitions."""
+def races(torch, keras, quick: bool, only: tuple[str, ...] = WORKLOADS) -> list[Race]:
+    """The workloads named in `only` (all by default), with the side of each reference module given (else None);
+    `quick` takes a quarter of W1's and W2's epoch and fewer repetitions."""
     fraction, epoch = (0.25, "a quarter epoch") if quick else (1.0, "one epoch")
     repeat = 5 if quick else 21
     builders: dict[str, Callable[[], list[Race]]] = {
-        "w1": lambda: [w1(torch, fraction, epoch)],
-        "w2": lambda: [w2(torch, fraction, epoch)],
-        "w3": lambda: [w3(torch, batch, repeat) for batch in (1, 32, 256)],
-        "w4": lambda: [w4(torch)],
+        "w1": lambda: [w1(torch, keras, fraction, epoch)],
+        "w2": lambda: [w2(torch, keras, fraction, epoch)],
+        "w3": lambda: [w3(torch, keras, batch, repeat) for batch in (1, 32, 256)],
+        "w4": lambda: [w4(torch, keras)],
     }
     for shape in DEEPBENCH_SHAPES:
         builders[f"deepbench-{shape[0].replace('simple_', '')}"] = lambda shape=shape: deepbench(torch, *shape, repeat)
