@@ -69,11 +69,11 @@ def table(results: list[Result], peak: float, keras: bool) -> str:
     head += ["Keras", "Keras / kdsl (time)"] if keras else []
     lines = ["| " + " | ".join([*head, "kdsl GFLOP/s", "of GEMM peak"]) + " |", "|---" * (len(head) + 2) + "|"]
     for race, seconds in results:
-        ours, torch, tf = seconds["kdsl"], seconds.get("torch"), seconds.get("keras")
+        ours, torch_s, keras_s = seconds["kdsl"], seconds.get("torch"), seconds.get("keras")
         cells = [race.name, f"{race.value(ours):.3g}"]
-        cells += ["—", "—"] if torch is None else [f"{race.value(torch):.3g}", f"{ours / torch:.2f}"]
+        cells += ["—", "—"] if torch_s is None else [f"{race.value(torch_s):.3g}", f"{ours / torch_s:.2f}"]
         if keras:
-            cells += ["—", "—"] if tf is None else [f"{race.value(tf):.3g}", f"{tf / ours:.1f}×"]
+            cells += ["—", "—"] if keras_s is None else [f"{race.value(keras_s):.3g}", f"{keras_s / ours:.1f}×"]
         rate = race.flops / ours / 1e9
         lines.append("| " + " | ".join([*cells, f"{rate:.1f}", f"{rate / peak:.0%}"]) + " |")
     return "\n".join(lines)
