@@ -28,7 +28,6 @@ from benchmarks.compile_times import markdown as compile_markdown
 from benchmarks.sides import Side
 from benchmarks.workloads import REFERENCES, WORKLOADS, Race
 
-PACKAGES = {"torch": ("torch",), "keras": ("keras", "tensorflow")}  # what each reference side imports
 PAUSE = 0.2  # seconds between turns, for the other side's spinning threads to go to sleep
 TURN = 0.05  # shortest turn in seconds: a faster workload runs several times per turn
 
@@ -112,11 +111,11 @@ def main() -> None:
     parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
     parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
     args = parser.parse_args()
-    references = [name for name in REFERENCES if all(importlib.util.find_spec(p) for p in PACKAGES[name])]
+    references = [name for name in REFERENCES if all(importlib.util.find_spec(p) for p in REFERENCES[name])]
     for name in sorted(set(REFERENCES) - set(references)):
-        print(f"{name} is not installed: no {name} side (pip install {' '.join(PACKAGES[name])})")
+        print(f"{name} is not installed: no {name} side (pip install {' '.join(REFERENCES[name])})")
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    packages = ["numpy", "numba", *(package for name in references for package in PACKAGES[name])]
+    packages = ["numpy", "numba", *(package for name in references for package in REFERENCES[name])]
     distributions = metadata.packages_distributions()  # "tensorflow" may come as tensorflow-cpu
     versions = ", ".join(f"{name} {metadata.version(distributions.get(name, [name])[0])}" for name in packages)
     print(f"machine: {machine}, Python {platform.python_version()}, {versions}; {args.threads} threads")

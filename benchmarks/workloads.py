@@ -51,7 +51,8 @@ train DeepBench {{ loss = mean_squared_error }}"""
 DEEPBENCH_SHAPES = [("lstm", "LSTM", 256, 16, 150), ("gru", "GRU", 512, 32, 1), ("simple_rnn", "RNN", 64, 1, 96)]
 
 
-REFERENCES = ("torch", "keras")  # the frameworks kdsl races, each an attribute of `Race`
+# the frameworks kdsl races, each an attribute of `Race`, with the packages its side imports
+REFERENCES = {"torch": ("torch",), "keras": ("keras", "tensorflow")}
 
 
 @dataclass
