@@ -9,10 +9,15 @@
   multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
   backward (dz·Uᵀ); elsewhere every step multiplies by the transposed weight in `product_nt`.
   Both preparations are also checked directly, whichever this machine's BLAS picks.
+- Weight gradients through the newest OpenBLAS loaded (`kdsl.backends.cpu.blas`), with the `np.dot`
+  stand-in for its symbol checked too, whichever this machine binds.
 """
 
 from __future__ import annotations
 
+import ctypes
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +25,7 @@ from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
 from kdsl.backends.compiled import compile_model
+from kdsl.backends.cpu.blas import CBLAS_SGEMM, product_tn, sgemm_by_np_dot
 from kdsl.backends.cpu.loop_products import (
     SMALL_PRODUCT,
     column_blocks,
@@ -183,3 +189,45 @@ def test_product_nt_keeps_nans():
     a[1, 3] = np.nan
     product_nt(a, wt, out)
     assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
+
+
+def views(rng, k: int, cols: int) -> dict[str, np.ndarray]:
+    """A K×cols float32 matrix as BLAS reads it (rows contiguous) and in the layouts it cannot."""
+    base = rng.standard_normal((2 * k + 1, 2 * cols + 1)).astype(np.float32)
+    return {
+        "contiguous": np.ascontiguousarray(base[:k, :cols]),
+        "rows of a wider matrix": base[1 : k + 1, 1 : cols + 1],
+        "strided columns": base[:k, : 2 * cols : 2],
+        "reversed rows": base[k - 1 :: -1, :cols] if k else base[:0, :cols],
+        "broadcast row": np.broadcast_to(base[0, :cols], (k, cols)),
+    }
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 20), st.integers(1, 20), st.integers(0, 4), st.integers(0, 4))
+def test_product_tn_multiplies_like_numpy_in_every_layout(k, m, n, left, right):
+    rng = np.random.default_rng(k * 400 + m * 20 + n)
+    a, b = list(views(rng, k, m).values())[left], list(views(rng, k, n).values())[right]
+    out = np.full((m, n), np.nan, np.float32)
+    product_tn(a, b, out)
+    np.testing.assert_allclose(out, a.astype(np.float64).T @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_product_tn_keeps_nans():
+    a, b, out = np.ones((6, 2), np.float32), np.ones((6, 3), np.float32), np.zeros((2, 3), np.float32)
+    b[4, 1] = np.nan
+    product_tn(a, b, out)
+    assert np.isnan(out[:, 1]).all() and np.isfinite(out[:, [0, 2]]).all()
+
+
+def test_the_np_dot_stand_in_computes_the_call_product_tn_makes():
+    """The symbol's stand-in, called as C calls `cblas_sgemm`: c = aᵀ·b on the leading columns of wider rows."""
+    stand_in = numba.cfunc(CBLAS_SGEMM, cache=True)(sgemm_by_np_dot)
+    i32, i64, f32, p = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    call = ctypes.CFUNCTYPE(None, i32, i32, i32, i64, i64, i64, f32, p, i64, p, i64, f32, p, i64)(stand_in.address)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((7, 10), np.float32), rng.standard_normal((7, 9), np.float32)
+    out = np.zeros((4, 8), np.float32)
+    call(101, 112, 111, 4, 5, 7, 1.0, a.ctypes.data, 10, b.ctypes.data, 9, 0.0, out.ctypes.data, 8)
+    np.testing.assert_allclose(out[:, :5], a[:, :4].T @ b[:, :5], rtol=1e-5, atol=1e-5)
+    assert not out[:, 5:].any()
