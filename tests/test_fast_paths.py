@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
 from kdsl.backends.compiled import compile_model
-from kdsl.backends.cpu.blas import CBLAS_SGEMM, product_tn, sgemm_by_np_dot
+from kdsl.backends.cpu.blas import CBLAS_SGEMM, LONG_SUM, product_tn, sgemm_by_np_dot
 from kdsl.backends.cpu.loop_products import (
     SMALL_PRODUCT,
     column_blocks,
@@ -204,19 +204,22 @@ def views(rng, k: int, cols: int) -> dict[str, np.ndarray]:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 40), st.integers(1, 20), st.integers(1, 20), st.integers(0, 4), st.integers(0, 4))
+@given(st.integers(0, 40) | st.integers(LONG_SUM, LONG_SUM + 40), st.integers(1, 20), st.integers(1, 20),
+       st.integers(0, 4), st.integers(0, 4))  # fmt: skip
 def test_product_tn_multiplies_like_numpy_in_every_layout(k, m, n, left, right):
     rng = np.random.default_rng(k * 400 + m * 20 + n)
     a, b = list(views(rng, k, m).values())[left], list(views(rng, k, n).values())[right]
     out = np.full((m, n), np.nan, np.float32)
-    product_tn(a, b, out)
-    np.testing.assert_allclose(out, a.astype(np.float64).T @ b, rtol=1e-4, atol=1e-4)
+    for threads in (1, 2):  # one thread: `np.dot`; split, with a long sum: the symbol
+        out[...] = np.nan
+        product_tn(a, b, out, threads)
+        np.testing.assert_allclose(out, a.astype(np.float64).T @ b, rtol=1e-4, atol=1e-4)
 
 
 def test_product_tn_keeps_nans():
-    a, b, out = np.ones((6, 2), np.float32), np.ones((6, 3), np.float32), np.zeros((2, 3), np.float32)
+    a, b, out = np.ones((LONG_SUM, 2), np.float32), np.ones((LONG_SUM, 3), np.float32), np.zeros((2, 3), np.float32)
     b[4, 1] = np.nan
-    product_tn(a, b, out)
+    product_tn(a, b, out, 2)
     assert np.isnan(out[:, 1]).all() and np.isfinite(out[:, [0, 2]]).all()
 
 
