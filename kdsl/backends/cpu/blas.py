@@ -95,19 +95,17 @@ def row_stride(x):
 
 @numba.njit(cache=True)
 def product_tn(a, b, out, threads):
-    """out = aᵀ·b (a: K×M, b: K×N) by `kdsl_cblas_sgemm` for a long sum (K ≥ LONG_SUM) in a kernel split
-    across `threads` > 1, where every BLAS is held to one thread; by `np.dot` elsewhere.
+    """out = aᵀ·b (a: K×M, b: K×N, out: contiguous M×N) by `kdsl_cblas_sgemm`, for a long sum (K ≥ LONG_SUM)
+    in a kernel split across `threads` > 1, where every BLAS is held to one thread. Returns whether it
+    did; elsewhere the caller runs `np.dot` itself.
 
     Two BLAS libraries taking turns with threads of their own fight over the cores (a Fashion-MNIST
-    MLP epoch took 26.9 s against 1.7), and where SciPy's runs most of a step's products, as in an
-    MLP's, switching to NumPy's for short sums cost more than it saved (2.0 s against 1.7).
+    MLP epoch took 26.9 s against 1.7), and on short sums the switch cost more than it saved.
     """
     lda, ldb = row_stride(a), row_stride(b)
-    if out.size == 0:
-        return
-    if threads < 2 or a.shape[0] < LONG_SUM or lda == 0 or ldb == 0 or row_stride(out) != out.shape[1]:
-        out[...] = np.dot(np.ascontiguousarray(a.T), np.ascontiguousarray(b))
-        return
+    if threads < 2 or a.shape[0] < LONG_SUM or lda == 0 or ldb == 0 or out.size == 0:
+        return False
     one, zero = np.float32(1), np.float32(0)
     m, n, k = a.shape[1], b.shape[1], a.shape[0]
     cblas_sgemm(ROW_MAJOR, TRANSPOSE, NO_TRANSPOSE, m, n, k, one, a.ctypes, lda, b.ctypes, ldb, zero, out.ctypes, n)
+    return True
