@@ -2,18 +2,20 @@
 
 Numba's `np.dot` calls the BLAS that SciPy ships, and NumPy ships an OpenBLAS of its own, often a
 newer one. On the Zen 3 machine, with identical calls on one thread, NumPy's OpenBLAS 0.3.31 ran
-the weight-gradient shapes 25–55% faster than SciPy's 0.3.30 ((1792×64)ᵀ·(1792×256): 74 against
+the weight-gradient shapes 12–55% faster than SciPy's 0.3.30 ((1792×64)ᵀ·(1792×256): 74 against
 57 GFLOP/s; (1792×28)ᵀ·(1792×256): 64 against 42), and the same on every other product. So
-`product_tn` calls `cblas_sgemm` through the symbol `kdsl_cblas_sgemm`, which `register_sgemm`
-binds at import to the newest OpenBLAS loaded that takes 64-bit integers (NumPy's does). A symbol
-rather than an address keeps the kernels that call it cacheable on disk. Where no such OpenBLAS is
-newer than SciPy's, the symbol is a C callback running `np.dot`, which is what the kernels did before.
+`product_tn`, for long sums in kernels split across threads, calls `cblas_sgemm` through the
+symbol `kdsl_cblas_sgemm`, which `register_sgemm` binds at import to the newest OpenBLAS loaded
+that takes 64-bit integers (NumPy's does). A symbol rather than an address keeps the kernels that
+call it cacheable on disk. Where no such OpenBLAS is newer than SciPy's, the symbol is a C callback
+running `np.dot`, which is what the kernels did before.
 
 This module's source is copied into generated modules: it needs only NumPy and Numba (with threadpoolctl
 and SciPy it finds the faster BLAS).
 """
 
 import ctypes
+import functools
 
 import numba
 import numpy as np
@@ -37,18 +39,25 @@ def openblas_version(lib) -> tuple[int, ...]:
     return tuple(int(part) for part in (lib.version or "0").split(".") if part.isdigit())
 
 
-def fastest_sgemm() -> int | None:
-    """The address of the 64-bit-integer `cblas_sgemm` of the newest OpenBLAS loaded, if that is newer than
-    every OpenBLAS without one (SciPy's, which Numba's `np.dot` calls); None where another BLAS is loaded."""
+@functools.cache
+def loaded_blas() -> list | None:
+    """threadpoolctl's controllers of every BLAS in the process, SciPy's included (the one Numba's
+    `np.dot` calls, loaded here so that it is found); None without SciPy or threadpoolctl."""
     try:
-        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, to compare)
+        import scipy.linalg  # noqa: F401
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+def fastest_sgemm() -> int | None:
+    """The address of the 64-bit-integer `cblas_sgemm` of the newest OpenBLAS loaded, if that is newer than
+    every OpenBLAS without one (SciPy's, which Numba's `np.dot` calls); None where another BLAS is loaded."""
+    if loaded_blas() is None:
+        return None
     wide, narrow = [], []
-    for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api != "blas":
-            continue
+    for lib in loaded_blas():
         if lib.internal_api != "openblas":
             return None  # unmeasured
         handle = ctypes.CDLL(lib.filepath)

@@ -407,9 +407,10 @@ class Emitter(SourceWriter):
             if id(var) in inputs or not any(y is var for y in body.outputs[nc:]):
                 swapped[k] = self.fresh("next")
                 self.line(f"{swapped[k]} = {self.allocate(var)}")
-        totals = []  # each sum's partial row, named once rather than indexed at every element
+        outputs = [id(v) for v in eqn.outputs[nc:]]
+        totals = []  # (the stacked output's index, its partial row, named once rather than indexed at every element)
         for stacked_var, partial in sums:
-            totals.append((stacked_var, self.fresh("sum")))
+            totals.append((outputs.index(id(stacked_var)), self.fresh("sum")))
             self.line(f"{totals[-1][1]} = {partial}")
         t, it = self.fresh("t"), self.fresh("step")
         self._in_scan += 1
@@ -441,8 +442,8 @@ class Emitter(SourceWriter):
             self.program(body)
             for destination, var in copies:
                 self.line(f"{destination}[...] = {self.ref(var)}")
-            for stacked_var, total in totals:
-                self._sum_step_rows(steps_of[[id(v) for v in eqn.outputs].index(id(stacked_var)) - nc], total)
+            for j, total in totals:
+                self._sum_step_rows(steps_of[j], total)
             for k, name in enumerate(current):
                 if k in swapped:
                     self.line(f"{name}, {swapped[k]} = {swapped[k]}, {name}")

@@ -1,7 +1,7 @@
 """The Python side of a generated entry point: check and bind the arguments, hand the kernel its arena.
 
 This module's source is copied into generated modules, so it uses only NumPy and the
-layout planner next to it.
+layout planner and BLAS helpers next to it.
 """
 
 import contextlib
@@ -9,6 +9,7 @@ import contextlib
 import numba
 import numpy as np
 
+from kdsl.backends.cpu.blas import loaded_blas
 from kdsl.backends.cpu.loop_products import small_product_limit
 
 
@@ -89,23 +90,16 @@ MIN_ROWS_PER_THREAD = 32
 MIN_ROWS_PER_THREAD_PREPARED = 8
 
 
-_BLAS = []
-
-
 @contextlib.contextmanager
 def single_threaded_blas():
     """Every BLAS loaded kept to one thread; two thread pools fighting made a step 180x slower.
 
     Through each library's own setter: threadpoolctl's `limit` took 32 µs a call, this 13.
     """
-    if not _BLAS:
-        try:
-            import scipy.linalg  # noqa: F401  (Numba's np.dot uses SciPy's BLAS; it must be loaded to be limited)
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            raise RuntimeError("parallel kernels need threadpoolctl to keep BLAS single-threaded") from None
-        _BLAS.extend(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
-    held = [(lib, count) for lib in _BLAS if (count := lib.get_num_threads()) != 1]
+    blas = loaded_blas()
+    if blas is None:
+        raise RuntimeError("parallel kernels need threadpoolctl to keep BLAS single-threaded")
+    held = [(lib, count) for lib in blas if (count := lib.get_num_threads()) != 1]
     for lib, _ in held:
         lib.set_num_threads(1)
     try:

@@ -21,6 +21,8 @@ import functools
 import numba
 import numpy as np
 
+from kdsl.backends.cpu.blas import loaded_blas
+
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
 SUPPORT_FUNCTIONS = ("prepare_weight", "step_scratch", "transposed_copy", "column_blocks", "step_product", "product_nt")
@@ -29,12 +31,9 @@ SUPPORT_FUNCTIONS = ("prepare_weight", "step_scratch", "transposed_copy", "colum
 @functools.cache
 def small_product_limit() -> int:
     """SMALL_PRODUCT when every BLAS loaded is an OpenBLAS with the unpacked kernel; else 0: no blocks."""
-    try:
-        import scipy.linalg  # noqa: F401  (the BLAS Numba calls)
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
+    blas = loaded_blas()
+    if not blas:
         return 0
-    blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
     unpacked = all(lib.internal_api == "openblas" and lib.architecture in SMALL_KERNEL_ARCHITECTURES for lib in blas)
     return SMALL_PRODUCT if blas and unpacked else 0
 
