@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from kdsl.backends.cpu.emitter import prepares_weights
 from kdsl.backends.cpu.loop_products import small_product_limit
+from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL
 from kdsl.ir.graph import Graph, Layer
 from kdsl.ir.ops.base import numel
 from kdsl.ir.program import Eqn, Program
@@ -103,7 +104,7 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
         return None
     if not prepares_weights(scan):
         return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
-    tiles = "in 4x3 register tiles (a single row: BLAS's matrix-vector product)"
+    tiles = f"packed in {PANEL}-column panels, in register tiles of up to {MAX_TILE_ROWS} rows"
     how = "in column blocks through BLAS's unpacked kernel" if small_product_limit() else tiles
     return f"matmul by the weight prepared before the loop, {how} -> {eqn.out.type}"
 

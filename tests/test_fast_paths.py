@@ -7,7 +7,7 @@
 - Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.loop_products`):
   where BLAS has an unpacked small-matrix kernel, only a product of more than SMALL_PRODUCT
   multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
-  backward (dz·Uᵀ); elsewhere every step multiplies by the transposed weight in `product_nt`.
+  backward (dz·Uᵀ); elsewhere every step multiplies by the weight packed into panels, in register tiles.
   Both preparations are also checked directly, whichever this machine's BLAS picks.
 - Weight gradients through the newest OpenBLAS loaded (`kdsl.backends.cpu.blas`), with the `np.dot`
   stand-in for its symbol checked too, whichever this machine binds.
@@ -29,11 +29,12 @@ from kdsl.backends.cpu.blas import CBLAS_SGEMM, LONG_SUM, product_tn, sgemm_by_n
 from kdsl.backends.cpu.loop_products import (
     SMALL_PRODUCT,
     column_blocks,
+    panel_product,
     prepare_weight,
-    product_nt,
     step_product,
     step_scratch,
 )
+from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS
 from kdsl.ir.ops import OPS
 from kdsl.lang import load
 from kdsl.passes.fold import fold_gather_projections
@@ -158,22 +159,31 @@ def test_column_blocks_multiply_like_the_whole_weight(rows, k, n):
     assert count > 1 or rows * k * n <= SMALL_PRODUCT or n % 8
 
 
-def test_no_blocks_without_the_unpacked_kernel():
-    """With no small-matrix kernel to run them (limit 0), a weight is not cut but transposed."""
+def test_panels_without_the_unpacked_kernel():
+    """With no small-matrix kernel to run them (limit 0), a weight is not cut into blocks but packed into
+    panels of PANEL columns along K, the last one padded with zeros, from either orientation."""
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert column_blocks(w, 16, 0).shape == (1, 3, 4)
-    prepared = prepare_weight(w, False, 16, 0)
-    np.testing.assert_array_equal(prepared[0], w.T)
+    for prepared in (prepare_weight(w, False, 16, 0), prepare_weight(np.ascontiguousarray(w.T), True, 16, 0)):
+        assert prepared.shape == (1, 3, PANEL)
+        np.testing.assert_array_equal(prepared[0, :, :4], w)
+        assert not prepared[0, :, 4:].any()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    st.integers(1, 7), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.sampled_from([0, 200, SMALL_PRODUCT])
+    st.integers(0, 3 * MAX_TILE_ROWS + 1),
+    st.integers(1, 40),
+    st.integers(1, (max(TILE_PANELS) + 1) * PANEL + 3),
+    st.booleans(),
+    st.sampled_from([0, 200, SMALL_PRODUCT]),
+    st.booleans(),
 )
-def test_step_products_multiply_like_numpy(rows, k, n, transposed, limit):
-    """Every preparation (blocks of any width, one block, the transpose) and every tile edge of `product_nt`."""
-    rng = np.random.default_rng(rows * 1000 + k * 10 + n)
-    a = rng.standard_normal((rows, k)).astype(np.float32)
+def test_step_products_multiply_like_numpy(rows, k, n, transposed, limit, strided):
+    """Every preparation (blocks of any width, one block, panels) and every register tile: each count of rows
+    and of panels, a padded last panel, a left operand whose rows are not contiguous."""
+    rng = np.random.default_rng(rows * 10000 + k * 100 + n)
+    a = rng.standard_normal((rows, 2 * k if strided else k)).astype(np.float32)[:, :: 2 if strided else 1]
     w = rng.standard_normal((n, k) if transposed else (k, n)).astype(np.float32)
     prepared = prepare_weight(w, transposed, rows, limit)
     scratch = step_scratch(prepared, rows, limit)
@@ -183,12 +193,18 @@ def test_step_products_multiply_like_numpy(rows, k, n, transposed, limit):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_product_nt_keeps_nans():
-    """Fast-math here never assumes away NaNs: a diverging step must still show as NaN."""
-    a, wt, out = np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), np.zeros((2, 5), np.float32)
-    a[1, 3] = np.nan
-    product_nt(a, wt, out)
-    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
+def test_panel_products_keep_nans():
+    """A NaN in a row must show in that row's outputs and in no other: a diverging step still shows as NaN.
+    An output whose rows are not contiguous is refused: the tiles write whole vectors."""
+    rows, k, n = 7, 8, 2 * PANEL + 5
+    a, w = np.ones((rows, k), np.float32), np.ones((k, n), np.float32)
+    a[5, 3] = np.nan
+    prepared = prepare_weight(w, False, rows, 0)
+    out = np.zeros((rows, n), np.float32)
+    step_product(a, prepared, step_scratch(prepared, rows, 0), 0, out)
+    assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
+    with pytest.raises(ValueError, match="contiguous"):
+        panel_product(a, prepared, step_scratch(prepared, rows, 0), np.zeros((rows, 2 * n), np.float32)[:, ::2])
 
 
 def views(rng, k: int, cols: int) -> dict[str, np.ndarray]:

@@ -8,10 +8,9 @@ and (4×128)·(128×512) at 5. So the weight is prepared before the loop (`prepa
 - Where BLAS multiplies small matrices without packing them (OpenBLAS's AVX-512 builds, up to
   M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`). On a Zen 4
   core, (16×256)·(256×192) ran at 116 GFLOP/s and (8×256)·(256×1024) whole at 35.
-- Elsewhere it is transposed, so that each output is the dot product of two contiguous rows.
-  `product_nt` computes them four rows by three columns at a time, the sums in registers: on
-  the Zen 3 core, 66–71 GFLOP/s from 8 to 48 rows by (256×1020), where a 1024³ GEMM reaches
-  72, and 15 µs for (4×128)·(128×512). A single row stays with BLAS, whose matrix-vector product is faster.
+- Elsewhere it is packed into panels of PANEL columns (`pack_panels`), which the register tiles of
+  `kdsl.backends.cpu.register_tiles` multiply (`panel_product`): on the Zen 3 core (32×256)·(256×768)
+  at 83–84 GFLOP/s, where a 1024³ GEMM reaches 68–82 and OpenBLAS on these shapes 53–58.
 
 This module's source is copied into generated modules: it needs only NumPy and Numba.
 """
@@ -22,10 +21,14 @@ import numba
 import numpy as np
 
 from kdsl.backends.cpu.blas import loaded_blas
+from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, tile_product
 
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
-SUPPORT_FUNCTIONS = ("prepare_weight", "step_scratch", "transposed_copy", "column_blocks", "step_product", "product_nt")
+SUPPORT_FUNCTIONS = (
+    *("prepare_weight", "step_scratch", "transposed_copy", "column_blocks", "pack_panels"),
+    *("step_product", "panel_product"),
+)
 
 
 @functools.cache
@@ -42,19 +45,18 @@ def small_product_limit() -> int:
 def prepare_weight(w, transposed, rows, limit):
     """The right operand of a·w (a·wᵀ if `transposed`), prepared for `step_product` with up to `rows` rows.
 
-    With a `limit` (`small_product_limit()`): column blocks (count, K, width). Without: the
-    operand transposed, (1, N, K).
+    With a `limit` (`small_product_limit()`): column blocks (count, K, width). Without: panels
+    (count, K, PANEL).
     """
     if limit:
         return column_blocks(transposed_copy(w) if transposed else w, rows, limit)
-    rows_of_wt = w if transposed else transposed_copy(w)
-    return rows_of_wt.reshape((1, *rows_of_wt.shape))
+    return pack_panels(w, transposed)
 
 
 @numba.njit(cache=True)
 def step_scratch(prepared, rows, limit):
-    """What `step_product` needs beside a prepared weight for `rows` rows: room for one column block."""
-    return np.empty((rows, prepared.shape[2]) if limit else (0, 0), np.float32)
+    """What `step_product` needs beside a prepared weight for `rows` rows: room for one block or panel."""
+    return np.empty((rows, prepared.shape[2]), np.float32)
 
 
 @numba.njit(cache=True)
@@ -98,10 +100,7 @@ def column_blocks(w, rows, limit):
 def step_product(a, prepared, scratch, limit, out):
     """out = a·w, with w given as `prepare_weight` made it (under the same `limit`)."""
     if not limit:
-        if a.shape[0] == 1:
-            np.dot(a, prepared[0].T, out)
-        else:
-            product_nt(a, prepared[0], out)
+        panel_product(a, prepared, scratch, out)
         return
     if prepared.shape[0] == 1:
         np.dot(a, prepared[0], out)
@@ -114,56 +113,45 @@ def step_product(a, prepared, scratch, limit, out):
                 out[i, b * width + j] = scratch[i, j]
 
 
-# reassociation lets LLVM vectorize the sums along K (fast-math without "no NaNs": a NaN must show)
-@numba.njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
-def product_nt(a, wt, out):
-    """out = a·wtᵀ (a: M×K, wt: N×K), each output a dot product of two rows, 4×3 of them at a time.
+@numba.njit(cache=True)
+def pack_panels(w, transposed):
+    """w (K×N), or wᵀ if `transposed` (w N×K), as panels (count, K, PANEL) of its columns, the last one
+    padded with zeros: what `tile_product` reads, PANEL floats at a time along K."""
+    k, n = (w.shape[1], w.shape[0]) if transposed else w.shape
+    panels = np.zeros((-(-n // PANEL), k, PANEL), np.float32)
+    for b in range(panels.shape[0]):
+        width = min(PANEL, n - b * PANEL)
+        for p in range(k):
+            for j in range(width):
+                panels[b, p, j] = w[b * PANEL + j, p] if transposed else w[p, b * PANEL + j]
+    return panels
 
-    Twelve sums in registers, seven rows read per step along K: on the Zen 3 core 4×3 tiles ran
-    at 66–71 GFLOP/s for 8 to 48 rows, 2×4 tiles at 52–62 and 3×4 (spilling) at 35–40.
+
+@numba.njit(cache=True)
+def panel_product(a, panels, scratch, out):
+    """out = a·w, w packed by `pack_panels`; `scratch` (a's rows × PANEL) takes the padded last panel.
+
+    The rows are cut into tiles of at most MAX_TILE_ROWS, as even as they go (32 rows: 5, 5, 5, 5, 6, 6),
+    since a tile of a few rows cannot keep the multiply-add units busy.
     """
-    m, k = a.shape
-    n = wt.shape[0]
-    m4, n3 = m - m % 4, n - n % 3
-    for j in range(0, n3, 3):
-        w0, w1, w2 = wt[j], wt[j + 1], wt[j + 2]
-        for i in range(0, m4, 4):
-            a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-            s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = np.float32(0)
-            for p in range(k):
-                v0, v1, v2 = w0[p], w1[p], w2[p]
-                x = a0[p]
-                s00 += x * v0
-                s01 += x * v1
-                s02 += x * v2
-                x = a1[p]
-                s10 += x * v0
-                s11 += x * v1
-                s12 += x * v2
-                x = a2[p]
-                s20 += x * v0
-                s21 += x * v1
-                s22 += x * v2
-                x = a3[p]
-                s30 += x * v0
-                s31 += x * v1
-                s32 += x * v2
-            out[i, j], out[i, j + 1], out[i, j + 2] = s00, s01, s02
-            out[i + 1, j], out[i + 1, j + 1], out[i + 1, j + 2] = s10, s11, s12
-            out[i + 2, j], out[i + 2, j + 1], out[i + 2, j + 2] = s20, s21, s22
-            out[i + 3, j], out[i + 3, j + 1], out[i + 3, j + 2] = s30, s31, s32
-        for i in range(m4, m):
-            a0 = a[i]
-            s00 = s01 = s02 = np.float32(0)
-            for p in range(k):
-                x = a0[p]
-                s00 += x * w0[p]
-                s01 += x * w1[p]
-                s02 += x * w2[p]
-            out[i, j], out[i, j + 1], out[i, j + 2] = s00, s01, s02
-    for j in range(n3, n):
-        for i in range(m):
-            s = np.float32(0)
-            for p in range(k):
-                s += a[i, p] * wt[j, p]
-            out[i, j] = s
+    if out.size and out.strides[1] != 4:
+        raise ValueError("panel_product writes rows of contiguous floats")
+    if a.size and a.strides[1] != 4:  # the tiles read each row as contiguous floats
+        a = np.ascontiguousarray(a)
+    m, n = a.shape[0], out.shape[1]
+    full = n // PANEL
+    tiles = -(-m // MAX_TILE_ROWS)
+    i = 0
+    for t in range(tiles):
+        rows = m // tiles + (1 if t < m % tiles else 0)
+        q = 0
+        while q < full:
+            count = min(TILE_PANELS[rows], full - q)
+            tile_product(rows, count, a, i, panels, q, out, q * PANEL)
+            q += count
+        if full < panels.shape[0]:
+            tile_product(rows, 1, a, i, panels, full, scratch, 0)
+            for r in range(i, i + rows):
+                for j in range(full * PANEL, n):
+                    out[r, j] = scratch[r, j - full * PANEL]
+        i += rows
