@@ -131,8 +131,9 @@ def pack_panels(w, transposed):
 def panel_product(a, panels, scratch, out):
     """out = a·w, w packed by `pack_panels`; `scratch` (a's rows × PANEL) takes the padded last panel.
 
-    The rows are cut into tiles of at most MAX_TILE_ROWS, as even as they go (32 rows: 5, 5, 5, 5, 6, 6),
-    since a tile of a few rows cannot keep the multiply-add units busy.
+    The rows are cut into tiles of at most MAX_TILE_ROWS, as even as they go (32 rows: 6, 6, 5, 5, 5, 5),
+    since a tile of a few rows cannot keep the multiply-add units busy; each tile takes TILE_PANELS[rows]
+    panels at a time, and what is left of them one by one.
     """
     if out.size and out.strides[1] != 4:
         raise ValueError("panel_product writes rows of contiguous floats")
@@ -146,7 +147,7 @@ def panel_product(a, panels, scratch, out):
         rows = m // tiles + (1 if t < m % tiles else 0)
         q = 0
         while q < full:
-            count = min(TILE_PANELS[rows], full - q)
+            count = TILE_PANELS[rows] if full - q >= TILE_PANELS[rows] else 1
             tile_product(rows, count, a, i, panels, q, out, q * PANEL)
             q += count
         if full < panels.shape[0]:

@@ -66,7 +66,8 @@ def _emit_tile(builder, rows: int, panels: int, a, lda, b, k, out, ldo) -> None:
 def tile_product(typingctx, rows, panels, a, i, packed, q, out, j):
     """out[i:i + rows, j:j + panels·PANEL] = a[i:i + rows]·(panels q to q + panels of `packed`).
 
-    `rows` (1 to MAX_TILE_ROWS) and `panels` (1 to TILE_PANELS[rows]) pick one of the specialized loops;
+    `rows` (1 to MAX_TILE_ROWS) and `panels` (1 or TILE_PANELS[rows]) pick one of the specialized loops (each
+    more of them costs every kernel that multiplies in a time loop compile time);
     `a` and `out` are matrices with contiguous rows, `packed` (count, K, PANEL) is C-contiguous.
     """
     sig = types.void(rows, panels, a, i, packed, q, out, j)
@@ -89,7 +90,7 @@ def tile_product(typingctx, rows, panels, a, i, packed, q, out, j):
         choice = builder.add(builder.mul(rows, ir.Constant(intp, 8)), panels)
         switch = builder.switch(choice, done)
         for r in range(1, MAX_TILE_ROWS + 1):
-            for n in range(1, TILE_PANELS[r] + 1):
+            for n in sorted({1, TILE_PANELS[r]}):  # the most sums a tile holds, and one panel for the rest
                 case = builder.append_basic_block(f"tile_{r}x{n}")
                 switch.add_case(ir.Constant(intp, 8 * r + n), case)
                 builder.position_at_end(case)
