@@ -9,8 +9,8 @@ and (4×128)·(128×512) at 5. So the weight is prepared before the loop (`prepa
   M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`). On a Zen 4
   core, (16×256)·(256×192) ran at 116 GFLOP/s and (8×256)·(256×1024) whole at 35.
 - Elsewhere it is packed into panels of PANEL columns (`pack_panels`), which the register tiles of
-  `kdsl.backends.cpu.register_tiles` multiply (`panel_product`): on the Zen 3 core (32×256)·(256×768)
-  at 83–84 GFLOP/s, where a 1024³ GEMM reaches 68–82 and OpenBLAS on these shapes 53–58.
+  `kdsl.backends.cpu.register_tiles` multiply (`panel_product`): on the Zen 3 core 67–73 GFLOP/s
+  from 8 to 32 rows, where a 1024³ GEMM reaches 68–82 and OpenBLAS on these shapes 29–51.
 
 This module's source is copied into generated modules: it needs only NumPy and Numba.
 """

@@ -2,13 +2,13 @@
 vector registers, written as LLVM IR because Numba does not vectorize this form by itself.
 
 A weight is packed once before a time loop into panels of PANEL columns, each (K, PANEL) contiguous
-(`kdsl.backends.cpu.loop_products`). A tile of up to six rows of `a` and one to six panels keeps its
-sums in twelve or fewer 8-float registers: at every p along K it loads the panels' row p, broadcasts
+(`kdsl.backends.cpu.loop_products`). A tile of up to six rows of `a` and up to six panels keeps its
+sums in eight to twelve 8-float registers: at every p along K it loads the panels' row p, broadcasts
 each a[i, p] and adds their products (fused multiply-add). No horizontal sums, no packing at each
 step. (Where the CPU has no fused multiply-add, LLVM calls a library routine for each: right, and slow.)
-On a Zen 3 core, 6×16 tiles ran (32×256)·(256×768) at 83–84 GFLOP/s and (32×64)·(64×256) at
-65, where 4×3 tiles of dot products (the kernel before this one) reached 55–68 and 38, and OpenBLAS
-53–58 on the first.
+On a Zen 3 core, one thread ran (32×256)·(256×768) at 71–73 GFLOP/s (84 in a faster minute) and
+(32×64)·(64×256) at 64–69, where 4×3 tiles of dot products (the kernel before this one) reached 55–68
+and 38, and OpenBLAS 51 and 47.
 
 This module's source is copied into generated modules: it needs only Numba and its llvmlite.
 """
@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 PANEL = 16  # columns of a packed panel: two 8-float vectors (AVX2's width; two NEON vectors a half)
-LANES = 8
+LANES = 8  # floats in a vector register
 MAX_TILE_ROWS = 6
 # panels per tile for each count of rows: twelve sums where the rows allow, eight at least
 TILE_PANELS = (0, 6, 3, 2, 1, 1, 1)
@@ -66,9 +66,9 @@ def _emit_tile(builder, rows: int, panels: int, a, lda, b, k, out, ldo) -> None:
 def tile_product(typingctx, rows, panels, a, i, packed, q, out, j):
     """out[i:i + rows, j:j + panels·PANEL] = a[i:i + rows]·(panels q to q + panels of `packed`).
 
-    `rows` (1 to MAX_TILE_ROWS) and `panels` (1 or TILE_PANELS[rows]) pick one of the specialized loops (each
-    more of them costs every kernel that multiplies in a time loop compile time);
-    `a` and `out` are matrices with contiguous rows, `packed` (count, K, PANEL) is C-contiguous.
+    `rows` (1 to MAX_TILE_ROWS) and `panels` (1 or TILE_PANELS[rows]) pick one of the specialized loops (few
+    of them: each is compiled again into every kernel with a time loop); `a` and `out` are matrices with
+    contiguous rows, `packed` (count, K, PANEL) is C-contiguous.
     """
     sig = types.void(rows, panels, a, i, packed, q, out, j)
 
