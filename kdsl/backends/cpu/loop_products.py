@@ -26,8 +26,13 @@ from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, 
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
 SUPPORT_FUNCTIONS = (
-    *("prepare_weight", "step_scratch", "transposed_copy", "column_blocks", "pack_panels"),
-    *("step_product", "panel_product"),
+    "prepare_weight",
+    "step_scratch",
+    "transposed_copy",
+    "column_blocks",
+    "pack_panels",
+    "step_product",
+    "panel_product",
 )
 
 
