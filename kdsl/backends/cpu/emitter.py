@@ -45,7 +45,8 @@ class Emitter(SourceWriter):
     buffers: list[Buffer] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     prefix: str = "kernel"  # of the names of the functions chunks become
-    functions: list[tuple[str, list[str], list[str], bool]] = field(default_factory=list)  # name, args, body, parallel
+    functions: list[tuple[str, list[str], list[str], bool]] = field(default_factory=list)  # name, args, body,
+    # and whether it is the Python around chunks run on threads rather than a compiled function
     _chunk_start: int = 0
     _depth: int = 1
     _count: int = 0
@@ -105,7 +106,7 @@ class Emitter(SourceWriter):
 
     @property
     def threaded(self) -> bool:
-        """Whether code emitted here may open a parallel region (never inside a time loop)."""
+        """Whether code emitted here may run chunks on threads (never inside a time loop)."""
         return self.parallel and not self._in_scan
 
     def chunk_count(self, rows: str) -> str:
@@ -116,16 +117,17 @@ class Emitter(SourceWriter):
 
     @contextmanager
     def row_chunks(self, rows: str, count: str | None = None) -> Iterator[tuple[str, str, str, str]]:
-        """A `prange` over `count` chunks of `rows` (by default one per thread); yields (chunk, count, lo, hi).
+        """`count` chunks of `rows` (by default one per thread), run on as many threads by `run_chunks`;
+        yields (chunk, count, lo, hi).
 
-        The work of one chunk becomes a serial function called from the `prange`. Inside a parallel
-        region Numba types slices as possibly non-contiguous, and `np.dot` then copies its operands:
-        a 16-row product there took 80 µs against 30 µs in a plain function. (The cold compile of
-        examples/mnist_lstm.kd also went from 51–58 s to 41 s.)
+        The work of one chunk becomes a compiled function of its own, called on each thread; the kernel
+        around it stays Python (see `kdsl.backends.cpu.entry.run_chunks`). With Numba's `prange` instead,
+        each such kernel was compiled as a parallel region, which linked the chunk's function, and all it
+        calls, into its code twice more: half of examples/mnist_lstm.kd's cold compile.
         """
         n = count or self.chunk_count(rows)
-        c, lo, hi = self.fresh("chunk"), self.fresh("lo"), self.fresh("hi")
-        with self.block(f"for {c} in prange({n}):"):
+        c, lo, hi, work = self.fresh("chunk"), self.fresh("lo"), self.fresh("hi"), self.fresh("work")
+        with self.block(f"def {work}({c}):"):
             self.line(f"{lo} = {c} * {rows} // {n}")
             self.line(f"{hi} = ({c} + 1) * {rows} // {n}")
             start, depth, self._depth = len(self.lines), self._depth, 1
@@ -137,6 +139,7 @@ class Emitter(SourceWriter):
             name = f"_{self.prefix}_rows{len(self.functions)}"
             self.functions.append((name, arguments, body, False))
             self.line(f"{name}({', '.join(arguments)})")
+        self.line(f"run_chunks({n}, {work})")
 
     def touch(self, var: Var) -> None:
         """Record a read of `var` at the current step, extending its buffer's lifetime."""
@@ -175,22 +178,20 @@ class Emitter(SourceWriter):
 
     @contextmanager
     def loops(
-        self, var: Var, skip_last: bool = False, parallel: bool = False, over: str | None = None
+        self, var: Var, skip_last: bool = False, over: str | None = None, first: tuple[str, str] | None = None
     ) -> Iterator[list[str]]:
-        """Nested loops over `var`'s shape, the outermost a `prange` if `parallel` (and not in a time loop).
+        """Nested loops over `var`'s shape, the outermost over rows first[0] to first[1] when given.
 
-        Sizes are read from the array `over` (by default `var`'s own). Elementwise loops stay serial:
-        each `prange` is compiled as a function of its own, and these loops are short and memory-bound.
+        Sizes are read from the array `over` (by default `var`'s own).
         """
         rank = var.rank - (1 if skip_last else 0)
         idx = [self.fresh("i") for _ in range(rank)]
-        parallel = bool(parallel) and self.threaded
         depth = self._depth
         for axis, i in enumerate(idx):
-            loop = "prange" if parallel and axis == 0 else "range"
             size = f"{over}.shape[{axis}]" if over is not None and axis < var.rank - 1 else None
             size = size or (self.dim(var.shape[axis]) if over is not None else f"{self.ref(var)}.shape[{axis}]")
-            self.line(f"for {i} in {loop}({size}):")
+            bounds = ", ".join(first) if first and axis == 0 else size
+            self.line(f"for {i} in range({bounds}):")
             self._depth += 1
         yield idx
         self._depth = depth
@@ -211,13 +212,13 @@ class Emitter(SourceWriter):
                     self.touch(x)
             start = len(self.lines)
             self.kernel(kernel)
-            if top and any("prange(" in line for line in self.lines[start:]):
-                # a parallel kernel gets a function of its own: only it pays Numba's parallel compile
+            if top and any(line.lstrip().startswith("run_chunks(") for line in self.lines[start:]):
+                # a kernel that runs chunks on threads is Python around compiled functions: on its own
                 kernel_lines = self.lines[start:]
                 del self.lines[start:]
                 self.close_chunk()
                 self.lines += kernel_lines
-                self.close_chunk(parallel=True)
+                self.close_chunk(threaded=True)
             elif top and len(self.lines) - self._chunk_start >= CHUNK_LINES:
                 self.close_chunk()
         if top:
@@ -237,7 +238,7 @@ class Emitter(SourceWriter):
         else:
             kernel.eqns[0].op.cpu(self, kernel.eqns[0])
 
-    def close_chunk(self, parallel: bool = False) -> None:
+    def close_chunk(self, threaded: bool = False) -> None:
         """Make the lines since the last chunk a function of the arrays they name, and call it."""
         body = self.lines[self._chunk_start :]
         if not body:
@@ -245,7 +246,7 @@ class Emitter(SourceWriter):
         pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads|small_product)\b"
         arguments = list(dict.fromkeys(re.findall(pattern, "\n".join(body))))
         name = f"_{self.prefix}_part{len(self.functions)}"
-        self.functions.append((name, arguments, body, parallel))
+        self.functions.append((name, arguments, body, threaded))
         del self.lines[self._chunk_start :]
         self.line(f"{name}({', '.join(arguments)})")
         self._chunk_start = len(self.lines)
@@ -343,12 +344,8 @@ class Emitter(SourceWriter):
                 self._rows = tuple(rows)
                 self._time_loop(eqn, weights, [(s.inputs[0], f"{partials}[{chunk}]") for s, partials in sums])
                 self._rows = None
-            for s, partials in sums:  # loops: an array expression here would be a parallel loop too
-                c, j, total = self.fresh("c"), self.fresh("j"), self.ref(s.out)
-                with self.block(f"for {j} in range({total}.shape[0]):"):
-                    self.line(f"{total}[{j}] = np.float32(0.0)")
-                    with self.block(f"for {c} in range({count}):"):
-                        self.line(f"{total}[{j}] += {partials}[{c}, {j}]")
+            for s, partials in sums:
+                self.line(f"{partials}.sum(axis=0, out={self.ref(s.out)})")
                 self._summed_by_chunks.add(id(s))
         else:
             self._time_loop(eqn, self._prepare_weights(eqn, f"{self.ref(eqn.inputs[0])}.shape[0]"))
@@ -518,7 +515,7 @@ def free_names(lines: list[str]) -> list[str]:
     """The variables a function body reads but does not assign, in order: the arguments it needs."""
     table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
     free = [s.get_name() for s in table.get_symbols() if s.is_global()]
-    module_level = set(dir(builtins)) | {"np", "math", "numba", "prange", "product_tn", *SUPPORT_FUNCTIONS}
+    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "product_tn", *SUPPORT_FUNCTIONS}
     return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]
 
 

@@ -1,13 +1,19 @@
-"""The Python side of a generated entry point: check and bind the arguments, hand the kernel its arena.
+"""The Python side of a generated entry point: check and bind the arguments, hand the kernel its arena,
+and run chunks of a batch on threads.
 
-This module's source is copied into generated modules, so it uses only NumPy and the
+This module's source is copied into generated modules, so it uses only NumPy, Numba and the
 layout planner and BLAS helpers next to it.
 """
 
+import _thread
 import contextlib
+import os
+import threading
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from kdsl.backends.cpu.blas import loaded_blas
 from kdsl.backends.cpu.loop_products import small_product_limit
@@ -17,12 +23,14 @@ class EntryPoint:
     """One compiled program: `outputs = entry(*arrays)`, arrays in the order of `arguments`.
 
     The arena holding every intermediate buffer is allocated once per set of symbolic
-    sizes (the batch size, usually) and reused by every later call. Returned arrays are
-    views of that arena: they stay valid until the next call.
+    sizes (the batch size, usually) and reused by every later call, its buffers' views
+    made once with it (by `carve`). Returned arrays are views of that arena: they stay
+    valid until the next call.
     """
 
-    def __init__(self, kernel, arguments, buffers, lifetimes, plan_layout, parallel, short_loops=False):
+    def __init__(self, kernel, carve, arguments, buffers, lifetimes, plan_layout, parallel, short_loops=False):
         self.kernel = kernel
+        self.carve = carve
         self.parallel = parallel
         self.min_rows = MIN_ROWS_PER_THREAD if short_loops else MIN_ROWS_PER_THREAD_PREPARED
         self.arguments = arguments  # [(name, dtype, dims)]
@@ -50,8 +58,9 @@ class EntryPoint:
         if key not in self.arenas:
             numels = [numel(dims, sizes) for dims in self.buffers]
             offsets, total = self.plan_layout(numels, self.lifetimes)
-            self.arenas[key] = (np.empty(total, np.float32), offsets)
-        return self.arenas[key]
+            arena = np.empty(total, np.float32)
+            self.arenas[key] = (arena, self.carve(arena, offsets, sizes))
+        return self.arenas[key][1]
 
     def __call__(self, *arrays, split=None):
         """Run the kernel on `arrays`; `split` forces (True) or forbids (False) splitting the batch across
@@ -63,20 +72,16 @@ class EntryPoint:
             for a, (_, dtype, _) in zip(arrays, self.arguments)
         ]
         sizes = self.symbols(arrays)
-        arena, offsets = self.arena(sizes)
+        buffers = self.arena(sizes)
         threads, limit = numba.get_num_threads(), small_product_limit()
         if not self.parallel:
-            return self.kernel(arena, offsets, 1, limit, *arrays)
+            return self.kernel(buffers, 1, limit, *arrays)
         if split is None:
             split = sizes.get("batch", 0) >= self.min_rows * threads
-        if not split:
-            numba.set_num_threads(1)  # one thread runs the loops; BLAS uses every core inside each product
-            try:
-                return self.kernel(arena, offsets, 1, limit, *arrays)
-            finally:
-                numba.set_num_threads(threads)
-        with single_threaded_blas():  # BLAS calls inside parallel regions must not start threads of their own
-            return self.kernel(arena, offsets, threads, limit, *arrays)
+        if not split:  # one thread runs the loops; BLAS uses every core inside each product
+            return self.kernel(buffers, 1, limit, *arrays)
+        with single_threaded_blas():  # BLAS calls on threads of the kernel's must not start threads of their own
+            return self.kernel(buffers, threads, limit, *arrays)
 
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
@@ -88,6 +93,115 @@ class EntryPoint:
 # 5.8 ms split).
 MIN_ROWS_PER_THREAD = 32
 MIN_ROWS_PER_THREAD_PREPARED = 8
+
+
+@intrinsic
+def load_acquire(typingctx, flags, index):
+    """flags[index], read from memory each time (another thread writes it)."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
+
+    return types.int64(flags, index), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def spin_until_set(flags, index, spins):
+    """Whether flags[index] became nonzero within `spins` reads, without the GIL."""
+    for _ in range(spins):  # noqa: SIM110 (a loop: Numba compiles no generator inside `any`)
+        if load_acquire(flags, index):
+            return True
+    return False
+
+
+SPINS = 200_000  # about 0.1 ms of reads before sleeping on the lock
+
+
+class ChunkThread:
+    """A thread that runs one chunk of a kernel at a time.
+
+    Each hand-over is a lock (what wakes a sleeping thread) and a flag both sides spin on for a while
+    before sleeping: waking a thread on this VM took long enough that two threads ran a training step
+    more slowly than one.
+    """
+
+    def __init__(self):
+        self.start, self.done = _thread.allocate_lock(), _thread.allocate_lock()
+        self.start.acquire()
+        self.done.acquire()
+        self.flags = np.zeros(2, np.int64)  # started, done
+        self.work, self.chunk, self.error = None, 0, None
+        threading.Thread(target=self._serve, daemon=True, name="kdsl-chunks").start()
+
+    def _serve(self):
+        while True:
+            spin_until_set(self.flags, 0, SPINS)
+            self.start.acquire()
+            self.flags[0] = 0
+            try:
+                self.work(self.chunk)
+            except BaseException as error:  # handed to the caller, which raises it
+                self.error = error
+            self.flags[1] = 1
+            self.done.release()
+
+    def begin(self, work, chunk):
+        self.work, self.chunk, self.error = work, chunk, None
+        self.flags[0] = 1
+        self.start.release()
+
+    def finish(self):
+        spin_until_set(self.flags, 1, SPINS)
+        self.done.acquire()
+        self.flags[1] = 0
+        if self.error is not None:
+            raise self.error
+
+
+CHUNK_THREADS: list[ChunkThread] = []
+CHUNK_THREADS_FREE = threading.Lock()  # one caller at a time; another runs its chunks itself
+
+
+def forget_chunk_threads():
+    """In a forked child: the parent's threads are not there, so start new ones when needed."""
+    global CHUNK_THREADS_FREE
+    CHUNK_THREADS.clear()
+    CHUNK_THREADS_FREE = threading.Lock()
+
+
+os.register_at_fork(after_in_child=forget_chunk_threads)
+
+
+def run_chunks(count, work):
+    """work(0), ..., work(count - 1) at once: the caller takes chunk 0, helper threads the others.
+
+    Each chunk's work is a compiled function that releases the GIL. Numba's `prange` would open the
+    region in 4 µs rather than 20, but compiles every function it calls into its own code again.
+    """
+    if count == 1 or not CHUNK_THREADS_FREE.acquire(blocking=False):
+        for chunk in range(count):
+            work(chunk)
+        return
+    try:
+        while len(CHUNK_THREADS) < count - 1:
+            CHUNK_THREADS.append(ChunkThread())
+        helpers = CHUNK_THREADS[: count - 1]
+        for chunk, helper in enumerate(helpers, 1):
+            helper.begin(work, chunk)
+        try:
+            work(0)
+        finally:
+            errors = []
+            for helper in helpers:  # every chunk ends before the buffers it writes are used again
+                try:
+                    helper.finish()
+                except BaseException as error:
+                    errors.append(error)
+        if errors:
+            raise errors[0]
+    finally:
+        CHUNK_THREADS_FREE.release()
 
 
 @contextlib.contextmanager

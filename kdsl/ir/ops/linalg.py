@@ -18,7 +18,7 @@ from kdsl.ir.types import TensorType
 
 def worth_threads(a, b) -> bool:
     """Split a product across threads only when it is large: a sequence's (rows over time and batch)
-    or a big weight matrix. A parallel region costs tens of microseconds to open."""
+    or a big weight matrix. Handing chunks to threads costs tens of microseconds."""
     return a.rank >= 3 or a.shape[-1] * b.shape[-1] >= 65536
 
 
@@ -165,8 +165,17 @@ class GatherMatMul(Op):
 
     @staticmethod
     def _pick_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
+        """out[...] = source[id] row by row; on threads, each takes a share of the first axis."""
+        if not em.threaded:
+            GatherMatMul._copy_rows(em, source, ids, perm, out)
+            return
+        with em.row_chunks(f"{em.ref(out)}.shape[0]") as (_, _, lo, hi):
+            GatherMatMul._copy_rows(em, source, ids, perm, out, (lo, hi))
+
+    @staticmethod
+    def _copy_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var, first=None) -> None:
         row, j = em.fresh("row"), em.fresh("j")
-        with em.loops(out, skip_last=True, parallel=True) as idx:
+        with em.loops(out, skip_last=True, first=first) as idx:
             em.line(f"{row} = {id_at(em, ids, perm, idx)}")
             with em.block(f"for {j} in range({em.ref(source)}.shape[1]):"):
                 em.line(f"{em.index(out, [*idx, j])} = {em.ref(source)}[{row}, {j}]")

@@ -219,7 +219,7 @@ class GatherGrad(Op):
         (g, ids, _), y = eqn.inputs, eqn.out
         j, row = em.fresh("j"), em.fresh("row")
         em.line(f"{em.ref(y)}[...] = np.float32(0.0)")
-        with em.loops(ids, parallel=False) as idx:
+        with em.loops(ids) as idx:
             em.line(f"{row} = {em.index(ids, idx)}")
             with em.block(f"for {j} in range({em.ref(y)}.shape[1]):"):
                 em.line(f"{em.ref(y)}[{row}, {j}] += {em.ref(g)}[{', '.join(idx)}, {j}]")
