@@ -135,10 +135,12 @@ def spin_until_set(flags, index, spins):
     return False
 
 
-# About 1 ms of spinning (28 ns a pause on the Zen 3 measured) before sleeping on the lock: a thread
-# woken from sleep started its chunk up to 1.7 ms late (W3 at batch 32, whose two threaded kernels
-# are 0.2 ms apart). Without the pause, the spinning thread slowed the other one when they shared a core.
-SPINS = 40_000
+# About 5 ms of spinning (28 ns a pause on the Zen 3 measured) before sleeping on the lock. A thread
+# woken from sleep started its chunk up to 1.7 ms late on this VM: with 1 ms of spinning, W4's
+# training step (threaded kernels up to a few ms apart) took 44.7–53.6 ms against 40.5–47.1 ms with
+# Numba's parallel regions; with 5 ms, 45.6–51.3 against 45.3–55.1. Without the pause, the spinning
+# thread slowed the other one when they shared a core.
+SPINS = 200_000
 
 
 class ChunkThread:
