@@ -17,9 +17,9 @@ from kdsl.backends.cpu.emitter import Emitter
 from kdsl.ir.program import Program
 from kdsl.passes import memory
 
-# every fast-math flag except "no NaNs / no infinities": a diverging loss must still show as NaN; without
-# the GIL, so that chunks of a batch run on threads at once (`run_chunks`)
+# every fast-math flag except "no NaNs / no infinities": a diverging loss must still show as NaN
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
+# without the GIL, so that the chunks of a batch run on threads at once (`run_chunks`)
 DECORATOR = f"@numba.njit(cache=True, nogil=True, error_model='numpy', fastmath={FASTMATH})"
 
 

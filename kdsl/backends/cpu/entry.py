@@ -147,8 +147,7 @@ class ChunkThread:
     """A thread that runs one chunk of a kernel at a time.
 
     Each hand-over is a lock (what wakes a sleeping thread) and a flag both sides spin on for a while
-    before sleeping: waking a thread on this VM took long enough that two threads ran a training step
-    more slowly than one.
+    before sleeping, since a thread woken from sleep can start its chunk milliseconds late (see SPINS).
     """
 
     def __init__(self):
