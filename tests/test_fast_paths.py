@@ -204,7 +204,7 @@ def test_panel_products_keep_nans():
     step_product(a, prepared, step_scratch(prepared, rows, 0), 0, out)
     assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
     with pytest.raises(ValueError, match="contiguous"):
-        panel_product(a, prepared, step_scratch(prepared, rows, 0), np.zeros((rows, 2 * n), np.float32)[:, ::2])
+        panel_product(a, prepared, step_scratch(prepared, rows, 0), np.zeros((rows, 2 * n), np.float32)[:, ::2], 0, 1)
 
 
 def views(rng, k: int, cols: int) -> dict[str, np.ndarray]:

@@ -2,8 +2,8 @@
 
 The module is real source text in a real file: Numba caches compiled functions on disk
 only for those, so a second process imports the kernels instead of compiling them. It
-needs only NumPy and Numba: the scalar helpers, the BLAS binding, the register tiles, the layout
-planner and the entry-point wrapper are copied in.
+needs only NumPy and Numba: the scalar helpers, the BLAS binding, the register tiles, the flags threads spin on,
+the layout planner and the entry-point wrapper are copied in.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from kdsl.backends.cpu import blas, entry, loop_products, register_tiles, scalars
+from kdsl.backends.cpu import blas, entry, loop_products, register_tiles, scalars, spin
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.ir.program import Program
 from kdsl.passes import memory
@@ -63,7 +63,7 @@ def generate_kernel(entry: Entry, parallel: bool) -> tuple[str, Emitter]:
     # The entry itself is plain Python calling the compiled parts: as a compiled function it would link
     # every part into its own code, and LLVM would optimize and compile all of them once more (a fifth of
     # examples/mnist_lstm.kd's cold compile). Its calls cost about 0.1 µs an argument.
-    head = [f"def _{entry.name}(buffers, threads, small_product, {', '.join(names)}):"]
+    head = [f"def _{entry.name}(buffers, threads, columns, small_product, {', '.join(names)}):"]
     for symbol in sorted(em.symbols):
         arg, axis = next((n, a) for v, n in zip(program.inputs, names) for a, d in enumerate(v.shape) if d == symbol)
         head.append(f"    n_{symbol} = {arg}.shape[{axis}]")
@@ -89,6 +89,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         _support_source(scalars),
         _support_source(blas),
         _support_source(register_tiles),
+        _support_source(spin),
         _support_source(loop_products),
         _support_source(memory),
         _support_source(entry),

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kdsl.backends.cpu.loop_products import SUPPORT_FUNCTIONS
 from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
@@ -66,6 +68,10 @@ class Emitter(SourceWriter):
     # a folded projection a time loop reads row by row (`gather_matmul` with `in_loop`) -> (the projected
     # table, the condition that it is used, and the id of a (step, row) as code)
     rows_in_loop: dict[int, tuple[Var, str, Callable[..., str]]] = field(default_factory=dict)
+    # while emitting a time loop that may be split by columns: (the part, the number of parts, their
+    # progress counters) as code, and the buffers its parts share (the products' outputs)
+    _columns: tuple[str, str, str] | None = None
+    _exchanged: set[str] = field(default_factory=set)
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -116,7 +122,9 @@ class Emitter(SourceWriter):
         return n
 
     @contextmanager
-    def row_chunks(self, rows: str, count: str | None = None) -> Iterator[tuple[str, str, str, str]]:
+    def row_chunks(
+        self, rows: str, count: str | None = None, columns: tuple[str, str, str, set[str]] | None = None
+    ) -> Iterator[tuple[str, str, str, str]]:
         """`count` chunks of `rows` (by default one per thread), run on as many threads by `run_chunks`;
         yields (chunk, count, lo, hi).
 
@@ -124,12 +132,18 @@ class Emitter(SourceWriter):
         around it stays Python (see `kdsl.backends.cpu.entry.run_chunks`). With Numba's `prange` instead,
         each such kernel was compiled as a parallel region, which linked the chunk's function, and all it
         calls, into its code twice more: half of examples/mnist_lstm.kd's cold compile.
+
+        With `columns`, (the number of parts, its name inside a chunk, their progress counters, the buffers
+        each part writes on its own): when there is more than one part, every chunk takes all rows and is
+        one part of a time loop split by columns (see `scan`); `run_parts` runs them, and the parts but the
+        first write into buffers of their own.
         """
         n = count or self.chunk_count(rows)
         c, lo, hi, work = self.fresh("chunk"), self.fresh("lo"), self.fresh("hi"), self.fresh("work")
-        with self.block(f"def {work}({c}):"):
-            self.line(f"{lo} = {c} * {rows} // {n}")
-            self.line(f"{hi} = ({c} + 1) * {rows} // {n}")
+        parts = columns[1] if columns else ""
+        with self.block(f"def {work}({c}, {parts}=1):" if columns else f"def {work}({c}):"):
+            self.line(f"{lo} = {f'0 if {parts} > 1 else ' if columns else ''}{c} * {rows} // {n}")
+            self.line(f"{hi} = {f'{rows} if {parts} > 1 else ' if columns else ''}({c} + 1) * {rows} // {n}")
             start, depth, self._depth = len(self.lines), self._depth, 1
             yield c, n, lo, hi
             body = self.lines[start:]
@@ -138,8 +152,25 @@ class Emitter(SourceWriter):
             arguments = free_names(body)
             name = f"_{self.prefix}_rows{len(self.functions)}"
             self.functions.append((name, arguments, body, False))
-            self.line(f"{name}({', '.join(arguments)})")
-        self.line(f"run_chunks({n}, {work})")
+            if columns:
+                own = [f"np.empty_like({a})" if a in columns[3] else a for a in arguments]
+                with self.block(f"if {c} == 0 or {parts} == 1:"):
+                    self.line(f"{name}({', '.join(arguments)})")
+                with self.block("else:  # a part of a loop split by columns"):
+                    self.line(f"{name}({', '.join(own)})")
+            else:
+                self.line(f"{name}({', '.join(arguments)})")
+        if columns:
+            split, progress = columns[0], columns[2]
+            with self.block(f"if {split} > 1:"):
+                # BLAS on the parts' threads must not start threads of its own (column blocks call it)
+                blas = "single_threaded_blas() if small_product else contextlib.nullcontext()"
+                with self.block(f"with {blas}:"):
+                    self.line(f"run_parts({split}, {work}, {progress})")
+            with self.block("else:"):
+                self.line(f"run_chunks({n}, {work})")
+        else:
+            self.line(f"run_chunks({n}, {work})")
 
     def touch(self, var: Var) -> None:
         """Record a read of `var` at the current step, extending its buffer's lifetime."""
@@ -168,6 +199,16 @@ class Emitter(SourceWriter):
     def prepared_weight(self, w: Var, transposed: bool) -> tuple[str, str] | None:
         """A time loop's weight as prepared before the loop (see `loop_products`), with its scratch."""
         return self._prepared.get((id(w), transposed))
+
+    def step_product(self, a: Var, y: Var, prepared: tuple[str, str]) -> None:
+        """y = a·w in a time loop, with w and its scratch as prepared before the loop; in a loop split by
+        columns, each part computes its share of the columns into the buffer all parts read."""
+        operands = f"{self.matrix(a)}, {prepared[0]}, {prepared[1]}, small_product, {self.matrix(y)}"
+        if self._columns is None:
+            self.line(f"step_product({operands})")
+            return
+        self._exchanged.add(self._buffer_of[id(self.whole(y))].name)
+        self.line(f"split_step_product({operands}, {', '.join(self._columns)})")
 
     def matrix(self, var: Var) -> str:
         """`var` as a 2-D matrix of its last axis (contiguous, for BLAS)."""
@@ -243,7 +284,7 @@ class Emitter(SourceWriter):
         body = self.lines[self._chunk_start :]
         if not body:
             return
-        pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads|small_product)\b"
+        pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads|columns|small_product)\b"
         arguments = list(dict.fromkeys(re.findall(pattern, "\n".join(body))))
         name = f"_{self.prefix}_part{len(self.functions)}"
         self.functions.append((name, arguments, body, threaded))
@@ -330,22 +371,42 @@ class Emitter(SourceWriter):
     # --- scan -----------------------------------------------------------------------------------
 
     def scan(self, eqn: Eqn) -> None:
-        """A time loop; with `parallel`, one per chunk of the batch, on all threads (rows are independent)."""
+        """A time loop; with `parallel`, one per chunk of the batch, on all threads (rows are independent).
+
+        A batch too small for a chunk a thread (the kernel's `threads` is then 1) can still use the threads
+        (its `columns`) in a long loop multiplying by a large weight (`splits_columns`): each thread runs the
+        whole loop on every row, as one part of it, and computes its share of each step's products; the
+        parts meet twice a step (`split_step_product`), and compute the rest of the cell each for itself.
+        Only the first part writes the loop's results; the others write buffers of their own.
+        """
         if self.threaded and rows_independent(eqn):
+            first_buffer = len(self.buffers)
             for var in eqn.outputs:  # whole buffers; each chunk takes its rows
                 self.ref(var)
             batch = f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]"
             count = self.chunk_count(batch)
             weights = self._prepare_weights(eqn, f"-(-{batch} // {count})")  # once, for every chunk's rows
+            columns, rows_of_partials = None, count
+            if splits_columns(eqn):
+                split, progress = self.fresh("parts"), self.fresh("progress")
+                self.line(f"{split} = columns if {count} == 1 else 1")
+                self.line(f"{progress} = progress_counters({split})")
+                columns = (split, self.fresh("parts"), progress, set())
+                rows_of_partials = f"max({count}, {split})"
             sums = [(s, self.fresh("partial")) for s in self._sums_of_steps(eqn)]  # with each one's partial sums
             for s, partials in sums:
-                self.line(f"{partials} = np.zeros(({count}, {self.ref(s.out)}.shape[0]), np.float32)")
-            with self.row_chunks(batch, count) as (chunk, _, *rows):
+                self.line(f"{partials} = np.zeros(({rows_of_partials}, {self.ref(s.out)}.shape[0]), np.float32)")
+            with self.row_chunks(batch, count, columns) as (chunk, _, *rows):
                 self._rows = tuple(rows)
+                if columns:
+                    self._columns = (chunk, columns[1], columns[2])
                 self._time_loop(eqn, weights, [(s.inputs[0], f"{partials}[{chunk}]") for s, partials in sums])
-                self._rows = None
-            for s, partials in sums:
-                self.line(f"{partials}.sum(axis=0, out={self.ref(s.out)})")
+                self._rows = self._columns = None
+                if columns:
+                    own = {b.name for b in self.buffers[first_buffer:]}
+                    columns[3].update(own - self._exchanged)
+            for s, partials in sums:  # a loop split by columns has its sums in the first part's row
+                self.line(f"{partials}[:{count}].sum(axis=0, out={self.ref(s.out)})")
                 self._summed_by_chunks.add(id(s))
         else:
             self._time_loop(eqn, self._prepare_weights(eqn, f"{self.ref(eqn.inputs[0])}.shape[0]"))
@@ -509,6 +570,27 @@ def prepares_weights(scan: Eqn) -> bool:
     """Whether a time loop's products use weights prepared before it (see `loop_products`): long loops
     whose state has one row per sample, as the prepared products take rows."""
     return long_loop(scan) and batch_leading(scan.attrs["body"].inputs[0])
+
+
+# A time loop at a batch too small for a chunk of rows a thread splits the columns of its products across
+# the threads when it multiplies by a weight of at least this many floats (1 MB, more than a Zen 3 core's
+# L2). At batch 1 on the Zen 3, an LSTM(512)'s loop over 100 steps (a 4 MB weight) took 7.2–10.5 ms split
+# against 9.4–10.8 ms on one thread; an LSTM(128)'s (256 KB) gained nothing: each step's product took
+# 2.1 µs on half the columns against 3.7 µs on all, but the second thread joined 35–70 µs late (it needs
+# the GIL to start) and the parts exchange the product's cache lines at every step.
+MIN_SPLIT_WEIGHT = 262_144
+
+
+def splits_columns(scan: Eqn) -> bool:
+    """Whether a time loop at a small batch runs as parts split by columns (see `Emitter.scan`): a long loop
+    whose products, by prepared weights of which one is large, are not among the cell's outputs (each part
+    keeps those for itself, while a product's columns come from all parts)."""
+    body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
+    weights = {id(w) for w in body.inputs[nc + nx :]}
+    products = [e for e in body.eqns if e.op.name == "matmul" and id(e.inputs[1]) in weights]
+    outputs = {id(v) for v in body.outputs}
+    large = any(int(np.prod(e.inputs[1].shape)) >= MIN_SPLIT_WEIGHT for e in products)
+    return prepares_weights(scan) and large and not any(id(e.out) in outputs for e in products)
 
 
 def free_names(lines: list[str]) -> list[str]:

@@ -8,18 +8,14 @@ layout planner and BLAS helpers next to it.
 import _thread
 import contextlib
 import os
-import platform
 import threading
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from kdsl.backends.cpu.blas import loaded_blas
 from kdsl.backends.cpu.loop_products import small_product_limit
+from kdsl.backends.cpu.spin import LINE, spin_until_set
 
 
 class EntryPoint:
@@ -66,8 +62,12 @@ class EntryPoint:
         return self.arenas[key][1]
 
     def __call__(self, *arrays, split=None):
-        """Run the kernel on `arrays`; `split` forces (True) or forbids (False) splitting the batch across
-        threads, and by default it is split when each thread gets at least `min_rows` rows."""
+        """Run the kernel on `arrays`; `split` forces (True) or forbids (False) running it on several threads.
+
+        By default, the batch is split across threads when each gets at least `min_rows` rows; with fewer,
+        one thread runs the kernel, BLAS uses every core, and a long time loop over a large weight splits
+        its columns across threads (see `Emitter.scan`).
+        """
         if len(arrays) != len(self.arguments):
             raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
         arrays = [
@@ -77,14 +77,12 @@ class EntryPoint:
         sizes = self.symbols(arrays)
         buffers = self.arena(sizes)
         threads, limit = numba.get_num_threads(), small_product_limit()
-        if not self.parallel:
-            return self.kernel(buffers, 1, limit, *arrays)
-        if split is None:
-            split = sizes.get("batch", 0) >= self.min_rows * threads
-        if not split:  # one thread runs the loops; BLAS uses every core inside each product
-            return self.kernel(buffers, 1, limit, *arrays)
+        if not self.parallel or split is False:
+            return self.kernel(buffers, 1, 1, limit, *arrays)
+        if split is None and sizes.get("batch", 0) < self.min_rows * threads:
+            return self.kernel(buffers, 1, threads, limit, *arrays)
         with single_threaded_blas():  # BLAS calls on threads of the kernel's must not start threads of their own
-            return self.kernel(buffers, threads, limit, *arrays)
+            return self.kernel(buffers, threads, 1, limit, *arrays)
 
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
@@ -96,43 +94,6 @@ class EntryPoint:
 # 5.8 ms split).
 MIN_ROWS_PER_THREAD = 32
 MIN_ROWS_PER_THREAD_PREPARED = 8
-
-
-@intrinsic
-def load_acquire(typingctx, flags, index):
-    """flags[index], read from memory each time (another thread writes it)."""
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
-
-    return types.int64(flags, index), codegen
-
-
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-
-
-@intrinsic
-def spin_pause(typingctx):
-    """x86's spin-wait hint: the core's other hardware thread (maybe the other vCPU) runs meanwhile."""
-
-    def codegen(context, builder, signature, args):
-        if X86:
-            hint = ir.FunctionType(ir.VoidType(), [])
-            builder.call(cgutils.get_or_insert_function(builder.module, hint, "llvm.x86.sse2.pause"), [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@numba.njit(cache=True, nogil=True)
-def spin_until_set(flags, index, spins):
-    """Whether flags[index] became nonzero within `spins` reads, without the GIL."""
-    for _ in range(spins):
-        if load_acquire(flags, index):
-            return True
-        spin_pause()
-    return False
 
 
 # About 5 ms of spinning (28 ns a pause on the Zen 3 measured) before sleeping on the lock. A thread
@@ -208,24 +169,51 @@ def run_chunks(count, work):
             work(chunk)
         return
     try:
-        while len(CHUNK_THREADS) < count - 1:
-            CHUNK_THREADS.append(ChunkThread())
-        helpers = CHUNK_THREADS[: count - 1]
-        for chunk, helper in enumerate(helpers, 1):
-            helper.begin(work, chunk)
-        try:
-            work(0)
-        finally:
-            errors = []
-            for helper in helpers:  # every chunk ends before the buffers it writes are used again
-                try:
-                    helper.finish()
-                except BaseException as error:
-                    errors.append(error)
-        if errors:
-            raise errors[0]
+        _on_helpers(count, work)
     finally:
         CHUNK_THREADS_FREE.release()
+
+
+def run_parts(parts, work, progress):
+    """work(0, parts), ..., work(parts - 1, parts), each on a thread of its own: the parts of a time loop
+    split by columns, which wait for each other at every step (`meet`, on `progress`). Without free helper
+    threads (another caller has them), work(0, 1) runs the whole loop alone instead.
+    """
+    if parts == 1 or not CHUNK_THREADS_FREE.acquire(blocking=False):
+        work(0, 1)
+        return
+
+    def part(index):
+        try:
+            work(index, parts)
+        except BaseException:
+            progress[parts * LINE] = 1  # the other parts stop waiting for this one
+            raise
+
+    try:
+        _on_helpers(parts, part)
+    finally:
+        CHUNK_THREADS_FREE.release()
+
+
+def _on_helpers(count, work):
+    """work(0) on the caller and work(1), ..., work(count - 1) on helper threads; the first error once all end."""
+    while len(CHUNK_THREADS) < count - 1:
+        CHUNK_THREADS.append(ChunkThread())
+    helpers = CHUNK_THREADS[: count - 1]
+    for chunk, helper in enumerate(helpers, 1):
+        helper.begin(work, chunk)
+    try:
+        work(0)
+    finally:
+        errors = []
+        for helper in helpers:  # every chunk ends before the buffers it writes are used again
+            try:
+                helper.finish()
+            except BaseException as error:
+                errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import numpy as np
 
 from kdsl.backends.cpu.blas import loaded_blas
 from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, tile_product
+from kdsl.backends.cpu.spin import meet
 
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
@@ -32,6 +33,7 @@ SUPPORT_FUNCTIONS = (
     "column_blocks",
     "pack_panels",
     "step_product",
+    "split_step_product",
     "panel_product",
 )
 
@@ -102,20 +104,36 @@ def column_blocks(w, rows, limit):
 
 
 @numba.njit(cache=True)
-def step_product(a, prepared, scratch, limit, out):
-    """out = a·w, with w given as `prepare_weight` made it (under the same `limit`)."""
+def step_product(a, prepared, scratch, limit, out, first=0, stop=-1):
+    """out = a·w, with w given as `prepare_weight` made it (under the same `limit`): the columns of its
+    blocks or panels `first` to `stop` (-1: the last)."""
+    stop = prepared.shape[0] if stop < 0 else stop
     if not limit:
-        panel_product(a, prepared, scratch, out)
+        panel_product(a, prepared, scratch, out, first, stop)
         return
     if prepared.shape[0] == 1:
-        np.dot(a, prepared[0], out)
+        if first == 0 and stop == 1:
+            np.dot(a, prepared[0], out)
         return
     width = prepared.shape[2]
-    for b in range(prepared.shape[0]):
+    for b in range(first, stop):
         np.dot(a, prepared[b], scratch)
         for i in range(a.shape[0]):
             for j in range(width):
                 out[i, b * width + j] = scratch[i, j]
+
+
+@numba.njit(cache=True)
+def split_step_product(a, prepared, scratch, limit, out, part, parts, progress):
+    """`step_product` by `parts` threads at once, each with the same rows `a` and its share of the columns
+    (see `Emitter.scan`); returns once every share is in `out`, which all of them wrote."""
+    if parts == 1:
+        step_product(a, prepared, scratch, limit, out)
+        return
+    meet(progress, part, parts)  # every part has read the last product out of `out`
+    count = prepared.shape[0]
+    step_product(a, prepared, scratch, limit, out, part * count // parts, (part + 1) * count // parts)
+    meet(progress, part, parts)
 
 
 @numba.njit(cache=True)
@@ -133,8 +151,9 @@ def pack_panels(w, transposed):
 
 
 @numba.njit(cache=True)
-def panel_product(a, panels, scratch, out):
-    """out = a·w, w packed by `pack_panels`; `scratch` (a's rows × PANEL) takes the padded last panel.
+def panel_product(a, panels, scratch, out, first, stop):
+    """out = a·w for the columns of panels `first` to `stop`, w packed by `pack_panels`; `scratch` (a's rows ×
+    PANEL) takes the padded last panel.
 
     The rows are cut into tiles of at most MAX_TILE_ROWS, as even as they go (32 rows: 6, 6, 5, 5, 5, 5),
     since a tile of a few rows cannot keep the multiply-add units busy; each tile takes TILE_PANELS[rows]
@@ -150,12 +169,12 @@ def panel_product(a, panels, scratch, out):
     i = 0
     for t in range(tiles):
         rows = m // tiles + (1 if t < m % tiles else 0)
-        q = 0
-        while q < full:
-            count = TILE_PANELS[rows] if full - q >= TILE_PANELS[rows] else 1
+        q, end = first, min(stop, full)
+        while q < end:
+            count = TILE_PANELS[rows] if end - q >= TILE_PANELS[rows] else 1
             tile_product(rows, count, a, i, panels, q, out, q * PANEL)
             q += count
-        if full < panels.shape[0]:
+        if full < stop:
             tile_product(rows, 1, a, i, panels, full, scratch, 0)
             for r in range(i, i + rows):
                 for j in range(full * PANEL, n):

@@ -26,7 +26,7 @@ def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: b
     """CPU code for y = a·w (or a·wᵀ), its rows split across threads when the product is `large` or looks it."""
     prepared = em.prepared_weight(w, transpose_b)
     if prepared is not None:
-        em.line(f"step_product({em.matrix(a)}, {prepared[0]}, {prepared[1]}, small_product, {em.matrix(y)})")
+        em.step_product(a, y, prepared)
         return
     weight = em.right_operand(w, transpose_b)
     if not (em.threaded and (large or worth_threads(a, w))):

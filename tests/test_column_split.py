@@ -1,0 +1,135 @@
+"""Time loops split by columns: at a batch too small for a chunk of rows a thread, each thread runs the
+whole loop as one part of it, computing its share of every step's products (`Emitter.scan`).
+
+The weights here are small, so the size threshold is lowered to let every loop split; the results must
+equal the NumPy backend's, forward and in a training step (its stacked values, final states and bias sums
+come from the first part only).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import pytest
+from test_cpu_backend import assert_close
+
+from kdsl.backends.compiled import compile_model
+from kdsl.backends.cpu import emitter
+from kdsl.backends.cpu.entry import run_parts
+from kdsl.backends.cpu.spin import LINE, meet, progress_counters
+from kdsl.lang import load
+
+TEXT = """
+model Split(ids: i32[batch, time]) -> y {
+    y = embedding(ids, 50, 8) |> gru(16, return_sequences=true) |> lstm(12) |> dense(3, activation=softmax)
+}
+train Split { loss = sparse_categorical_crossentropy }
+"""
+
+pytestmark = pytest.mark.skipif(numba.get_num_threads() < 2, reason="needs two threads")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    graph = load(TEXT, "split.kd").models["Split"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(emitter, "MIN_SPLIT_WEIGHT", 0)
+        compiled = compile_model(graph, target="cpu")
+    reference = compile_model(graph, target="numpy")
+    compiled.weights = [w.copy() for w in reference.weights]
+    return reference, compiled
+
+
+def _batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 50, (batch, 20)).astype(np.int32), rng.integers(0, 3, batch).astype(np.int32)
+
+
+def test_small_batches_split_the_loops_by_columns(pair):
+    _, compiled = pair
+    with open(compiled.module.__file__) as source:
+        text = source.read()
+    assert text.count("run_parts(") == 6  # both layers' loops in inference, and forward and backward in training
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_forward_matches_numpy(pair, batch):
+    reference, compiled = pair
+    ids, _ = _batch(batch)
+    assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_train_step_matches_numpy(pair, batch):
+    reference, compiled = pair
+    ids, labels = _batch(batch, seed=batch)
+    loss_reference, loss_compiled = reference.train_step([ids], [labels]), compiled.train_step([ids], [labels])
+    assert loss_compiled == pytest.approx(loss_reference, rel=1e-5)
+    for expected, actual in zip(reference.grads, compiled.grads, strict=True):
+        assert_close(expected, actual)
+
+
+def test_busy_helper_threads_leave_the_loop_whole(pair):
+    """Another caller holds the helper threads: one thread runs every part's columns, with the same result."""
+    reference, compiled = pair
+    ids, _ = _batch(2)
+    free = compiled.module.CHUNK_THREADS_FREE
+    assert free.acquire(blocking=False)
+    try:
+        assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
+    finally:
+        free.release()
+
+
+@numba.njit(nogil=True)
+def _meet_often(progress, part, parts, times):
+    for _ in range(times):
+        meet(progress, part, parts)
+
+
+def test_a_failing_part_stops_the_others_waiting():
+    """Part 1 fails before its loop starts: part 0 must not wait for it at every step forever, and the caller
+    gets the error."""
+
+    def work(part, parts):
+        if part == 1:
+            raise RuntimeError("part 1 failed")
+        _meet_often(progress, part, parts, 1000)
+
+    progress = progress_counters(2)
+    done = threading.Event()
+
+    def call():
+        with pytest.raises(RuntimeError, match="part 1 failed"):
+            run_parts(2, work, progress)
+        done.set()
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    assert done.wait(timeout=60)
+
+
+@numba.njit(nogil=True)
+def _meet_and_look(progress, part, parts, times):
+    """Meet `times` times; count the meetings after which the other part was not between this one's count
+    and one more (it may have arrived at the next meeting already, not further)."""
+    wrong = 0
+    for k in range(1, times + 1):
+        meet(progress, part, parts)
+        other = progress[(1 - part) * LINE]
+        wrong += not k <= other <= k + 1
+    return wrong
+
+
+def test_parts_meet_at_every_step():
+    """No part passes a meeting before every part has reached it, nor goes on further than the next one."""
+    progress, wrong = progress_counters(2), []
+
+    def work(part, parts):
+        wrong.append(_meet_and_look(progress, part, parts, 2000))
+
+    run_parts(2, work, progress)
+    assert wrong == [0, 0]
+    assert progress[0] == progress[LINE] == 2000
