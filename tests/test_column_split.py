@@ -8,6 +8,7 @@ come from the first part only).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numba
@@ -69,6 +70,22 @@ def test_train_step_matches_numpy(pair, batch):
     assert loss_compiled == pytest.approx(loss_reference, rel=1e-5)
     for expected, actual in zip(reference.grads, compiled.grads, strict=True):
         assert_close(expected, actual)
+
+
+def test_blas_keeps_to_one_thread_around_loops_split_by_columns(pair, monkeypatch):
+    """BLAS's threads spin after each product, and took the core a part of a loop needed (see EntryPoint)."""
+    reference, compiled = pair
+    entered = []
+
+    @contextlib.contextmanager
+    def recorded():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(compiled.module, "single_threaded_blas", recorded)
+    ids, _ = _batch(1)
+    assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
+    assert entered
 
 
 def test_busy_helper_threads_leave_the_loop_whole(pair):

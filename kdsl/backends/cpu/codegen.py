@@ -103,7 +103,7 @@ def generate_module(title: str, entries: list[Entry], parallel: bool) -> str:
         parts.append(
             f"{e.name} = EntryPoint(_{e.name}, _{e.name}_buffers, {arguments!r}, "
             f"{[list(b.dims) for b in em.buffers]!r}, {lifetimes!r}, plan_layout, parallel={parallel}, "
-            f"short_loops={em.short_loops})"
+            f"short_loops={em.short_loops}, column_loops={em.column_loops})"
         )
         metadata[e.name] = {
             "arguments": arguments,

@@ -64,6 +64,7 @@ class Emitter(SourceWriter):
     _prepared: dict[tuple[int, bool], tuple[str, str]] = field(default_factory=dict)  # (weight, transposed) -> its
     # preparation for products inside a time loop and that preparation's scratch (see `loop_products`)
     short_loops: bool = False  # whether a time loop is too short to prepare its weights
+    column_loops: bool = False  # whether a time loop may split its products' columns across threads
     _summed_by_chunks: set[int] = field(default_factory=set)  # sums a time loop's chunks of rows computed
     # a folded projection a time loop reads row by row (`gather_matmul` with `in_loop`) -> (the projected
     # table, the condition that it is used, and the id of a (step, row) as code)
@@ -163,10 +164,7 @@ class Emitter(SourceWriter):
         if columns:
             split, progress = columns[0], columns[2]
             with self.block(f"if {split} > 1:"):
-                # BLAS on the parts' threads must not start threads of its own (column blocks call it)
-                blas = "single_threaded_blas() if small_product else contextlib.nullcontext()"
-                with self.block(f"with {blas}:"):
-                    self.line(f"run_parts({split}, {work}, {progress})")
+                self.line(f"run_parts({split}, {work}, {progress})")
             with self.block("else:"):
                 self.line(f"run_chunks({n}, {work})")
         else:
@@ -388,6 +386,7 @@ class Emitter(SourceWriter):
             weights = self._prepare_weights(eqn, f"-(-{batch} // {count})")  # once, for every chunk's rows
             columns, rows_of_partials = None, count
             if splits_columns(eqn):
+                self.column_loops = True
                 split, progress = self.fresh("parts"), self.fresh("progress")
                 self.line(f"{split} = columns if {count} == 1 else 1")
                 self.line(f"{progress} = progress_counters({split})")
