@@ -6,8 +6,9 @@ W2 Fashion-MNIST MLP 784-300-100-10, SGD 0.01, batch 32, one epoch of 55,000 (re
 W3 Embedding(1000,64) -> LSTM(128) -> Dense(10) over 100 steps: inference latency at batch 1, 32, 256.
 W4 Embedding -> GRU(256, sequences) -> SimpleRNN(128) -> Dense(10), 50 steps, batch 64, Adam: training.
 DeepBench-style recurrent shapes (input size = hidden size, as DeepBench has it): LSTM hidden 256, batch 16,
-150 steps; GRU hidden 512, batch 32, 1 step; SimpleRNN hidden 64, batch 1, 96 steps; each as a training step
-(forward, mean squared error of the last state, backward; no optimizer update, on both sides) and as inference.
+150 steps; GRU hidden 512, batch 32, 1 step; SimpleRNN hidden 64, batch 1, 96 steps; LSTM hidden 512, batch 1,
+100 steps; each as a training step (forward, mean squared error of the last state, backward; no optimizer
+update, on both sides) and as inference.
 
 W1 and W2 run whole epochs through `Model.fit` (batching, optimizer updates and metrics included) against a
 plain PyTorch loop and Keras's `fit`; the others call the compiled model directly, against PyTorch's modules
@@ -47,8 +48,14 @@ DEEPBENCH = """model DeepBench(x: f32[batch, {steps}, {hidden}]) -> h {{
 }}
 train DeepBench {{ loss = mean_squared_error }}"""
 
-# (layer, PyTorch module, hidden, batch, steps)
-DEEPBENCH_SHAPES = [("lstm", "LSTM", 256, 16, 150), ("gru", "GRU", 512, 32, 1), ("simple_rnn", "RNN", 64, 1, 96)]
+# name: (layer, PyTorch module, hidden, batch, steps); the last one is DeepBench's inference case of one
+# sequence, where a time loop splits its products' columns across the threads
+DEEPBENCH_SHAPES = {
+    "deepbench-lstm": ("lstm", "LSTM", 256, 16, 150),
+    "deepbench-gru": ("gru", "GRU", 512, 32, 1),
+    "deepbench-rnn": ("simple_rnn", "RNN", 64, 1, 96),
+    "deepbench-lstm-b1": ("lstm", "LSTM", 512, 1, 100),
+}
 
 
 # the frameworks kdsl races, each an attribute of `Race`, with the packages its side imports
@@ -268,7 +275,7 @@ def deepbench(torch, layer: str, module: str, hidden: int, batch: int, steps: in
     ]  # fmt: skip
 
 
-WORKLOADS = ("w1", "w2", "w3", "w4", "deepbench-lstm", "deepbench-gru", "deepbench-rnn")
+WORKLOADS = ("w1", "w2", "w3", "w4", *DEEPBENCH_SHAPES)
 
 
 def races(torch, keras, quick: bool, only: tuple[str, ...] = WORKLOADS) -> list[Race]:
@@ -282,8 +289,8 @@ def races(torch, keras, quick: bool, only: tuple[str, ...] = WORKLOADS) -> list[
         "w3": lambda: [w3(torch, keras, batch, repeat) for batch in (1, 32, 256)],
         "w4": lambda: [w4(torch, keras)],
     }
-    for shape in DEEPBENCH_SHAPES:
-        builders[f"deepbench-{shape[0].replace('simple_', '')}"] = lambda shape=shape: deepbench(torch, *shape, repeat)
+    for name, shape in DEEPBENCH_SHAPES.items():
+        builders[name] = lambda shape=shape: deepbench(torch, *shape, repeat)
     result = [race for name in WORKLOADS if name in only for race in builders[name]()]
     if quick:
         for race in result:
