@@ -93,6 +93,7 @@ def chart(results: list[Result], path: str, machine: str) -> None:
     figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.4))
     axes.barh(names, ratios, color=["#2a7" if r < 1 else "#c43" for r in ratios])
     axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xlim(0, max(1.15, max(ratios) + 0.15))  # room for the labels past the bars
     for y, ratio in enumerate(ratios):
         axes.text(ratio + 0.01, y, f"{ratio:.2f}", va="center", fontsize=8)
     axes.set_xlabel("kdsl time / PyTorch time (lower is better)")
