@@ -153,22 +153,25 @@ class Emitter(SourceWriter):
             arguments = free_names(body)
             name = f"_{self.prefix}_rows{len(self.functions)}"
             self.functions.append((name, arguments, body, False))
-            if columns:
+            call = f"{name}({', '.join(arguments)})"
+            if columns:  # the parts but the first write what they compute for themselves into new buffers
                 own = [f"np.empty_like({a})" if a in columns[3] else a for a in arguments]
-                with self.block(f"if {c} == 0 or {parts} == 1:"):
-                    self.line(f"{name}({', '.join(arguments)})")
-                with self.block("else:  # a part of a loop split by columns"):
-                    self.line(f"{name}({', '.join(own)})")
+                self.either(f"{c} == 0 or {parts} == 1", call, f"{name}({', '.join(own)})")
             else:
-                self.line(f"{name}({', '.join(arguments)})")
+                self.line(call)
+        chunks = f"run_chunks({n}, {work})"
         if columns:
             split, progress = columns[0], columns[2]
-            with self.block(f"if {split} > 1:"):
-                self.line(f"run_parts({split}, {work}, {progress})")
-            with self.block("else:"):
-                self.line(f"run_chunks({n}, {work})")
+            self.either(f"{split} > 1", f"run_parts({split}, {work}, {progress})", chunks)
         else:
-            self.line(f"run_chunks({n}, {work})")
+            self.line(chunks)
+
+    def either(self, condition: str, then: str, otherwise: str) -> None:
+        """`then` if `condition` holds at run time, else `otherwise` (a line each)."""
+        with self.block(f"if {condition}:"):
+            self.line(then)
+        with self.block("else:"):
+            self.line(otherwise)
 
     def touch(self, var: Var) -> None:
         """Record a read of `var` at the current step, extending its buffer's lifetime."""
