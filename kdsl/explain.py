@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from kdsl.backends.cpu.emitter import prepares_weights
+from kdsl.backends.cpu.emitter import prepares_weights, splits_columns
+from kdsl.backends.cpu.entry import MIN_ROWS_PER_THREAD_PREPARED
 from kdsl.backends.cpu.loop_products import small_product_limit
 from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL
 from kdsl.ir.graph import Graph, Layer
@@ -76,7 +77,13 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
         body = plan(eqn.attrs["body"])
         parts = [_step_product(k.eqns[0], eqn) or _describe(k, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
-        return f"one compiled time loop ({direction}); per step: " + "; ".join(parts)
+        split = (
+            f" (with fewer than {MIN_ROWS_PER_THREAD_PREPARED} rows a thread, each thread runs it on every row and "
+            "computes its share of each step's product columns)"
+            if splits_columns(eqn)
+            else ""
+        )
+        return f"one compiled time loop ({direction}){split}; per step: " + "; ".join(parts)
     if eqn.op.name in ("matmul", "matmul_tn"):
         return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
     if eqn.op.name == "gather_matmul":

@@ -20,6 +20,7 @@ from kdsl.backends.compiled import compile_model
 from kdsl.backends.cpu import emitter
 from kdsl.backends.cpu.entry import run_parts
 from kdsl.backends.cpu.spin import LINE, meet, progress_counters
+from kdsl.explain import explain
 from kdsl.lang import load
 
 TEXT = """
@@ -53,6 +54,17 @@ def test_small_batches_split_the_loops_by_columns(pair):
     with open(compiled.module.__file__) as source:
         text = source.read()
     assert text.count("run_parts(") == 6  # both layers' loops in inference, and forward and backward in training
+
+
+def test_explain_says_which_loops_split_by_columns():
+    """A loop over a weight of 1 MB (an LSTM(256)'s recurrent kernel) splits at small batches; a smaller one not."""
+    text = """model Two(x: f32[batch, 20, 8]) -> y {
+        y = x |> lstm(256, return_sequences=true) |> lstm(64)
+    }"""
+    graph = load(text, "two.kd").models["Two"]
+    programs = {e.name: e.program for e in compile_model(graph, target="numpy", training=False).entries()}
+    loops = [line for line in explain(graph, programs, batch=1).splitlines() if "time loop" in line]
+    assert ["columns" in line for line in loops] == [True, False]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
