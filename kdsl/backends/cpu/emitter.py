@@ -576,8 +576,8 @@ def prepares_weights(scan: Eqn) -> bool:
 
 # A time loop at a batch too small for a chunk of rows a thread splits the columns of its products across
 # the threads when it multiplies by a weight of at least this many floats (1 MB, more than a Zen 3 core's
-# L2). At batch 1 on the Zen 3, an LSTM(512)'s loop over 100 steps (a 4 MB weight) took 7.2–10.5 ms split
-# against 9.4–10.8 ms on one thread; an LSTM(128)'s (256 KB) gained nothing: each step's product took
+# L2). At batch 1 on the Zen 3, an LSTM(512) over 100 steps (a 4 MB weight) ran 7.0–7.4 ms split against
+# 8.9–9.3 ms on one thread (PyTorch: 8.9–9.3); an LSTM(128)'s loop (256 KB) gained nothing: each step's product took
 # 2.1 µs on half the columns against 3.7 µs on all, but the second thread joined 35–70 µs late (it needs
 # the GIL to start) and the parts exchange the product's cache lines at every step.
 MIN_SPLIT_WEIGHT = 262_144
