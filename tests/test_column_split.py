@@ -30,7 +30,7 @@ model Split(ids: i32[batch, time]) -> y {
 train Split { loss = sparse_categorical_crossentropy }
 """
 
-pytestmark = pytest.mark.skipif(numba.get_num_threads() < 2, reason="needs two threads")
+two_threads = pytest.mark.skipif(numba.get_num_threads() < 2, reason="needs two threads")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def _batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 50, (batch, 20)).astype(np.int32), rng.integers(0, 3, batch).astype(np.int32)
 
 
+@two_threads
 def test_small_batches_split_the_loops_by_columns(pair):
     _, compiled = pair
     with open(compiled.module.__file__) as source:
@@ -67,6 +68,7 @@ def test_explain_says_which_loops_split_by_columns():
     assert ["columns" in line for line in loops] == [True, False]
 
 
+@two_threads
 @pytest.mark.parametrize("batch", [1, 3])
 def test_forward_matches_numpy(pair, batch):
     reference, compiled = pair
@@ -74,6 +76,7 @@ def test_forward_matches_numpy(pair, batch):
     assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
 
 
+@two_threads
 @pytest.mark.parametrize("batch", [1, 3])
 def test_train_step_matches_numpy(pair, batch):
     reference, compiled = pair
@@ -84,6 +87,7 @@ def test_train_step_matches_numpy(pair, batch):
         assert_close(expected, actual)
 
 
+@two_threads
 def test_blas_keeps_to_one_thread_around_loops_split_by_columns(pair, monkeypatch):
     """BLAS's threads spin after each product, and took the core a part of a loop needed (see EntryPoint)."""
     reference, compiled = pair
@@ -100,6 +104,7 @@ def test_blas_keeps_to_one_thread_around_loops_split_by_columns(pair, monkeypatc
     assert entered
 
 
+@two_threads
 def test_busy_helper_threads_leave_the_loop_whole(pair):
     """Another caller holds the helper threads: one thread runs every part's columns, with the same result."""
     reference, compiled = pair
