@@ -10,13 +10,13 @@ reused at every step.
 from __future__ import annotations
 
 import builtins
+import math
 import re
 import symtable
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import NamedTuple
 
 from kdsl.backends.cpu.loop_products import SUPPORT_FUNCTIONS
 from kdsl.backends.source import SourceWriter
@@ -29,6 +29,15 @@ from kdsl.passes.fuse import Kernel, Plan, plan
 # (examples/mnist_lstm.kd: 10.5 s against 5.7 s). Chunks of this many lines sit between
 # (a masked two-output training step: 131 s as one function, 62 s in 150-line chunks).
 CHUNK_LINES = 400
+
+
+class ColumnSplit(NamedTuple):
+    """A time loop that may run as parts split by columns (see `Emitter.scan`), as names in the code."""
+
+    count: str  # the number of parts, in the kernel
+    parts: str  # the same, as a parameter of each chunk's work
+    progress: str  # the parts' progress counters (see `meet`)
+    own: set[str]  # the buffers each part but the first writes into a copy of its own
 
 
 @dataclass
@@ -124,7 +133,7 @@ class Emitter(SourceWriter):
 
     @contextmanager
     def row_chunks(
-        self, rows: str, count: str | None = None, columns: tuple[str, str, str, set[str]] | None = None
+        self, rows: str, count: str | None = None, columns: ColumnSplit | None = None
     ) -> Iterator[tuple[str, str, str, str]]:
         """`count` chunks of `rows` (by default one per thread), run on as many threads by `run_chunks`;
         yields (chunk, count, lo, hi).
@@ -134,14 +143,13 @@ class Emitter(SourceWriter):
         each such kernel was compiled as a parallel region, which linked the chunk's function, and all it
         calls, into its code twice more: half of examples/mnist_lstm.kd's cold compile.
 
-        With `columns`, (the number of parts, its name inside a chunk, their progress counters, the buffers
-        each part writes on its own): when there is more than one part, every chunk takes all rows and is
-        one part of a time loop split by columns (see `scan`); `run_parts` runs them, and the parts but the
-        first write into buffers of their own.
+        With `columns`, when there is more than one part, every chunk takes all rows and is one part of a
+        time loop split by columns (see `scan`); `run_parts` runs them, and the parts but the first write
+        into buffers of their own.
         """
         n = count or self.chunk_count(rows)
         c, lo, hi, work = self.fresh("chunk"), self.fresh("lo"), self.fresh("hi"), self.fresh("work")
-        parts = columns[1] if columns else ""
+        parts = columns.parts if columns else ""
         with self.block(f"def {work}({c}, {parts}=1):" if columns else f"def {work}({c}):"):
             self.line(f"{lo} = {f'0 if {parts} > 1 else ' if columns else ''}{c} * {rows} // {n}")
             self.line(f"{hi} = {f'{rows} if {parts} > 1 else ' if columns else ''}({c} + 1) * {rows} // {n}")
@@ -155,14 +163,13 @@ class Emitter(SourceWriter):
             self.functions.append((name, arguments, body, False))
             call = f"{name}({', '.join(arguments)})"
             if columns:  # the parts but the first write what they compute for themselves into new buffers
-                own = [f"np.empty_like({a})" if a in columns[3] else a for a in arguments]
+                own = [f"np.empty_like({a})" if a in columns.own else a for a in arguments]
                 self.either(f"{c} == 0 or {parts} == 1", call, f"{name}({', '.join(own)})")
             else:
                 self.line(call)
         chunks = f"run_chunks({n}, {work})"
         if columns:
-            split, progress = columns[0], columns[2]
-            self.either(f"{split} > 1", f"run_parts({split}, {work}, {progress})", chunks)
+            self.either(f"{columns.count} > 1", f"run_parts({columns.count}, {work}, {columns.progress})", chunks)
         else:
             self.line(chunks)
 
@@ -393,7 +400,7 @@ class Emitter(SourceWriter):
                 split, progress = self.fresh("parts"), self.fresh("progress")
                 self.line(f"{split} = columns if {count} == 1 else 1")
                 self.line(f"{progress} = progress_counters({split})")
-                columns = (split, self.fresh("parts"), progress, set())
+                columns = ColumnSplit(split, self.fresh("parts"), progress, set())
                 rows_of_partials = f"max({count}, {split})"
             sums = [(s, self.fresh("partial")) for s in self._sums_of_steps(eqn)]  # with each one's partial sums
             for s, partials in sums:
@@ -401,12 +408,12 @@ class Emitter(SourceWriter):
             with self.row_chunks(batch, count, columns) as (chunk, _, *rows):
                 self._rows = tuple(rows)
                 if columns:
-                    self._columns = (chunk, columns[1], columns[2])
+                    self._columns = (chunk, columns.parts, columns.progress)
                 self._time_loop(eqn, weights, [(s.inputs[0], f"{partials}[{chunk}]") for s, partials in sums])
                 self._rows = self._columns = None
                 if columns:
                     own = {b.name for b in self.buffers[first_buffer:]}
-                    columns[3].update(own - self._exchanged)
+                    columns.own.update(own - self._exchanged)
             for s, partials in sums:  # a loop split by columns has its sums in the first part's row
                 self.line(f"{partials}[:{count}].sum(axis=0, out={self.ref(s.out)})")
                 self._summed_by_chunks.add(id(s))
@@ -591,7 +598,7 @@ def splits_columns(scan: Eqn) -> bool:
     weights = {id(w) for w in body.inputs[nc + nx :]}
     products = [e for e in body.eqns if e.op.name == "matmul" and id(e.inputs[1]) in weights]
     outputs = {id(v) for v in body.outputs}
-    large = any(int(np.prod(e.inputs[1].shape)) >= MIN_SPLIT_WEIGHT for e in products)
+    large = any(math.prod(e.inputs[1].shape) >= MIN_SPLIT_WEIGHT for e in products)
     return prepares_weights(scan) and large and not any(id(e.out) in outputs for e in products)
 
 

@@ -157,12 +157,12 @@ def pack_panels(w, transposed):
             for b in range(full):
                 for j in range(PANEL):
                     panels[b, p, j] = w[p, b * PANEL + j]
-    left = n - full * PANEL
-    if left:
+    if full < panels.shape[0]:  # the last panel: what is left of w's columns, then zeros
         for p in range(k):
-            for j in range(PANEL):
-                inside = j < left
-                panels[full, p, j] = (w[full * PANEL + j, p] if transposed else w[p, full * PANEL + j]) if inside else 0
+            for j in range(n - full * PANEL):
+                panels[full, p, j] = w[full * PANEL + j, p] if transposed else w[p, full * PANEL + j]
+            for j in range(n - full * PANEL, PANEL):
+                panels[full, p, j] = 0
     return panels
 
 
