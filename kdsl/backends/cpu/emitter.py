@@ -606,7 +606,7 @@ def free_names(lines: list[str]) -> list[str]:
     """The variables a function body reads but does not assign, in order: the arguments it needs."""
     table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
     free = [s.get_name() for s in table.get_symbols() if s.is_global()]
-    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "product_tn", *SUPPORT_FUNCTIONS}
+    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "product", *SUPPORT_FUNCTIONS}
     return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]
 
 

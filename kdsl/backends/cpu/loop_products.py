@@ -20,7 +20,7 @@ import functools
 import numba
 import numpy as np
 
-from kdsl.backends.cpu.blas import loaded_blas
+from kdsl.backends.cpu.blas import loaded_blas, product
 from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, tile_product
 from kdsl.backends.cpu.spin import meet
 
@@ -113,11 +113,11 @@ def step_product(a, prepared, scratch, limit, out, first=0, stop=-1):
         return
     if prepared.shape[0] == 1:
         if first == 0 and stop == 1:
-            np.dot(a, prepared[0], out)
+            product(a, prepared[0], out)
         return
     width = prepared.shape[2]
     for b in range(first, stop):
-        np.dot(a, prepared[b], scratch)
+        product(a, prepared[b], scratch)
         for i in range(a.shape[0]):
             for j in range(width):
                 out[i, b * width + j] = scratch[i, j]

@@ -1,5 +1,5 @@
-"""Matrix products: BLAS does the work on every backend (through `np.dot`, and on the CPU target
-through `product_tn` for weight gradients split across threads; see `kdsl.backends.cpu.blas`).
+"""Matrix products: BLAS does the work on every backend (on the CPU target through `product`, see
+`kdsl.backends.cpu.blas`).
 
 `matmul` contracts the last axis of `a` with a weight matrix, whatever `a`'s leading axes
 (a sequence's input projection is one GEMM over all timesteps). `matmul_tn` contracts
@@ -30,18 +30,18 @@ def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: b
         return
     weight = em.right_operand(w, transpose_b)
     if not (em.threaded and (large or worth_threads(a, w))):
-        em.line(f"np.dot({em.matrix(a)}, {weight}, {em.matrix(y)})")
+        em.line(f"product({em.matrix(a)}, {weight}, {em.matrix(y)})")
         return
     rows, out = em.fresh("rows"), em.fresh("out")
     em.line(f"{rows}, {out} = {em.matrix(a)}, {em.matrix(y)}")
     with em.row_chunks(f"{rows}.shape[0]") as (_, _, lo, hi):  # one block of rows per thread
-        em.line(f"np.dot({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
+        em.line(f"product({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
 
 
 def emit_product_tn(em, a: Var, b: Var, y: Var, large: bool = False) -> None:
     """CPU code for y = aᵀ·b over all leading axes; when `large` or it looks it, each thread sums its rows' share."""
     if not (em.threaded and (large or worth_threads(a, b))):
-        em.line(f"np.dot({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
+        em.line(f"product({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
         return
     left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
     em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
@@ -50,8 +50,7 @@ def emit_product_tn(em, a: Var, b: Var, y: Var, large: bool = False) -> None:
     em.line(f"{parts} = np.empty(({count} - 1, {left}.shape[1], {right}.shape[1]), np.float32)")
     with em.row_chunks(f"{left}.shape[0]", count) as (chunk, _, lo, hi):
         em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
-        with em.block(f"if not product_tn({left}[{lo}:{hi}], {right}[{lo}:{hi}], {part}, threads):"):
-            em.line(f"np.dot({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
+        em.line(f"product({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
     k = em.fresh("k")
     with em.block(f"for {k} in range(1, {count}):"):
         em.line(f"{em.ref(y)} += {parts}[{k} - 1]")
