@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kdsl.backends.cpu import entry
+from kdsl.backends.cpu.spin import spin_until
 
 
 @numba.njit(nogil=True, cache=True)
@@ -71,3 +72,34 @@ def test_a_forked_child_starts_threads_of_its_own():
     entry.forget_chunk_threads()  # what a forked child runs
     np.testing.assert_array_equal(_squares(np.arange(6.0), 2), np.arange(6.0) ** 2)
     assert entry.CHUNK_THREADS and not set(entry.CHUNK_THREADS) & set(parent)
+
+
+def test_the_first_chunk_sets_the_armed_helpers_going():
+    """`begin` arms a helper; chunk 0's compiled work sets it going, where the GIL is free for it to take."""
+    line = entry.LINE
+    starts = np.zeros(3 * line, np.int64)
+    starts[0], starts[2 * line] = entry.ARMED, entry.GO
+    entry.start_helpers(starts, 1)  # another chunk's work leaves the flags alone
+    assert starts[0] == entry.ARMED
+    entry.start_helpers(starts, 0)
+    assert (starts[::line] == [entry.GO, 0, entry.GO]).all()  # an idle helper stays idle
+
+
+@numba.njit(nogil=True)
+def _wait_for(starts, flag, spins):
+    """Chunk 0 of a kernel: start the helpers, then spin (without the GIL) until another chunk ran."""
+    entry.start_helpers(starts, 0)
+    return spin_until(flag, 0, 1, spins)
+
+
+def test_a_helper_runs_its_chunk_while_the_caller_still_runs_its_own():
+    flag, overlapped = np.zeros(1, np.int64), []
+
+    def work(chunk):
+        if chunk == 0:
+            overlapped.append(_wait_for(entry.HELPER_STARTS, flag, 10**9))
+        else:
+            flag[0] = 1
+
+    entry.run_chunks(2, work)
+    assert overlapped == [True]

@@ -154,6 +154,7 @@ class Emitter(SourceWriter):
             self.line(f"{lo} = {f'0 if {parts} > 1 else ' if columns else ''}{c} * {rows} // {n}")
             self.line(f"{hi} = {f'{rows} if {parts} > 1 else ' if columns else ''}({c} + 1) * {rows} // {n}")
             start, depth, self._depth = len(self.lines), self._depth, 1
+            self.line(f"start_helpers(HELPER_STARTS, {c})")  # compiled, so the helpers find the GIL free
             yield c, n, lo, hi
             body = self.lines[start:]
             del self.lines[start:]
@@ -606,7 +607,8 @@ def free_names(lines: list[str]) -> list[str]:
     """The variables a function body reads but does not assign, in order: the arguments it needs."""
     table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
     free = [s.get_name() for s in table.get_symbols() if s.is_global()]
-    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "product", *SUPPORT_FUNCTIONS}
+    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "start_helpers", "product"}
+    module_level |= set(SUPPORT_FUNCTIONS)
     return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]
 
 

@@ -55,10 +55,10 @@ def spin_pause(typingctx):
 
 
 @numba.njit(cache=True, nogil=True)
-def spin_until_set(flags, index, spins):
-    """Whether flags[index] became nonzero within `spins` reads, without the GIL."""
+def spin_until(flags, index, value, spins):
+    """Whether flags[index] became `value` within `spins` reads, without the GIL."""
     for _ in range(spins):
-        if load_acquire(flags, index):
+        if load_acquire(flags, index) == value:
             return True
         spin_pause()
     return False
