@@ -8,12 +8,14 @@ from pathlib import Path
 import keras_reference as ref
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kdsl
 from kdsl.datasets import idx, mnist
 from kdsl.errors import KdslArgumentError, KdslError
 from kdsl.lang import load
-from kdsl.runtime import optimizers
+from kdsl.runtime import metrics, optimizers
 from kdsl.runtime import update_rules as rules
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -274,3 +276,23 @@ def test_learning_rate_schedules_follow_keras():
         sgd.apply([np.zeros(1, np.float32)], [np.ones(1, np.float32)])
         rates.append(sgd.learning_rate)
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5]  # the rate of update k is schedule(k)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 9), width=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_metric_means_match_keras_per_sample_definitions(batch, width, seed):
+    """Each metric's batch mean is the mean over samples of Keras's per-sample value."""
+    rng = np.random.default_rng(seed)
+    y_pred = rng.uniform(0, 1, (batch, width)).astype(np.float32)
+    y_true = rng.uniform(0, 1, (batch, width)).astype(np.float32)
+    ids = rng.integers(0, width, batch).astype(np.int32)
+    one_hot = np.eye(width, dtype=np.float32)[rng.integers(0, width, batch)]
+    expected = {
+        "sparse_categorical_accuracy": (ids, [float(ids[i] == np.argmax(y_pred[i])) for i in range(batch)]),
+        "categorical_accuracy": (one_hot, [float(np.argmax(one_hot[i]) == np.argmax(y_pred[i])) for i in range(batch)]),
+        "binary_accuracy": (y_true, [np.mean((y_pred[i] > 0.5) == (y_true[i] > 0.5)) for i in range(batch)]),
+        "mean_squared_error": (y_true, [np.mean((y_true[i] - y_pred[i]) ** 2) for i in range(batch)]),
+        "mean_absolute_error": (y_true, [np.mean(np.abs(y_true[i] - y_pred[i])) for i in range(batch)]),
+    }
+    for name, (target, per_sample) in expected.items():
+        assert metrics.batch_mean(name, target, y_pred) == pytest.approx(np.mean(per_sample), rel=1e-5), name

@@ -323,7 +323,7 @@ class _Tracker:
         keys = iter(self._keys())
         for names, output, label in zip(self.metrics, outputs, labels):
             for _, name in names:
-                self.means[next(keys)].update(float(metric_fns.per_sample(name, label, output).mean()), count)
+                self.means[next(keys)].update(metric_fns.batch_mean(name, label, output), count)
 
     def logs(self) -> dict[str, float]:
         return {"loss": self.loss.result(), **{k: m.result() for k, m in self.means.items()}}
