@@ -168,6 +168,11 @@ def test_panels_without_the_unpacked_kernel():
         assert not prepared[0, :, 4:].any()
 
 
+# strided operands go to np.dot, which Numba compiles with a copy and a warning saying so
+STRIDED_OK = pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")
+
+
+@STRIDED_OK
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 3 * MAX_TILE_ROWS + 1),
@@ -219,6 +224,7 @@ def views(rng, rows: int, cols: int) -> dict[str, tuple[np.ndarray, tuple[int, i
     }
 
 
+@STRIDED_OK
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 40), st.integers(1, 20), st.integers(1, 20), st.integers(0, 5), st.integers(0, 5))
 def test_product_multiplies_like_numpy_in_every_layout(k, m, n, left, right):

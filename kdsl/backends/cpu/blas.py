@@ -124,8 +124,8 @@ def product(a, b, out):
     """
     transpose_a, lda = blas_layout(a)
     transpose_b, ldb = blas_layout(b)
-    rows_out, ldo = blas_layout(out)
-    if not sgemm_found() or lda == 0 or ldb == 0 or rows_out != NO_TRANSPOSE or a.shape[1] == 0 or out.size == 0:
+    transpose_out, ldo = blas_layout(out)
+    if not sgemm_found() or lda == 0 or ldb == 0 or transpose_out != NO_TRANSPOSE or a.shape[1] == 0 or out.size == 0:
         np.dot(a, b, out)
         return
     m, n, k = out.shape[0], out.shape[1], a.shape[1]
