@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -63,9 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--model", help="which model of the file (needed when it defines several)")
     compile_.add_argument(
         "--emit",
-        choices=["ast", "ir", "kd", "py"],
+        choices=["ast", "ir", "kd", "py", "ptx"],
         help="ast: the syntax tree; ir: the typed IR graph and its lowered, fused kernels; "
-        "kd: the model printed back as .kd text; py: the generated Numba module",
+        "kd: the model printed back as .kd text; py: the generated Numba module; "
+        "ptx: each CUDA kernel compiled for a GPU (--target cuda; needs no GPU)",
+    )
+    compile_.add_argument(
+        "--cc", type=_compute_capability, default="9.0", help="the GPU --emit ptx compiles for (default 9.0, Hopper)"
     )
     compile_.add_argument("-o", "--output", metavar="DIR", help="write a standalone module, metadata and weights")
     compile_.add_argument("--explain", action="store_true", help="per layer: kernels, fusion, cost, fallbacks")
@@ -141,16 +146,21 @@ def _compile(args: argparse.Namespace) -> int:
     if args.emit == "kd":
         print("\n\n".join(to_kd(graph).rstrip() for graph in graphs))
         return 0
+    if args.emit == "ptx" and args.target != "cuda":
+        raise KdslError("--emit ptx shows CUDA kernels", hint="add --target cuda")
     for graph in graphs:
         training = not args.inference and graph.train is not None
         compiled = compile_model(graph, target="numpy", training=training)
-        programs = {entry.name: entry.program for entry in compiled.entries()}
+        entries = compiled.entries(prepare=_cuda_prepare() if args.target == "cuda" else None)
+        programs = {entry.name: entry.program for entry in entries}
         if args.emit == "ir":
             print(print_graph(graph).rstrip())
             for name, lowered in programs.items():
                 print(f"\n# {name}: lowered and fused\n{format_fused(lowered)}")
         elif args.emit == "py":
-            print(_cuda_source(graph, compiled) if args.target == "cuda" else compiled.source())
+            print(_cuda_module(graph, entries)[0] if args.target == "cuda" else compiled.source())
+        elif args.emit == "ptx":
+            print(_ptx(graph, entries, args.cc))
         if args.explain:
             print(explain(graph, programs, batch=args.batch, target=args.target))
         if args.output and args.target == "cuda":
@@ -171,11 +181,44 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cuda_source(graph, compiled) -> str:
-    """The CUDA module for a model; writing it needs no GPU."""
+def _cuda_prepare():
+    from kdsl.backends.cuda.codegen import prepare
+
+    return prepare
+
+
+def _cuda_module(graph, entries):
+    """The CUDA module's text for a model, and its schedules; writing them needs no GPU."""
     from kdsl.backends.cuda.codegen import generate_module
 
-    return generate_module(f"CUDA kernels of model `{graph.name}`.", compiled.entries())[0]
+    return generate_module(f"CUDA kernels of model `{graph.name}`.", entries)
+
+
+def _ptx(graph, entries, cc: tuple[int, int]) -> str:
+    """Every kernel the model's CUDA module launches, and the runner's own, as PTX for compute capability `cc`."""
+    from kdsl.backends.cuda.launch import simulated
+
+    hint = "install NVIDIA's compiler with `pip install 'kdsl[cuda]'`"
+    if simulated():
+        raise KdslError("--emit ptx compiles for a real GPU, not Numba's simulator", hint="unset NUMBA_ENABLE_CUDASIM")
+    if importlib.util.find_spec("numba_cuda") is None:  # Numba's own CUDA support is retired and lowers less
+        raise KdslError("--emit ptx needs NVIDIA's numba-cuda package", hint=hint)
+    try:
+        from kdsl.backends.compiled import load_module
+        from kdsl.backends.cuda.ptx import model_ptx, runtime_ptx
+
+        text, schedules = _cuda_module(graph, entries)
+        kernels = {**model_ptx(load_module(text), schedules, cc), **runtime_ptx(cc)}
+    except (ImportError, OSError) as error:
+        raise KdslError(f"cannot compile CUDA kernels here: {error}", hint=hint) from error
+    return "\n".join(f"// ===== kernel {name}, sm_{cc[0]}{cc[1]} =====\n{ptx}" for name, ptx in kernels.items())
+
+
+def _compute_capability(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected MAJOR.MINOR, such as 9.0, not {text!r}")
+    return int(major), int(minor)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -9,6 +9,10 @@ sooner (the suite runs about twice as fast with it).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -182,3 +186,70 @@ def test_explain_gives_launch_configurations(examples, capsys):
     report = capsys.readouterr().out
     assert "CUDA launches" in report and "<<<16, 256>>>" in report  # batch x 64 units, 256 threads a block
     assert "host loop over time" in report and "persistent kernel is future work" in report
+
+
+def test_cuda_module_of_an_embedding_model(examples, capsys):
+    """The CUDA generator reads embeddings as gathers (the CPU target folds them into `gather_matmul`)."""
+    from kdsl.cli import main
+
+    assert main(["compile", str(examples / "text_lstm.kd"), "--target", "cuda", "--emit", "py"]) == 0
+    source = capsys.readouterr().out
+    assert re.search(r"^def k\d+_embedding\(", source, flags=re.M) and "gather_matmul" not in source
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--emit", "ptx"], "--emit ptx shows CUDA kernels"), (["--emit", "ptx", "--target", "cuda"], "simulator")],
+)
+def test_emit_ptx_refuses_without_a_compiler_for_a_gpu(examples, capsys, arguments, message):
+    from kdsl.cli import main
+
+    assert main(["compile", str(examples / "mnist_mlp.kd"), *arguments]) == 1
+    assert message in capsys.readouterr().err
+
+
+PTX_CHECK = """
+import sys
+from kdsl.cli import main
+for path in sys.argv[1:]:
+    assert main(["compile", path, "--target", "cuda", "--emit", "ptx", "--cc", "9.0"]) == 0
+"""
+NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ptx_check(request, tmp_path_factory):
+    """Compiles the test models' kernels for a GPU in another process, started before this module's tests.
+
+    It takes about a minute of one core, which the simulator's tests, holding the GIL, leave idle.
+    The test models and the GRU stack between them have every kind of kernel the generator writes.
+    """
+    if not NUMBA_CUDA or not any(item.name == "test_every_kernel_compiles_for_a_gpu" for item in request.session.items):
+        yield None
+        return
+    directory = tmp_path_factory.mktemp("ptx")
+    paths = [directory / "masked.kd", directory / "dense.kd", EXAMPLES / "gru_stack.kd"]
+    paths[0].write_text(MASKED)
+    paths[1].write_text(DENSE)
+    environment = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}  # the check runs NVVM, which the simulator replaces
+    command = [sys.executable, "-c", PTX_CHECK, *map(str, paths)]
+    with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        yield paths, run
+        run.kill()
+
+
+@pytest.mark.skipif(not NUMBA_CUDA, reason="NVIDIA's numba-cuda is not installed")
+def test_every_kernel_compiles_for_a_gpu(ptx_check, capsys):
+    """The simulator runs kernels as Python; NVVM must also compile each one for a real GPU (Hopper, sm_90)."""
+    from kdsl.cli import main
+
+    paths, run = ptx_check
+    kernels = []
+    for path in paths:
+        assert main(["compile", str(path), "--target", "cuda", "--emit", "py"]) == 0
+        kernels += re.findall(r"^def (k\d+\w*)\(", capsys.readouterr().out, flags=re.M)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    sections = re.split(r"^// ===== kernel (\w+), sm_90 =====$", out, flags=re.M)[1:]
+    compiled = {name for name, ptx in zip(sections[::2], sections[1::2]) if ".visible .entry" in ptx}
+    assert set(kernels) <= compiled and {"zero", "gemm_tiled", "adam", "sgd"} <= compiled

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -179,10 +179,14 @@ class CompiledModel:
 
     # --- code generation ------------------------------------------------------------------------
 
-    def entries(self) -> list[Entry]:
-        """The programs the CPU module exposes: `forward`, and `train_step` when training."""
+    def entries(self, prepare: Callable[[Program], Program] | None = None) -> list[Entry]:
+        """The programs the CPU module exposes: `forward`, and `train_step` when training.
+
+        `prepare` readies each for another target's generator (this model's own `prepare` by default).
+        """
+        prepare = prepare or self.prepare
         data = [v.name for v in self.graph.inputs]
-        forward = self.prepare(self.inference.program)
+        forward = prepare(self.inference.program)
         entries = [Entry("forward", forward, [*data, *self.param_names], self.graph.output_names)]
         if self.training is not None:
             t = self.training
@@ -190,7 +194,7 @@ class CompiledModel:
             targets = [v.name for v in [*t.targets, *t.sample_weights]]
             results = ["loss", *self.graph.output_names, *(f"grad/{self.param_names[i]}" for i in self.trainable)]
             results += [f"update/{self.param_names[i]}" for i, _ in t.lowered.updates]
-            step = self.prepare(t.program)
+            step = prepare(t.program)
             entries.append(Entry("train_step", step, [*data, *targets, *self.param_names, *noise], results))
         return entries
 

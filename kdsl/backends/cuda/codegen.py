@@ -21,7 +21,7 @@ from kdsl.backends.cuda import ops
 from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import Dim
-from kdsl.passes.fuse import Kernel, Plan, plan
+from kdsl.passes.fuse import Kernel, Plan, cse, plan
 
 # the runner, not a generated kernel, carries these out
 HOST_OPS = ("matmul", "matmul_tn", "scan")
@@ -165,6 +165,12 @@ def device_scalars() -> str:
                             _support_source(scalars), flags=re.M)  # fmt: skip
     assert count, "the scalar helpers are no longer decorated with @numba.njit"
     return source
+
+
+def prepare(program: Program) -> Program:
+    """A program as this generator takes it: repeated work merged; embeddings stay unfolded
+    (the CPU target's `gather_matmul`, which picks its order of work when it runs, has no CUDA kernel yet)."""
+    return cse(program)
 
 
 def generate_module(title: str, entries: list[Entry]) -> tuple[str, dict[str, Schedule]]:

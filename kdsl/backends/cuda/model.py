@@ -15,13 +15,12 @@ import numpy as np
 from numba import cuda
 
 from kdsl.backends.compiled import CompiledModel, load_module
-from kdsl.backends.cuda.codegen import generate_module
+from kdsl.backends.cuda.codegen import generate_module, prepare
 from kdsl.backends.cuda.optimizer import DeviceOptimizer
 from kdsl.backends.cuda.runner import DeviceProgram, copy
 from kdsl.backends.numpy_ref import bind_sizes
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.ir.program import Program
-from kdsl.passes.fuse import cse
 from kdsl.runtime.optimizers import Optimizer
 
 
@@ -49,8 +48,7 @@ class CudaModel(CompiledModel):
         self.optimizer_state = DeviceOptimizer()
 
     def prepare(self, program: Program) -> Program:
-        """Repeated work merged; embeddings stay unfolded (this generator has no `gather_matmul` kernel yet)."""
-        return cse(program)
+        return prepare(program)
 
     # --- weights and gradients, as host copies ----------------------------------------------------
 

@@ -30,7 +30,7 @@ def _clipped(g, clip, limit, scale, global_scale):
 
 
 @cuda.jit(cache=True)
-def _sum_squares(g, clip, limit, out):
+def sum_squares(g, clip, limit, out):
     for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
         value = _clipped(g[i], clip, limit, np.float32(1.0), np.float32(1.0))
         cuda.atomic.add(out, 0, value * value)
@@ -68,7 +68,7 @@ def _adagrad(w, g, accumulator, clip, limit, scale, global_scale, lr, epsilon):
         _adagrad_at(i, w, _clipped(g[i], clip, limit, scale, global_scale), accumulator, lr, epsilon)
 
 
-_KERNELS = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
+KERNELS = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
 f32 = np.float32
 
 
@@ -102,10 +102,10 @@ class DeviceOptimizer:
 
     def _update(self, optimizer: Optimizer, grid, w, g, slots, common, lr) -> None:
         """The optimizer's rule as its kernel: the same slots and scalars the host loop takes."""
-        if optimizer.name not in _KERNELS:
+        if optimizer.name not in KERNELS:
             raise NotImplementedError(f"optimizer `{optimizer.name}` has no device update")
         arrays = [slots.get(name, w) for name in optimizer.slot_names]  # the weight stands for a slot not kept
-        _KERNELS[optimizer.name][grid](w, g, *arrays, *common, *optimizer.scalars(lr))
+        KERNELS[optimizer.name][grid](w, g, *arrays, *common, *optimizer.scalars(lr))
 
     def _clip_scales(self, optimizer: Optimizer, grads: list) -> tuple[list[float], float]:
         """The factors `clipnorm` and `global_clipnorm` multiply each gradient by (1.0 when unset)."""
@@ -116,7 +116,7 @@ class DeviceOptimizer:
         squares = []
         for g in grads:
             total = cuda.to_device(np.zeros(1, np.float32))
-            _sum_squares[element_grid(g.size)](g, *clip, total)
+            sum_squares[element_grid(g.size)](g, *clip, total)
             squares.append(float(total.copy_to_host()[0]))
         if optimizer.clipnorm is not None:
             scales = [min(1.0, optimizer.clipnorm / max(math.sqrt(s), 1e-12)) for s in squares]

@@ -38,7 +38,8 @@ def concrete(dims: Sequence[Dim], sizes: Sizes) -> tuple[int, ...]:
 
 
 @cuda.jit(cache=True)
-def _zero(flat):
+def zero(flat):
+    """Clear an array before a kernel adds into it atomically."""
     for i in range(cuda.grid(1), flat.size, cuda.gridsize(1)):
         flat[i] = 0
 
@@ -97,7 +98,7 @@ class _Run:
         arrays = [self.value(var, env, schedule) for var in step.arrays]
         for var in step.zeroed:
             array = self.value(var, env, schedule)
-            _zero[element_grid(array.size)](array.reshape(array.size))
+            zero[element_grid(array.size)](array.reshape(array.size))
         count = int(np.prod(space))
         if count:
             getattr(self.module, step.name)[element_grid(count)](*space, *arrays)
