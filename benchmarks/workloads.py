@@ -130,9 +130,10 @@ def epoch_race(torch, keras, name: str, file: str, dataset, batch_size: int, net
     return Race(name, "s", ours, theirs, flops, keras=keras_fit)
 
 
-def lstm_network(torch):
+def lstm_network(torch, device: str = "cpu"):
     nn = torch.nn
-    lstm, norm, head = nn.LSTM(28, 64, batch_first=True), nn.BatchNorm1d(64, 1e-3, 0.01), nn.Linear(64, 10)
+    lstm, norm, head = (m.to(device) for m in (nn.LSTM(28, 64, batch_first=True), nn.BatchNorm1d(64, 1e-3, 0.01),
+                                               nn.Linear(64, 10)))  # fmt: skip
 
     def logits(x):
         _, (h, _) = lstm(x)

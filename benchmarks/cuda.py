@@ -1,0 +1,183 @@
+"""kdsl's CUDA target against PyTorch on the same GPU (cuDNN's LSTM and GRU): `python -m benchmarks.cuda`.
+
+mnist_lstm: one epoch of real MNIST through `Model.fit` on `target="cuda"`, against a plain PyTorch
+loop on the GPU, SGD 0.01, batch 64. DeepBench-style LSTM and GRU shapes (input size = hidden size,
+hidden 256 to 1024, batch 16 to 128, 25 to 150 steps): a training step (forward, mean squared error
+of the last state, backward; no optimizer update, on both sides) and an inference call, plus an
+LSTM(512) at batch 1. Prints the GPU, medians of several runs after a warm-up, the ratio kdsl / PyTorch
+(time) and kdsl's achieved TFLOP/s, as Markdown for `benchmarks/RESULTS.md`.
+
+Each timed call ends with the device idle: kdsl's calls return host values, and each PyTorch call is
+followed by `torch.cuda.synchronize()`. `--smoke` shrinks every shape so that Numba's CUDA simulator
+(`NUMBA_ENABLE_CUDASIM=1`) runs the whole script in seconds: a check of the script, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import numpy as np
+
+import kdsl
+from benchmarks.workloads import DEEPBENCH, EXAMPLES, Race, flops_per_call, images, lstm_network
+from kdsl.backends.compiled import compile_model
+from kdsl.datasets import mnist
+from kdsl.lang import load
+
+# (layer, PyTorch module, hidden, batch, steps): DeepBench's recurrent training shapes in the range asked for
+SHAPES = [
+    ("lstm", "LSTM", 256, 16, 150),
+    ("lstm", "LSTM", 512, 64, 50),
+    ("lstm", "LSTM", 1024, 128, 25),
+    ("gru", "GRU", 512, 32, 50),
+    ("gru", "GRU", 1024, 64, 25),
+]
+BATCH_ONE = ("lstm", "LSTM", 512, 1, 100)  # inference of one sequence: where launches, not FLOPs, set the time
+SMOKE = [("lstm", "LSTM", 4, 2, 3), ("gru", "GRU", 4, 2, 3)]
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # compiles, allocates the buffers, warms cuBLAS and cuDNN
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def synchronized(torch, fn: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def mnist_lstm(torch, smoke: bool) -> Race:
+    """One epoch of examples/mnist_lstm.kd through `fit` (a few shrunk batches under --smoke)."""
+    source = (EXAMPLES / "mnist_lstm.kd").read_text()
+    if smoke:
+        source = source.replace("units=64", "units=4").replace("f32[batch, 28, 28]", "f32[batch, 3, 4]")
+        rng = np.random.default_rng(0)
+        x, y = rng.uniform(0, 1, (12, 3, 4)).astype(np.float32), rng.integers(0, 10, 12)
+    else:
+        x, y = images(mnist)
+    model = kdsl.Model.from_graph(next(iter(load(source, "mnist_lstm.kd").models.values())))
+    model.compile(target="cuda")
+    batch = 4 if smoke else 64
+    flops = flops_per_call(model.graph, batch, training=True) * len(x) / batch
+    ours = lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # noqa: E731
+    theirs = None
+    if torch:
+        logits, params = lstm_network(torch, "cuda")
+        sgd = torch.optim.SGD(params, lr=0.01)
+        tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+        def epoch() -> None:
+            order = torch.randperm(len(tx), device="cuda")
+            for start in range(0, len(tx), batch):
+                rows = order[start : start + batch]
+                sgd.zero_grad()
+                torch.nn.functional.cross_entropy(logits(tx[rows]), ty[rows]).backward()
+                sgd.step()
+
+        theirs = synchronized(torch, epoch)
+    return Race(f"mnist_lstm, one epoch of {len(x)} (s)", "s", ours, theirs, flops, repeat=3)
+
+
+def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: int, training: bool) -> Race:
+    """A training step or an inference call of one recurrent layer at a DeepBench shape."""
+    graph = load(DEEPBENCH.format(layer=layer, hidden=hidden, steps=steps), "deepbench.kd").models["DeepBench"]
+    model = compile_model(graph, target="cuda", training=training)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, steps, hidden)).astype(np.float32)
+    y = rng.standard_normal((batch, hidden)).astype(np.float32)
+    ours = (lambda: model.train_step([x], [y])) if training else (lambda: model.forward(x))
+    theirs = None
+    if torch:
+        net = getattr(torch.nn, module)(hidden, hidden, batch_first=True).cuda()
+        tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+        def last_state():
+            state = net(tx)[1]
+            return (state[0] if isinstance(state, tuple) else state)[-1]
+
+        def step() -> None:
+            net.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(last_state(), ty).backward()
+
+        def infer() -> None:
+            with torch.no_grad():
+                last_state()
+
+        theirs = synchronized(torch, step if training else infer)
+    what = "training step" if training else "inference"
+    name = f"{module} hidden {hidden}, batch {batch}, {steps} steps: {what} (ms)"
+    return Race(name, "ms", ours, theirs, flops_per_call(graph, batch, training), repeat=10)
+
+
+def races(torch, smoke: bool) -> list[Race]:
+    shapes = SMOKE if smoke else SHAPES
+    result = [mnist_lstm(torch, smoke)]
+    result += [recurrent(torch, *shape, training=training) for shape in shapes for training in (True, False)]
+    if not smoke:
+        result.append(recurrent(torch, *BATCH_ONE, training=False))
+    return result
+
+
+def table(results: list[tuple[Race, float, float | None]]) -> str:
+    lines = ["| workload | kdsl | PyTorch (cuDNN) | kdsl / PyTorch (time) | kdsl TFLOP/s |", "|---|---|---|---|---|"]
+    for race, ours, theirs in results:
+        reference = "— | —" if theirs is None else f"{race.value(theirs):.3g} | {ours / theirs:.2f}"
+        lines.append(f"| {race.name} | {race.value(ours):.3g} | {reference} | {race.flops / ours / 1e12:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, for Numba's CUDA simulator")
+    args = parser.parse_args()
+    gpus = [device for device in kdsl.devices() if device.kind != "cpu"]
+    if not gpus:
+        raise SystemExit("no GPU found (with NUMBA_ENABLE_CUDASIM=1, --smoke runs in Numba's simulator)")
+    torch = None
+    if importlib.util.find_spec("torch"):
+        import torch
+
+        torch = torch if torch.cuda.is_available() else None
+    found = [name for name in ("numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x") if _installed(name)]
+    line = f"device: {gpus[0]}; Python {platform.python_version()}, " + ", ".join(
+        f"{name} {metadata.version(name)}" for name in found
+    )
+    if torch:
+        line += f", torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+    print(line if torch else f"{line}; PyTorch cannot use CUDA here: no reference side")
+    results = []
+    for race in races(torch, args.smoke):
+        repeat = 1 if args.smoke else race.repeat
+        ours = median_seconds(race.kdsl, repeat)
+        theirs = median_seconds(race.torch, repeat) if race.torch else None
+        results.append((race, ours, theirs))
+        reference = "" if theirs is None else f", torch {race.value(theirs):.3g}"
+        print(f"  {race.name}: kdsl {race.value(ours):.3g}{reference}")
+    print()
+    print(table(results))
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
