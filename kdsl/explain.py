@@ -121,15 +121,25 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
     from kdsl.backends.cuda.codegen import HOST_OPS, KernelWriter
     from kdsl.backends.cuda.launch import GEMM_TILE, element_grid, gemm_grid
     from kdsl.backends.cuda.ops import write
+    from kdsl.backends.cuda.persistent import persistent_scan
 
     eqn = kernel.eqns[0]
     if eqn.op.name == "scan":
         body = plan(eqn.attrs["body"])
         parts = [_describe_cuda(k, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
+        found = persistent_scan("explain", eqn)
+        if found is None:
+            return f"host loop over time ({direction}), launching per step: " + "; ".join(parts)
+        blocks, threads = element_grid(found[1].threads(sizes), simulator=False)
+        phases = [
+            f"{k.eqns[0].op.name} {'x'.join(str(numel((d,), sizes)) for d in k.eqns[0].out.shape)} in the kernel"
+            if k.kind == "op" and k.eqns[0].op.name in ("matmul", "matmul_tn") else part.split(" <<<")[0]
+            for k, part in zip([k for k in body.kernels if k.kind != "view"], parts)
+        ]  # fmt: skip
         return (
-            f"host loop over time ({direction}; a persistent kernel is future work), launching per step: "
-            + "; ".join(parts)
+            f"one persistent kernel over time ({direction}; a cooperative grid of up to <<<{blocks}, {threads}>>>, "
+            f"{found[0].count('grid.sync()')} grid-wide barrier(s) a step), its phases: " + "; ".join(phases)
         )
     if eqn.op.name in HOST_OPS:
         rows, columns = numel(eqn.out.shape[:-1], sizes), numel(eqn.out.shape[-1:], sizes)

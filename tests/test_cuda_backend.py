@@ -185,7 +185,30 @@ def test_explain_gives_launch_configurations(examples, capsys):
     assert main(["compile", str(examples / "mnist_lstm.kd"), "--target", "cuda", "--explain", "--batch", "64"]) == 0
     report = capsys.readouterr().out
     assert "CUDA launches" in report and "<<<16, 256>>>" in report  # batch x 64 units, 256 threads a block
-    assert "host loop over time" in report and "persistent kernel is future work" in report
+    # a time loop is one kernel: the product of 64 rows, 4 a thread, by 256 columns needs 16 blocks of 256 threads
+    assert "one persistent kernel over time (forwards; a cooperative grid of up to <<<16, 256>>>" in report
+    assert "2 grid-wide barrier(s) a step), its phases: matmul 64x256 in the kernel; fused kernel" in report
+
+
+def test_host_loop_matches_persistent_kernel(monkeypatch):
+    """A cell a persistent kernel cannot hold is run step by step from the host; both ways give the same results."""
+    from kdsl.backends.cuda import codegen
+    from kdsl.backends.cuda.persistent import Persistent
+
+    graph = next(iter(load(small_mnist_lstm(), "t.kd").models.values()))
+    persistent = compile_model(graph, target="cuda")
+    monkeypatch.setattr(codegen, "persistent_scan", lambda name, eqn: None)
+    stepped = compile_model(graph, target="cuda")
+    kinds = {name: {type(s) for s in model.programs["train_step"].schedule.steps}
+             for name, model in (("persistent", persistent), ("stepped", stepped))}  # fmt: skip
+    assert Persistent in kinds["persistent"] and Persistent not in kinds["stepped"]
+    stepped.weights = [w.copy() for w in persistent.weights]
+    inputs, targets = _arrays(persistent, np.random.default_rng(5), 3, 3)
+    for expected, actual in zip(persistent.forward(*inputs), stepped.forward(*inputs), strict=True):
+        assert_close(expected, actual)
+    assert stepped.train_step(inputs, targets) == pytest.approx(persistent.train_step(inputs, targets), rel=1e-6)
+    for expected, actual in zip(persistent.grads, stepped.grads, strict=True):
+        assert_close(expected, actual)
 
 
 def test_cuda_module_of_an_embedding_model(examples, capsys):

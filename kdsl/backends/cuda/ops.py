@@ -16,7 +16,7 @@ from kdsl.ir.ops.reduce import row_softmax_lines, softmax_cross_entropy_lines
 from kdsl.ir.program import Eqn
 
 if TYPE_CHECKING:
-    from kdsl.backends.cuda.codegen import KernelWriter
+    from kdsl.backends.cuda.writer import KernelWriter
 
 F = "np.float32"
 

@@ -11,13 +11,17 @@ extra brings both) and the simulator switched off.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import ModuleType
+from contextlib import contextmanager
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 from numba import cuda, typeof, types
+from numba.cuda import dispatcher
 
 from kdsl.backends.cuda import gemm, optimizer, runner
 from kdsl.backends.cuda.codegen import Launch, Schedule
+from kdsl.backends.cuda.persistent import Persistent
+from kdsl.ir.program import Var
 from kdsl.runtime import optimizers
 
 DEFAULT_CC = (9, 0)  # Hopper: H100 and H200
@@ -46,22 +50,45 @@ def runtime_ptx(cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     return {name: _ptx(kernel, [typeof(x) for x in example], cc) for name, (kernel, example) in examples.items()}
 
 
-def _launches(schedule: Schedule) -> Iterator[Launch]:
+def _launches(schedule: Schedule) -> Iterator[Launch | Persistent]:
     for step in schedule.steps:
-        if isinstance(step, Launch):
+        if isinstance(step, Launch | Persistent):
             yield step
     for body in schedule.bodies.values():
         yield from _launches(body)
 
 
-def _argument_types(launch: Launch) -> list:
-    """How Numba types the runner's arguments: sizes as Python ints, then C-contiguous device arrays
-    (a scalar as one element)."""
-    arrays = [types.Array(types.float32 if v.type.dtype == "f32" else types.int32, max(v.rank, 1), "C")
-              for v in launch.arrays]  # fmt: skip
-    return [types.int64] * len(launch.space) + arrays
+def _argument_types(launch: Launch | Persistent) -> list:
+    """How Numba types the runner's arguments: counts and sizes as Python ints, then C-contiguous device arrays
+    (a scalar as one element), in the order the runner passes them."""
+    if isinstance(launch, Launch):
+        return [types.int64] * len(launch.space) + list(map(_array_type, launch.arrays))
+    eqn, nc = launch.eqn, launch.eqn.attrs["num_carry"]
+    carries = [var for var in eqn.attrs["body"].outputs[:nc] for _ in (0, 1)]
+    arrays = [*eqn.inputs, *carries, *eqn.outputs[nc:], *launch.locals]
+    return [types.int64] * (1 + sum(map(len, launch.spaces))) + list(map(_array_type, arrays))
+
+
+def _array_type(var: Var) -> types.Array:
+    return types.Array(types.float32 if var.type.dtype == "f32" else types.int32, max(var.rank, 1), "C")
 
 
 def _ptx(kernel, argument_types: list, cc: tuple[int, int]) -> str:
-    ptx, _ = cuda.compile_ptx(kernel.py_func, types.void(*argument_types), cc=cc)
+    with _device_standing_in(cc):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, types.void(*argument_types), cc=cc)
     return ptx
+
+
+@contextmanager
+def _device_standing_in(cc: tuple[int, int]) -> Iterator[None]:
+    """Numba compiles a called device function, and the grid barrier of cooperative groups, for the current
+    GPU, whose compute capability it asks the driver for; with no GPU, a stand-in answers `cc`."""
+    if cuda.is_available():
+        yield
+        return
+    asked = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = asked

@@ -2,11 +2,11 @@
 
 Every value the plan materializes gets a device buffer, allocated the first time a set of
 symbolic sizes (the batch size, usually) is seen and reused by every later call, so a step
-allocates nothing. A scan is a host loop launching its cell's kernels once per step: each
-step's outputs are computed straight into their slot of the stacked result, and new carries
-alternate between two buffers so a step never overwrites the state it reads. (One
-persistent kernel running the whole time loop would save a launch per op and step: future
-work.) Kernels run in order on the default stream; nothing here waits for the device.
+allocates nothing. A scan is one launch of its persistent kernel (`kdsl.backends.cuda.persistent`)
+on a cooperative grid; a cell that kernel cannot hold is a host loop launching the cell's
+kernels once per step, each step's outputs computed straight into their slot of the stacked
+result and new carries alternating between two buffers, as the persistent kernel does. Kernels
+run in order on the default stream; nothing here waits for the device.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
-from numba import cuda
+from numba import cuda, typeof
 
 from kdsl.backends.cuda.codegen import Launch, Schedule
 from kdsl.backends.cuda.gemm import gemm
-from kdsl.backends.cuda.launch import element_grid
+from kdsl.backends.cuda.launch import element_grid, simulated
+from kdsl.backends.cuda.persistent import Persistent
 from kdsl.ir.program import Eqn, Var
 from kdsl.ir.types import Dim
 
@@ -86,6 +87,8 @@ class _Run:
         for step in schedule.steps:
             if isinstance(step, Launch):
                 self.launch(step, env, schedule)
+            elif isinstance(step, Persistent):
+                self.persistent(step, env, schedule)
             elif step.op.name == "scan":
                 self.scan(step, env, schedule)
             elif step.op.name in ("matmul", "matmul_tn"):
@@ -102,6 +105,27 @@ class _Run:
         count = int(np.prod(space))
         if count:
             getattr(self.module, step.name)[element_grid(count)](*space, *arrays)
+
+    def persistent(self, step: Persistent, env: dict, schedule: Schedule) -> None:
+        """A whole time loop in one launch of its kernel; the final carries are left in its buffers."""
+        eqn, nc = step.eqn, step.eqn.attrs["num_carry"]
+        body = eqn.attrs["body"]
+        outer = [self.value(v, env, schedule) for v in eqn.inputs]
+        steps = outer[nc].shape[0]
+        buffers = [self.buffer(var, copy) for var in body.outputs[:nc] for copy in (0, 1)]
+        stacked = [self.value(v, env, schedule) for v in eqn.outputs[nc:]]
+        cell = Schedule(body, [], {}, {id(e.out): e.attrs["value"] for e in body.eqns if e.op.name == "const"})
+        locals_ = [self.value(var, {}, cell) for var in step.locals]
+        spaces = [concrete(space, self.sizes) for space in step.spaces]
+        arguments = [steps, *(n for space in spaces for n in space), *outer, *buffers, *stacked, *locals_]
+        kernel = getattr(self.module, step.name)
+        kernel[cooperative_grid(kernel, arguments, step.threads(self.sizes))](*arguments)
+        for k, var in enumerate(eqn.outputs[:nc]):
+            final = outer[k] if steps == 0 else buffers[2 * k + (steps - 1) % 2]
+            if id(var) in env:  # a slot of an enclosing loop's stacked output
+                copy(env[id(var)], final)
+            else:
+                env[id(var)] = final
 
     def matmul(self, eqn: Eqn, env: dict, schedule: Schedule) -> None:
         (a, b), y = eqn.inputs, eqn.out
@@ -148,6 +172,16 @@ class _Run:
             carries = [self.value(v, inner, cell) for v in body.outputs[:nc]]
         for var, carry in zip(eqn.outputs[:nc], carries):
             copy(self.value(var, env, schedule), carry)
+
+
+def cooperative_grid(kernel, arguments: list, count: int) -> tuple[int, int]:
+    """(blocks, threads) for a kernel with grid-wide barriers: every block must be resident on the GPU at once,
+    so the grid is capped at what the GPU holds of this kernel (the simulator runs one block)."""
+    blocks, threads = element_grid(count)
+    if simulated():
+        return blocks, threads
+    compiled = kernel.compile(tuple(typeof(a) for a in arguments))
+    return min(blocks, compiled.max_cooperative_grid_blocks(threads)), threads
 
 
 def var_shape(var: Var, sizes: Sizes) -> tuple[int, ...]:

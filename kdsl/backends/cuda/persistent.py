@@ -1,0 +1,204 @@
+"""A time loop as one CUDA kernel that runs every step: the cell's kernels become phases of it.
+
+Launched step by step, a cell costs a launch from Python per kernel and step (tens of µs each
+through Numba's dispatcher and CuPy), which for a recurrent cell's small kernels is most of the
+step. Here the threads of one cooperative grid loop over the steps together. Each phase, a
+fused elementwise loop, another op's kernel body, or a product with the recurrent weight
+(`kdsl.backends.cuda.cell_products`), is a grid-stride loop, and a grid-wide barrier follows it
+where a kernel boundary was. Carries alternate between two buffers, so a step never overwrites
+the state it reads; each step writes its outputs into their slot of the stacked results. A cell
+holding what a phase cannot do (a reshape that is not free, a nested loop, an atomic sum) keeps
+the runner's host loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdsl.backends.cpu.codegen import _support_source
+from kdsl.backends.cuda import cell_products, ops
+from kdsl.backends.cuda.writer import KernelWriter, fused_loop
+from kdsl.ir.ops.base import numel
+from kdsl.ir.program import Eqn, Var
+from kdsl.ir.types import Dim
+from kdsl.passes.fuse import plan
+
+PRODUCTS = {"matmul", "matmul_tn"}
+
+
+@dataclass
+class Persistent:
+    """A scan run by the cooperative kernel `name`, called with the step count, the sizes of `spaces`, the scan's
+    inputs, two buffers per carry, the stacked outputs, and the cell values it keeps in buffers (`locals`)."""
+
+    name: str
+    eqn: Eqn
+    spaces: list[tuple[Dim, ...]] = field(default_factory=list)
+    products: list[Var] = field(default_factory=list)  # outputs of the products: the grid must cover them too
+    locals: list[Var] = field(default_factory=list)
+
+    def threads(self, sizes: dict[str, int]) -> int:
+        """Threads enough for the widest phase: more would only wait at the barriers."""
+        loops = [numel(space, sizes) for space in self.spaces]
+        products = [
+            -(-numel(y.shape[:1], sizes) // cell_products.ROWS) * numel(y.shape[1:], sizes) for y in self.products
+        ]
+        return max([1, *loops, *products])
+
+
+class Unsupported(Exception):
+    """The cell holds something a phase cannot do."""
+
+
+class PhaseWriter(KernelWriter):
+    """One phase's loop: arrays are named by the scan's kernel, inside its loop over the steps."""
+
+    def __init__(self, scan: ScanWriter):
+        super().__init__(scan.step.name)
+        self.scan = scan
+        self._depth = 3
+        self._count = scan.count
+        self.product = False  # a product's call, not a loop
+
+    def array(self, var: Var) -> str:
+        return self.scan.array(var)
+
+
+class ScanWriter:
+    """The text of one scan's persistent kernel."""
+
+    def __init__(self, name: str, eqn: Eqn):
+        self.step = Persistent(name, eqn)
+        self.names: dict[int, str] = {}
+        self.bindings: list[str] = []  # per step: the carries, and this step's slices of inputs and outputs
+        self.copies: list[tuple[str, Var]] = []  # (array, cell value) where one value has two homes
+        self.phases: list[PhaseWriter] = []
+        self.syncs: list[bool] = []  # whether a grid-wide barrier follows each phase
+        self.count = 0
+        body, nc, nx = eqn.attrs["body"], eqn.attrs["num_carry"], eqn.attrs["num_xs"]
+        self.outer = [f"a{i}" for i in range(len(eqn.inputs))]
+        self.buffers = [f"b{k}_{copy}" for k in range(nc) for copy in (0, 1)]
+        self.stacked = [f"s{j}" for j in range(len(eqn.outputs) - nc)]
+        for k, var in enumerate(body.inputs[:nc]):
+            self._bind(var, f"c{k}", f"a{k} if step == 0 else (b{k}_1 if step % 2 == 0 else b{k}_0)")
+        for j, var in enumerate(body.inputs[nc : nc + nx]):
+            self._bind(var, f"x{j}", _slice(f"a{nc + j}", var))
+        for j, var in enumerate(body.inputs[nc + nx :]):
+            self.names[id(var)] = f"a{nc + nx + j}"
+        for k, var in enumerate(body.outputs[:nc]):
+            self._bind(var, f"o{k}", f"b{k}_0 if step % 2 == 0 else b{k}_1")
+        for j, var in enumerate(body.outputs[nc:]):
+            self._bind(var, f"y{j}", _slice(f"s{j}", var))
+
+    def _bind(self, var: Var, name: str, value: str) -> None:
+        self.bindings.append(f"{name} = {value}")
+        if id(var) in self.names:  # also the value of another input or output: copied at the end of the step
+            self.copies.append((name, var))
+        else:
+            self.names[id(var)] = name
+
+    def array(self, var: Var) -> str:
+        """The array holding `var`: bound above, or a cell value in a buffer of its own."""
+        if id(var) not in self.names:
+            self.names[id(var)] = f"l{len(self.step.locals)}"
+            self.step.locals.append(var)
+        return self.names[id(var)]
+
+    def write(self) -> None:
+        body = self.step.eqn.attrs["body"]
+        fused = plan(body)
+        literals = {id(e.out): e.op.scalar(e.attrs) for e in body.eqns if e.op.name == "const"}
+        for kernel in fused.kernels:
+            eqn = kernel.eqns[0]
+            if kernel.kind == "view":
+                if not eqn.attrs.get("free"):
+                    raise Unsupported(eqn.op.name)
+            elif kernel.kind == "op" and eqn.op.name in PRODUCTS:
+                self._product(eqn)
+            elif kernel.kind == "op" and eqn.op.name == "scan":
+                raise Unsupported("scan")
+            else:
+                writer = PhaseWriter(self)
+                if kernel.kind == "loop":
+                    fused_loop(writer, kernel, fused, literals)
+                else:
+                    ops.write(writer, eqn)
+                if writer.zeroed:
+                    raise Unsupported(eqn.op.name)
+                self._phase(writer)
+        inputs = {id(var) for var in body.inputs}
+        late = []
+        for name, var in self.copies:
+            writer = PhaseWriter(self)
+            idx = writer.over(var.shape)
+            writer.line(f"{name}[{', '.join(idx) if var.rank else '0'}] = {writer.at(var, idx)}")
+            same = [phase for phase in self.phases if phase.space == writer.space]
+            if id(var) in inputs and same:  # an input is there from the step's start: copied in a loop over its shape
+                same[-1].lines += writer.lines
+            else:
+                late.append(writer)
+        for writer in late:
+            self._phase(writer, sync=writer is late[-1])  # the next step writes the buffers these read
+
+    def _phase(self, writer: PhaseWriter, sync: bool = True) -> None:
+        self.step.spaces.append(writer.space)
+        self.phases.append(writer)
+        self.count = writer._count
+        self.syncs.append(sync)
+
+    def _product(self, eqn: Eqn) -> None:
+        (a, b), y = eqn.inputs, eqn.out
+        if not a.rank == b.rank == y.rank == 2:
+            raise Unsupported(f"{eqn.op.name} of rank {a.rank}")
+        writer = PhaseWriter(self)
+        left, right, out = (writer.array(v) for v in (a, b, y))
+        if eqn.op.name == "matmul":
+            writer.line(f"rows_by_matrix({left}, {right}, {out}, {bool(eqn.attrs.get('transpose_b'))})")
+        else:
+            writer.line(f"matrix_tn({left}, {right}, {out})")
+        writer.product = True
+        self.step.products.append(y)
+        self.phases.append(writer)
+        self.syncs.append(True)
+
+    def source(self) -> str:
+        body, number = [], 0
+        for writer, sync in zip(self.phases, self.syncs):
+            if writer.product:  # a call: the device function loops over the outputs itself
+                body += [line[4:] for line in writer.lines]
+            else:
+                body += writer.grid_stride([f"p{number}_{axis}" for axis in range(len(writer.space))]) + writer.lines
+                number += 1
+            body += ["        grid.sync()"] * sync
+        sizes = [f"p{n}_{axis}" for n, space in enumerate(self.step.spaces) for axis in range(len(space))]
+        locals_ = [f"l{i}" for i in range(len(self.step.locals))]
+        params = ", ".join(["steps", *sizes, *self.outer, *self.buffers, *self.stacked, *locals_])
+        time = "steps - 1 - step" if self.step.eqn.attrs["reverse"] else "step"
+        head = [
+            "@cuda.jit(cache=True)",
+            f"def {self.step.name}({params}):",
+            "    grid = cuda.cg.this_grid()",
+            "    for step in range(steps):",
+            f"        t = {time}",
+        ]
+        return "\n".join([*head, *(f"        {line}" for line in self.bindings), *body])
+
+
+def _slice(stacked: str, var: Var) -> str:
+    """Step t's slice of a stacked array (a scalar per step as a 1-element slice)."""
+    return f"{stacked}[t]" if var.rank else f"{stacked}[t:t + 1]"
+
+
+def persistent_scan(name: str, eqn: Eqn) -> tuple[str, Persistent] | None:
+    """The persistent kernel's text for a scan, or None where its cell needs the host loop."""
+    writer = ScanWriter(name, eqn)
+    try:
+        writer.write()
+    except Unsupported:
+        return None
+    return writer.source(), writer.step
+
+
+def products_source() -> str:
+    """The device functions the phases call for products, for the generated module."""
+    return _support_source(cell_products)

@@ -1,0 +1,101 @@
+"""Writing one CUDA kernel's text: its array parameters, the grid-stride loop over its elements, its body.
+
+`KernelWriter` is what `kdsl.backends.cuda.ops` writes other ops' kernels with; `fused_loop`
+writes a fused elementwise chain, one thread per element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kdsl.backends.source import SourceWriter
+from kdsl.ir.program import Var
+from kdsl.ir.types import Dim
+from kdsl.passes.fuse import Kernel, Plan
+
+
+class KernelWriter(SourceWriter):
+    """The text of one kernel: its array parameters, the index of the element a thread is at, its body."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.arrays: list[Var] = []
+        self.params: dict[int, str] = {}
+        self.space: tuple[Dim, ...] = ()
+        self.zeroed: list[Var] = []
+        self.lines: list[str] = []
+        self._depth = 2
+        self._count = 0
+
+    def array(self, var: Var) -> str:
+        """The parameter holding `var`'s array."""
+        if id(var) not in self.params:
+            self.params[id(var)] = f"a{len(self.arrays)}"
+            self.arrays.append(var)
+        return self.params[id(var)]
+
+    def at(self, var: Var, idx: Sequence[str]) -> str:
+        """Element `idx` of `var` (a scalar is the one element of a 1-element array)."""
+        return f"{self.array(var)}[{', '.join(idx) if var.rank else '0'}]"
+
+    def size(self, var: Var, axis: int) -> str:
+        return f"{self.array(var)}.shape[{axis}]"
+
+    def over(self, dims: tuple[Dim, ...]) -> list[str]:
+        """One thread per element of `dims` (sizes passed at launch); returns the index variables."""
+        self.space = tuple(dims)
+        return [f"i{axis}" for axis in range(len(dims))]
+
+    def source(self) -> str:
+        sizes = [f"n{axis}" for axis in range(len(self.space))]
+        head = [
+            "@cuda.jit(cache=True)",
+            f"def {self.name}({', '.join([*sizes, *(self.params[id(v)] for v in self.arrays)])}):",
+        ]
+        return "\n".join([*head, *self.grid_stride(sizes), *self.lines])
+
+    def grid_stride(self, sizes: list[str]) -> list[str]:
+        """The loop giving each thread its elements of the space `sizes`, and their indices `i0`, `i1`, ..."""
+        indent = "    " * (self._depth - 1)
+        head = [f"{indent}for flat in range(cuda.grid(1), {' * '.join(sizes) or '1'}, cuda.gridsize(1)):"]
+        if sizes:
+            head.append(f"{indent}    rest = flat")
+        for axis in reversed(range(len(sizes))):
+            if axis:
+                head += [f"{indent}    i{axis} = rest % {sizes[axis]}", f"{indent}    rest = rest // {sizes[axis]}"]
+            else:
+                head.append(f"{indent}    i0 = rest")
+        return head
+
+
+def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, literals: dict[int, str]) -> None:
+    """One thread per element of the loop's shape computes every op of the chain for that element.
+
+    `literals` holds the constants, written inline as the CPU target does.
+    """
+    idx = w.over(kernel.shape)
+    registers: dict[int, str] = {}
+
+    def load(var: Var) -> str:
+        if id(var) in registers:
+            return registers[id(var)]
+        if id(var) in literals:
+            return literals[id(var)]
+        lead = len(kernel.shape) - var.rank  # NumPy broadcasting: size-1 axes read element 0
+        own = ["0" if d == 1 and kernel.shape[lead + a] != 1 else idx[lead + a] for a, d in enumerate(var.shape)]
+        return place(var, own)
+
+    def place(var: Var, own: list[str]) -> str:
+        if id(var) in fused.pieces:
+            whole, offset = fused.pieces[id(var)]
+            return place(whole, [*own[:-1], f"{offset} + {own[-1]}"])
+        return w.at(var, own)
+
+    for eqn in kernel.eqns:
+        register = w.fresh("r")
+        w.line(f"{register} = {eqn.op.scalar(eqn.attrs, *(load(x) for x in eqn.inputs))}")
+        registers[id(eqn.out)] = register
+        if id(eqn.out) not in fused.registers:
+            w.line(f"{place(eqn.out, idx)} = {register}")
+        for whole, offset in fused.copies.get(id(eqn.out), ()):
+            w.line(f"{place(whole, [*idx[:-1], f'{offset} + {idx[-1]}'])} = {register}")
