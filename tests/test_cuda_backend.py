@@ -46,9 +46,18 @@ def quick_thread_switches():
     sys.setswitchinterval(interval)
 
 
-@pytest.fixture(scope="module", params=["mnist_lstm", "masked", "dense"])
+def small_gru_stack() -> str:
+    """examples/gru_stack.kd (GRU with reset_after, SimpleRNN on its sequence) at the simulator's size."""
+    source = (EXAMPLES / "gru_stack.kd").read_text()
+    for large, small in [("i32[batch, 50]", "i32[batch, time]"), ("1000, 64", "7, 3"), ("256", "4"), ("128", "3")]:
+        source = source.replace(large, small)
+    return source
+
+
+@pytest.fixture(scope="module", params=["mnist_lstm", "gru_stack", "masked", "dense"])
 def pair(request):
-    source = {"mnist_lstm": small_mnist_lstm(), "masked": MASKED, "dense": DENSE}[request.param]
+    sources = {"mnist_lstm": small_mnist_lstm(), "gru_stack": small_gru_stack(), "masked": MASKED, "dense": DENSE}
+    source = sources[request.param]
     graph = next(iter(load(source, "t.kd").models.values()))
     reference, compiled = compile_model(graph, target="numpy"), compile_model(graph, target="cuda")
     for i, name in enumerate(reference.param_names):  # non-trivial moving statistics
