@@ -20,12 +20,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 
 import kdsl
-from benchmarks.workloads import DEEPBENCH, EXAMPLES, Race, flops_per_call, images, lstm_network
+from benchmarks.workloads import DEEPBENCH, EXAMPLES, flops_per_call, images, lstm_network
 from kdsl.backends.compiled import compile_model
 from kdsl.datasets import mnist
 from kdsl.lang import load
@@ -60,7 +61,26 @@ def synchronized(torch, fn: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-def mnist_lstm(torch, smoke: bool) -> Race:
+@dataclass
+class Contest:
+    """One workload on the GPU: each side runs it once per call (kdsl with persistent time loops, kdsl with
+    host loops where the workload calls the compiled model directly, PyTorch); `flops` is one run's work as
+    kdsl's IR counts it."""
+
+    name: str
+    unit: str  # "s" or "ms"
+    flops: float
+    repeat: int
+    sides: dict[str, Callable[[], object]]
+
+    def value(self, seconds: float) -> float:
+        return 1000 * seconds if self.unit == "ms" else seconds
+
+
+SIDES = ("kdsl", "kdsl, host loops", "PyTorch")
+
+
+def mnist_lstm(torch, smoke: bool) -> Contest:
     """One epoch of examples/mnist_lstm.kd through `fit` (a few shrunk batches under --smoke)."""
     source = (EXAMPLES / "mnist_lstm.kd").read_text()
     if smoke:
@@ -69,12 +89,11 @@ def mnist_lstm(torch, smoke: bool) -> Race:
         x, y = rng.uniform(0, 1, (12, 3, 4)).astype(np.float32), rng.integers(0, 10, 12)
     else:
         x, y = images(mnist)
-    model = kdsl.Model.from_graph(next(iter(load(source, "mnist_lstm.kd").models.values())))
-    model.compile(target="cuda")
+    graph = next(iter(load(source, "mnist_lstm.kd").models.values()))
     batch = 4 if smoke else 64
-    flops = flops_per_call(model.graph, batch, training=True) * len(x) / batch
-    ours = lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # noqa: E731
-    theirs = None
+    model = kdsl.Model.from_graph(graph)
+    model.compile(target="cuda")
+    sides = {"kdsl": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}
     if torch:
         logits, params = lstm_network(torch, "cuda")
         sgd = torch.optim.SGD(params, lr=0.01)
@@ -88,19 +107,21 @@ def mnist_lstm(torch, smoke: bool) -> Race:
                 torch.nn.functional.cross_entropy(logits(tx[rows]), ty[rows]).backward()
                 sgd.step()
 
-        theirs = synchronized(torch, epoch)
-    return Race(f"mnist_lstm, one epoch of {len(x)} (s)", "s", ours, theirs, flops, repeat=3)
+        sides["PyTorch"] = synchronized(torch, epoch)
+    flops = flops_per_call(graph, batch, training=True) * len(x) / batch
+    return Contest(f"mnist_lstm, one epoch of {len(x)} (s)", "s", flops, 3, sides)
 
 
-def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: int, training: bool) -> Race:
+def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: int, training: bool) -> Contest:
     """A training step or an inference call of one recurrent layer at a DeepBench shape."""
     graph = load(DEEPBENCH.format(layer=layer, hidden=hidden, steps=steps), "deepbench.kd").models["DeepBench"]
-    model = compile_model(graph, target="cuda", training=training)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, steps, hidden)).astype(np.float32)
     y = rng.standard_normal((batch, hidden)).astype(np.float32)
-    ours = (lambda: model.train_step([x], [y])) if training else (lambda: model.forward(x))
-    theirs = None
+    sides = {}
+    for side, persistent in zip(SIDES, (True, False)):
+        model = compile_model(graph, target="cuda", training=training, persistent=persistent)
+        sides[side] = (lambda m=model: m.train_step([x], [y])) if training else (lambda m=model: m.forward(x))
     if torch:
         net = getattr(torch.nn, module)(hidden, hidden, batch_first=True).cuda()
         tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
@@ -117,13 +138,13 @@ def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: in
             with torch.no_grad():
                 last_state()
 
-        theirs = synchronized(torch, step if training else infer)
+        sides["PyTorch"] = synchronized(torch, step if training else infer)
     what = "training step" if training else "inference"
     name = f"{module} hidden {hidden}, batch {batch}, {steps} steps: {what} (ms)"
-    return Race(name, "ms", ours, theirs, flops_per_call(graph, batch, training), repeat=10)
+    return Contest(name, "ms", flops_per_call(graph, batch, training), 10, sides)
 
 
-def races(torch, smoke: bool) -> list[Race]:
+def contests(torch, smoke: bool) -> list[Contest]:
     shapes = SMOKE if smoke else SHAPES
     result = [mnist_lstm(torch, smoke)]
     result += [recurrent(torch, *shape, training=training) for shape in shapes for training in (True, False)]
@@ -132,11 +153,16 @@ def races(torch, smoke: bool) -> list[Race]:
     return result
 
 
-def table(results: list[tuple[Race, float, float | None]]) -> str:
-    lines = ["| workload | kdsl | PyTorch (cuDNN) | kdsl / PyTorch (time) | kdsl TFLOP/s |", "|---|---|---|---|---|"]
-    for race, ours, theirs in results:
-        reference = "— | —" if theirs is None else f"{race.value(theirs):.3g} | {ours / theirs:.2f}"
-        lines.append(f"| {race.name} | {race.value(ours):.3g} | {reference} | {race.flops / ours / 1e12:.3f} |")
+def table(results: list[tuple[Contest, dict[str, float]]]) -> str:
+    """Markdown: each side's figure, each kdsl side's time over PyTorch's, and kdsl's rate."""
+    head = [*SIDES, "kdsl / PyTorch", "host loops / PyTorch", "kdsl TFLOP/s"]
+    lines = ["| workload | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for contest, seconds in results:
+        cells = [f"{contest.value(seconds[side]):.3g}" if side in seconds else "—" for side in SIDES]
+        torch_s = seconds.get("PyTorch")
+        cells += [f"{seconds[side] / torch_s:.2f}" if torch_s else "—" for side in SIDES[:2]]
+        cells.append(f"{contest.flops / seconds['kdsl'] / 1e12:.3f}")
+        lines.append(f"| {contest.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -157,16 +183,15 @@ def main() -> None:
         f"{name} {metadata.version(name)}" for name in found
     )
     if torch:
-        line += f", torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+        tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"  # kdsl computes in float32 throughout
+        line += f", torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()} (its TF32 {tf32})"
     print(line if torch else f"{line}; PyTorch cannot use CUDA here: no reference side")
     results = []
-    for race in races(torch, args.smoke):
-        repeat = 1 if args.smoke else race.repeat
-        ours = median_seconds(race.kdsl, repeat)
-        theirs = median_seconds(race.torch, repeat) if race.torch else None
-        results.append((race, ours, theirs))
-        reference = "" if theirs is None else f", torch {race.value(theirs):.3g}"
-        print(f"  {race.name}: kdsl {race.value(ours):.3g}{reference}")
+    for contest in contests(torch, args.smoke):
+        repeat = 1 if args.smoke else contest.repeat
+        seconds = {side: median_seconds(run, repeat) for side, run in contest.sides.items()}
+        results.append((contest, seconds))
+        print(f"  {contest.name}: " + ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items()))
     print()
     print(table(results))
 

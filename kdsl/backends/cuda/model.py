@@ -32,7 +32,10 @@ class CudaModel(CompiledModel):
         losses: Sequence[LossTerm] | None = None,
         seed: int = 0,
         parallel: bool | None = None,
+        persistent: bool = True,
     ):
+        """`persistent=False` runs every time loop from the host, a launch per cell kernel and step, with
+        cuBLAS for its products: the other side of the trade `benchmarks.cuda` measures."""
         self._host: list[np.ndarray] = []
         self._device: list = []
         self._host_changed = True  # the host copies may differ from the device's: upload before the next kernel
@@ -41,7 +44,7 @@ class CudaModel(CompiledModel):
         self._device_grads: list = []
         self._grads_downloaded = True
         super().__init__(graph, "cuda", training, losses, seed, parallel)
-        text, schedules = generate_module(f"CUDA kernels of model `{graph.name}`.", self.entries())
+        text, schedules = generate_module(f"CUDA kernels of model `{graph.name}`.", self.entries(), persistent)
         self.cuda_source = text
         self.kernels = load_module(text)
         self.programs = {name: DeviceProgram(self.kernels, schedule) for name, schedule in schedules.items()}
