@@ -119,7 +119,7 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
 def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
     """What the CUDA target launches for `kernel`, with its grid (blocks x threads) at these sizes."""
     from kdsl.backends.cuda.codegen import HOST_OPS, KernelWriter
-    from kdsl.backends.cuda.launch import GEMM_TILE, element_grid, gemm_grid
+    from kdsl.backends.cuda.launch import GEMM_TILE, MULTIPROCESSORS, element_grid, gemm_grid, persistent_grid
     from kdsl.backends.cuda.ops import write
     from kdsl.backends.cuda.persistent import persistent_scan
 
@@ -131,14 +131,15 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
         found = persistent_scan("explain", eqn)
         if found is None:
             return f"host loop over time ({direction}), launching per step: " + "; ".join(parts)
-        blocks, threads = element_grid(found[1].threads(sizes), simulator=False)
+        blocks, threads = persistent_grid(found[1].threads(sizes), simulator=False)
         phases = [
             f"{k.eqns[0].op.name} {'x'.join(str(numel((d,), sizes)) for d in k.eqns[0].out.shape)} in the kernel"
             if k.kind == "op" and k.eqns[0].op.name in ("matmul", "matmul_tn") else part.split(" <<<")[0]
             for k, part in zip([k for k in body.kernels if k.kind != "view"], parts)
         ]  # fmt: skip
         return (
-            f"one persistent kernel over time ({direction}; a cooperative grid of up to <<<{blocks}, {threads}>>>, "
+            f"one persistent kernel over time ({direction}; a cooperative grid of up to <<<{blocks}, {threads}>>> "
+            f"on {MULTIPROCESSORS} multiprocessors, "
             f"{found[0].count('grid.sync()')} grid-wide barrier(s) a step), its phases: " + "; ".join(phases)
         )
     if eqn.op.name in HOST_OPS:

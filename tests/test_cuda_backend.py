@@ -194,9 +194,19 @@ def test_explain_gives_launch_configurations(examples, capsys):
     assert main(["compile", str(examples / "mnist_lstm.kd"), "--target", "cuda", "--explain", "--batch", "64"]) == 0
     report = capsys.readouterr().out
     assert "CUDA launches" in report and "<<<16, 256>>>" in report  # batch x 64 units, 256 threads a block
-    # a time loop is one kernel: the product of 64 rows, 4 a thread, by 256 columns needs 16 blocks of 256 threads
-    assert "one persistent kernel over time (forwards; a cooperative grid of up to <<<16, 256>>>" in report
+    # a time loop is one kernel: 64 x 64 elements a step, on blocks of 64 threads to reach more multiprocessors
+    assert "one persistent kernel over time (forwards; a cooperative grid of up to <<<64, 64>>>" in report
     assert "2 grid-wide barrier(s) a step), its phases: matmul 64x256 in the kernel; fused kernel" in report
+    assert "(backwards; a cooperative grid of up to <<<64, 64>>> on 132 multiprocessors, 3 grid-wide" in report
+
+
+@given(count=st.integers(1, 10**7), multiprocessors=st.integers(1, 200))
+def test_persistent_grid_covers_the_work_on_every_multiprocessor(count, multiprocessors):
+    from kdsl.backends.cuda.launch import THREADS, persistent_grid
+
+    blocks, threads = persistent_grid(count, multiprocessors, simulator=False)
+    assert threads in (64, 128, THREADS) and (blocks - 1) * threads < count <= blocks * threads
+    assert threads == 64 or count >= multiprocessors * threads  # blocks shrink only while some would idle
 
 
 def test_host_loop_matches_persistent_kernel():

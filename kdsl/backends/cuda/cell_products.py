@@ -47,3 +47,11 @@ def matrix_tn(a, b, y):
         for r in range(a.shape[0]):
             total += a[r, k] * b[r, j]
         y[k, j] = total
+
+
+@cuda.jit(device=True)
+def transpose_into(w, out):
+    """out = wᵀ, a thread per element."""
+    rows, columns = out.shape
+    for flat in range(cuda.grid(1), rows * columns, cuda.gridsize(1)):
+        out[flat // columns, flat % columns] = w[flat % columns, flat // columns]

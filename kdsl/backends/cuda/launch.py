@@ -14,6 +14,8 @@ import os
 THREADS = 256  # per block: a multiple of the 32-thread warp, and enough warps to hide memory latency
 MAX_BLOCKS = 4096  # 132 SMs of an H100 hold 16 blocks of 256 threads each about twice over
 GEMM_TILE = 16  # a 16x16 tile: 256 threads, 2 KiB of shared memory per operand
+MULTIPROCESSORS = 132  # an H100's or H200's: what --explain assumes with no GPU to ask
+MIN_PERSISTENT_THREADS = 64
 SIMULATED_THREADS = 2
 SIMULATED_TILE = 4
 
@@ -28,6 +30,23 @@ def element_grid(count: int, simulator: bool | None = None) -> tuple[int, int]:
     if simulated() if simulator is None else simulator:
         return 1, max(1, min(count, SIMULATED_THREADS))
     return max(1, min(-(-count // THREADS), MAX_BLOCKS)), THREADS
+
+
+def persistent_grid(
+    count: int, multiprocessors: int = MULTIPROCESSORS, simulator: bool | None = None
+) -> tuple[int, int]:
+    """(blocks, threads per block) for a persistent kernel whose widest phase has `count` work items.
+
+    Blocks shrink, down to two warps, until there are enough of them for every multiprocessor: a
+    step's phases are short, and how fast one reads the recurrent weight from L2 depends on how
+    many multiprocessors read it. The grid must also fit on the GPU at once; the runner caps it.
+    """
+    if simulated() if simulator is None else simulator:
+        return element_grid(count, simulator=True)
+    threads = THREADS
+    while threads > MIN_PERSISTENT_THREADS and count < multiprocessors * threads:
+        threads //= 2
+    return max(1, -(-count // threads)), threads
 
 
 def gemm_tile(simulator: bool | None = None) -> int:

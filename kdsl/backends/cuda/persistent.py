@@ -20,7 +20,7 @@ from kdsl.backends.cuda import cell_products, ops
 from kdsl.backends.cuda.writer import KernelWriter, fused_loop
 from kdsl.ir.ops.base import numel
 from kdsl.ir.program import Eqn, Var
-from kdsl.ir.types import Dim
+from kdsl.ir.types import Dim, TensorType
 from kdsl.passes.fuse import plan
 
 PRODUCTS = {"matmul", "matmul_tn"}
@@ -85,6 +85,9 @@ class ScanWriter:
             self._bind(var, f"x{j}", _slice(f"a{nc + j}", var))
         for j, var in enumerate(body.inputs[nc + nx :]):
             self.names[id(var)] = f"a{nc + nx + j}"
+        self.constants = {id(var) for var in body.inputs[nc + nx :]}  # the same at every step
+        self.transposes: dict[int, str] = {}
+        self.prologue: list[str] = []  # before the first step
         for k, var in enumerate(body.outputs[:nc]):
             self._bind(var, f"o{k}", f"b{k}_0 if step % 2 == 0 else b{k}_1")
         for j, var in enumerate(body.outputs[nc:]):
@@ -152,14 +155,26 @@ class ScanWriter:
             raise Unsupported(f"{eqn.op.name} of rank {a.rank}")
         writer = PhaseWriter(self)
         left, right, out = (writer.array(v) for v in (a, b, y))
+        transpose = bool(eqn.attrs.get("transpose_b"))
+        if eqn.op.name == "matmul" and transpose and id(b) in self.constants:
+            right, transpose = self._transposed(b), False
         if eqn.op.name == "matmul":
-            writer.line(f"rows_by_matrix({left}, {right}, {out}, {bool(eqn.attrs.get('transpose_b'))})")
+            writer.line(f"rows_by_matrix({left}, {right}, {out}, {transpose})")
         else:
             writer.line(f"matrix_tn({left}, {right}, {out})")
         writer.product = True
         self.step.products.append(y)
         self.phases.append(writer)
         self.syncs.append(True)
+
+    def _transposed(self, weight: Var) -> str:
+        """A loop constant's transpose, made once before the first step: a product by wᵀ reading w itself would
+        have adjacent threads read elements a row apart, where w's transpose gives them adjacent elements."""
+        if id(weight) not in self.transposes:
+            transposed = Var(TensorType(weight.type.dtype, weight.shape[::-1]), f"{weight.name}_t")
+            self.transposes[id(weight)] = self.array(transposed)
+            self.prologue.append(f"    transpose_into({self.array(weight)}, {self.transposes[id(weight)]})")
+        return self.transposes[id(weight)]
 
     def source(self) -> str:
         body, number = [], 0
@@ -178,6 +193,8 @@ class ScanWriter:
             "@cuda.jit(cache=True)",
             f"def {self.step.name}({params}):",
             "    grid = cuda.cg.this_grid()",
+            *self.prologue,
+            *(["    grid.sync()"] if self.prologue else []),
             "    for step in range(steps):",
             f"        t = {time}",
         ]

@@ -19,7 +19,7 @@ from numba import cuda, typeof
 
 from kdsl.backends.cuda.codegen import Launch, Schedule
 from kdsl.backends.cuda.gemm import gemm
-from kdsl.backends.cuda.launch import element_grid, simulated
+from kdsl.backends.cuda.launch import element_grid, persistent_grid, simulated
 from kdsl.backends.cuda.persistent import Persistent
 from kdsl.ir.program import Eqn, Var
 from kdsl.ir.types import Dim
@@ -177,9 +177,9 @@ class _Run:
 def cooperative_grid(kernel, arguments: list, count: int) -> tuple[int, int]:
     """(blocks, threads) for a kernel with grid-wide barriers: every block must be resident on the GPU at once,
     so the grid is capped at what the GPU holds of this kernel (the simulator runs one block)."""
-    blocks, threads = element_grid(count)
     if simulated():
-        return blocks, threads
+        return persistent_grid(count)
+    blocks, threads = persistent_grid(count, cuda.get_current_device().MULTIPROCESSOR_COUNT)
     compiled = kernel.compile(tuple(typeof(a) for a in arguments))
     return min(blocks, compiled.max_cooperative_grid_blocks(threads)), threads
 
