@@ -4,8 +4,11 @@ mnist_lstm: one epoch of real MNIST through `Model.fit` on `target="cuda"`, agai
 loop on the GPU, SGD 0.01, batch 64. DeepBench-style LSTM and GRU shapes (input size = hidden size,
 hidden 256 to 1024, batch 16 to 128, 25 to 150 steps): a training step (forward, mean squared error
 of the last state, backward; no optimizer update, on both sides) and an inference call, plus an
-LSTM(512) at batch 1. Prints the GPU, medians of several runs after a warm-up, the ratio kdsl / PyTorch
-(time) and kdsl's achieved TFLOP/s, as Markdown for `benchmarks/RESULTS.md`.
+LSTM(512) at batch 1. kdsl runs each recurrent shape twice: with its time loops as persistent kernels
+(the default) and as host loops launching the cell's kernels each step with cuBLAS for the products.
+Then the input projections of those shapes: cuBLAS through CuPy against kdsl's tiled Numba kernel.
+Prints the GPU, medians of several runs after a warm-up, each side's time over the last side's (PyTorch's,
+where it runs) and TFLOP/s, as Markdown for `benchmarks/RESULTS.md`.
 
 Each timed call ends with the device idle: kdsl's calls return host values, and each PyTorch call is
 followed by `torch.cuda.synchronize()`. `--smoke` shrinks every shape so that Numba's CUDA simulator
@@ -153,15 +156,47 @@ def contests(torch, smoke: bool) -> list[Contest]:
     return result
 
 
+def products(smoke: bool) -> list[Contest]:
+    """The input projections of the DeepBench shapes, (steps·batch × hidden)·(hidden × gates·hidden), outside
+    any time loop: cuBLAS through CuPy, what kdsl calls where CuPy is installed, against the tiled Numba kernel
+    it falls back to (`kdsl.backends.cuda.gemm`)."""
+    from numba import cuda
+
+    from kdsl.backends.cuda import gemm
+    from kdsl.backends.cuda.launch import gemm_grid
+
+    shapes = [(8, 4, 12)] if smoke else [(steps * batch, hidden, hidden * (4 if layer == "lstm" else 3))
+                                         for layer, _, hidden, batch, steps in SHAPES]  # fmt: skip
+    result = []
+    for rows, inner, columns in shapes:
+        rng = np.random.default_rng(0)
+        a, b = (cuda.to_device(rng.standard_normal(s).astype(np.float32)) for s in [(rows, inner), (inner, columns)])
+        c = cuda.device_array((rows, columns), np.float32)
+        grid = gemm_grid(rows, columns, gemm.TILE)
+
+        def tiled(a=a, b=b, c=c, grid=grid) -> None:
+            gemm.gemm_tiled[grid](a, b, c, np.bool_(False), np.bool_(False))
+            cuda.synchronize()
+
+        sides = {"tiled Numba kernel": tiled}
+        if gemm.CUPY is not None:
+            sides["cuBLAS through CuPy"] = lambda a=a, b=b, c=c: (gemm.gemm(a, b, c), cuda.synchronize())
+        name = f"product ({rows} x {inner}) · ({inner} x {columns}) (ms)"
+        result.append(Contest(name, "ms", 2 * rows * inner * columns, 10, sides))
+    return result
+
+
 def table(results: list[tuple[Contest, dict[str, float]]]) -> str:
-    """Markdown: each side's figure, each kdsl side's time over PyTorch's, and kdsl's rate."""
-    head = [*SIDES, "kdsl / PyTorch", "host loops / PyTorch", "kdsl TFLOP/s"]
+    """Markdown: each side's figure, its time over the last side's, and its TFLOP/s."""
+    sides = list(dict.fromkeys(side for _, seconds in results for side in seconds))
+    reference = sides[-1]
+    head = [*sides, *(f"{side} / {reference}" for side in sides[:-1]), *(f"{side} TFLOP/s" for side in sides)]
     lines = ["| workload | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for contest, seconds in results:
-        cells = [f"{contest.value(seconds[side]):.3g}" if side in seconds else "—" for side in SIDES]
-        torch_s = seconds.get("PyTorch")
-        cells += [f"{seconds[side] / torch_s:.2f}" if torch_s else "—" for side in SIDES[:2]]
-        cells.append(f"{contest.flops / seconds['kdsl'] / 1e12:.3f}")
+        cells = [f"{contest.value(seconds[side]):.3g}" if side in seconds else "—" for side in sides]
+        last = seconds.get(reference)
+        cells += [f"{seconds[side] / last:.2f}" if last and side in seconds else "—" for side in sides[:-1]]
+        cells += [f"{contest.flops / seconds[side] / 1e12:.3f}" if side in seconds else "—" for side in sides]
         lines.append(f"| {contest.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -186,14 +221,16 @@ def main() -> None:
         tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"  # kdsl computes in float32 throughout
         line += f", torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()} (its TF32 {tf32})"
     print(line if torch else f"{line}; PyTorch cannot use CUDA here: no reference side")
-    results = []
-    for contest in contests(torch, args.smoke):
-        repeat = 1 if args.smoke else contest.repeat
-        seconds = {side: median_seconds(run, repeat) for side, run in contest.sides.items()}
-        results.append((contest, seconds))
-        print(f"  {contest.name}: " + ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items()))
-    print()
-    print(table(results))
+    for group in (contests(torch, args.smoke), products(args.smoke)):
+        results = []
+        for contest in group:
+            repeat = 1 if args.smoke else contest.repeat
+            seconds = {side: median_seconds(run, repeat) for side, run in contest.sides.items()}
+            results.append((contest, seconds))
+            print(f"  {contest.name}: " + ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items()))
+        print()
+        print(table(results))
+        print()
 
 
 def _installed(distribution: str) -> bool:
