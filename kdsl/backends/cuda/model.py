@@ -119,7 +119,7 @@ class CudaModel(CompiledModel):
         program = self.programs[entry]
         weights = self.device_weights()
         sizes = bind_sizes(program.schedule.program.inputs, [*data, *weights, *noise])
-        return program([*map(cuda.to_device, data), *weights, *map(cuda.to_device, noise)], sizes)
+        return program([*data, *weights, *noise], sizes)
 
     def apply_optimizer(self, optimizer: Optimizer) -> None:
         """The optimizer's update as device kernels, on the gradients the last step left on the device."""

@@ -34,15 +34,13 @@ class Persistent:
     name: str
     eqn: Eqn
     spaces: list[tuple[Dim, ...]] = field(default_factory=list)
-    products: list[Var] = field(default_factory=list)  # outputs of the products: the grid must cover them too
+    products: list[tuple[Var, int]] = field(default_factory=list)  # each product's output, and its rows a thread
     locals: list[Var] = field(default_factory=list)
 
     def threads(self, sizes: dict[str, int]) -> int:
         """Threads enough for the widest phase: more would only wait at the barriers."""
         loops = [numel(space, sizes) for space in self.spaces]
-        products = [
-            -(-numel(y.shape[:1], sizes) // cell_products.ROWS) * numel(y.shape[1:], sizes) for y in self.products
-        ]
+        products = [-(-numel(y.shape[:1], sizes) // rows) * numel(y.shape[1:], sizes) for y, rows in self.products]
         return max([1, *loops, *products])
 
 
@@ -135,7 +133,7 @@ class ScanWriter:
             writer = PhaseWriter(self)
             idx = writer.over(var.shape)
             writer.line(f"{name}[{', '.join(idx) if var.rank else '0'}] = {writer.at(var, idx)}")
-            same = [phase for phase in self.phases if phase.space == writer.space]
+            same = [phase for phase in self.phases if phase.space == writer.space and not phase.product]
             if id(var) in inputs and same:  # an input is there from the step's start: copied in a loop over its shape
                 same[-1].lines += writer.lines
             else:
@@ -163,7 +161,7 @@ class ScanWriter:
         else:
             writer.line(f"matrix_tn({left}, {right}, {out})")
         writer.product = True
-        self.step.products.append(y)
+        self.step.products.append((y, cell_products.ROWS if eqn.op.name == "matmul" else 1))
         self.phases.append(writer)
         self.syncs.append(True)
 

@@ -50,12 +50,13 @@ class DeviceProgram:
 
     def __init__(self, module: ModuleType, schedule: Schedule):
         self.module, self.schedule = module, schedule
-        self.buffers: dict[tuple, dict[tuple[int, int], object]] = {}  # sizes -> (value id, copy) -> array
+        self.buffers: dict[tuple, dict[tuple, object]] = {}  # sizes -> (value id, which) -> array
 
     def __call__(self, arrays: Sequence, sizes: Sizes) -> list:
+        """Run on `arrays`, device arrays or host arrays (copied into device buffers kept for the next call)."""
         program = self.schedule.program
-        env = {id(var): array for var, array in zip(program.inputs, arrays, strict=True)}
         run = _Run(self.module, self.buffers.setdefault(tuple(sorted(sizes.items())), {}), sizes)
+        env = {id(var): run.on_device(var, array) for var, array in zip(program.inputs, arrays, strict=True)}
         run.schedule(self.schedule, env)
         return [run.value(var, env, self.schedule) for var in program.outputs]
 
@@ -74,11 +75,24 @@ class _Run:
             self.buffers[key] = cuda.device_array(concrete(var.shape, self.sizes) or (1,), dtype)
         return self.buffers[key]
 
+    def on_device(self, var: Var, array):
+        """An input on the device: a host array goes into the input's buffer, so a step allocates nothing."""
+        if not isinstance(array, np.ndarray):
+            return array
+        key = (id(var), "input")
+        if key not in self.buffers or self.buffers[key].shape != array.shape or self.buffers[key].dtype != array.dtype:
+            self.buffers[key] = cuda.device_array(array.shape, array.dtype)
+        self.buffers[key].copy_to_device(np.ascontiguousarray(array))
+        return self.buffers[key]
+
     def value(self, var: Var, env: dict, schedule: Schedule):
         if id(var) not in env:
             if id(var) in schedule.constants:
-                dtype = np.float32 if var.type.dtype == "f32" else np.int32
-                env[id(var)] = cuda.to_device(np.full(1, schedule.constants[id(var)], dtype))
+                key = (id(var), "constant")  # uploaded once
+                if key not in self.buffers:
+                    dtype = np.float32 if var.type.dtype == "f32" else np.int32
+                    self.buffers[key] = cuda.to_device(np.full(1, schedule.constants[id(var)], dtype))
+                env[id(var)] = self.buffers[key]
             else:
                 env[id(var)] = self.buffer(var)
         return env[id(var)]
