@@ -5,6 +5,12 @@ brings back the loss and the model outputs (the metrics need them); gradients st
 the optimizer's device kernels read them. The host lists `weights` and `grads` are copies
 made when they are read: weights changed on the host through them (`set_weights`, loading)
 are uploaded again before the next kernel runs.
+
+The batch goes into device buffers kept from step to step, by a copy the step waits for; the
+next batch is not uploaded on a stream of its own while this step runs. That would pay little
+at the batch sizes these models train with: mnist_lstm's batch of 64 is 200 KB, some 10–20 µs
+on the bus, against a step of about 40 launches from Python at 15–20 µs each. It is worth
+measuring on a GPU once those launches are replayed from a CUDA graph.
 """
 
 from __future__ import annotations
