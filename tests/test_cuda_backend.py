@@ -200,6 +200,22 @@ def test_explain_gives_launch_configurations(examples, capsys):
     assert "(backwards; a cooperative grid of up to <<<64, 64>>> on 132 multiprocessors, 3 grid-wide" in report
 
 
+def test_later_calls_replay_the_first_on_new_data_and_weights():
+    """Calls with the sizes of an earlier one replay its launches: they read the new batch and weights."""
+    graph = next(iter(load(small_mnist_lstm(), "t.kd").models.values()))
+    reference, compiled = compile_model(graph, target="numpy"), compile_model(graph, target="cuda")
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        reference.weights = [w + rng.uniform(-0.1, 0.1, w.shape).astype(np.float32) for w in reference.weights]
+        compiled.weights = [w.copy() for w in reference.weights]
+        inputs, targets = _arrays(reference, rng, 2, 3)
+        assert_close(reference.forward(*inputs)[0], compiled.forward(*inputs)[0])
+        assert compiled.train_step(inputs, targets) == pytest.approx(reference.train_step(inputs, targets), rel=1e-5)
+        for expected, actual in zip(reference.grads, compiled.grads, strict=True):
+            assert_close(expected, actual)
+    assert [len(compiled.programs[name].replays) for name in ("forward", "train_step")] == [1, 1]
+
+
 @given(count=st.integers(1, 10**7), multiprocessors=st.integers(1, 200))
 def test_persistent_grid_covers_the_work_on_every_multiprocessor(count, multiprocessors):
     from kdsl.backends.cuda.launch import THREADS, persistent_grid

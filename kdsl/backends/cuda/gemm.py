@@ -12,6 +12,9 @@ The ratio has yet to be measured on a GPU: `benchmarks/` is where it belongs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 from numba import cuda, float32
 
@@ -65,11 +68,12 @@ def _cupy():
 CUPY = _cupy()
 
 
-def gemm(a, b, c, transpose_a: bool = False, transpose_b: bool = False) -> None:
-    """c[M, N] = op(a) @ op(b) on 2-D device arrays."""
+def gemm(a, b, c, transpose_a: bool = False, transpose_b: bool = False) -> Callable[[], None]:
+    """A call computing c[M, N] = op(a) @ op(b) on 2-D device arrays, as often as it is made; the operands
+    are wrapped once, so a call is one launch."""
     if CUPY is not None:
-        x, y = CUPY.asarray(a), CUPY.asarray(b)
-        CUPY.matmul(x.T if transpose_a else x, y.T if transpose_b else y, out=CUPY.asarray(c))
-        return
-    blocks, threads = gemm_grid(c.shape[0], c.shape[1], TILE)
-    gemm_tiled[blocks, threads](a, b, c, np.bool_(transpose_a), np.bool_(transpose_b))
+        x, y, out = CUPY.asarray(a), CUPY.asarray(b), CUPY.asarray(c)
+        x, y = x.T if transpose_a else x, y.T if transpose_b else y
+        return partial(CUPY.matmul, x, y, out=out)
+    launch = gemm_tiled[gemm_grid(c.shape[0], c.shape[1], TILE)]
+    return partial(launch, a, b, c, np.bool_(transpose_a), np.bool_(transpose_b))
