@@ -36,6 +36,7 @@ class Persistent:
     spaces: list[tuple[Dim, ...]] = field(default_factory=list)
     products: list[tuple[Var, int]] = field(default_factory=list)  # each product's output, and its rows a thread
     locals: list[Var] = field(default_factory=list)
+    constants: dict[int, float] = field(default_factory=dict)  # the cell's constants among the locals, by id
 
     def threads(self, sizes: dict[str, int]) -> int:
         """Threads enough for the widest phase: more would only wait at the barriers."""
@@ -108,7 +109,9 @@ class ScanWriter:
     def write(self) -> None:
         body = self.step.eqn.attrs["body"]
         fused = plan(body)
-        literals = {id(e.out): e.op.scalar(e.attrs) for e in body.eqns if e.op.name == "const"}
+        constants = [e for e in body.eqns if e.op.name == "const"]
+        literals = {id(e.out): e.op.scalar(e.attrs) for e in constants}
+        self.step.constants = {id(e.out): e.attrs["value"] for e in constants}
         for kernel in fused.kernels:
             eqn = kernel.eqns[0]
             if kernel.kind == "view":

@@ -153,8 +153,7 @@ class _Run:
         steps = outer[nc].shape[0]
         buffers = [self.buffer(var, copy) for var in body.outputs[:nc] for copy in (0, 1)]
         stacked = [self.value(v, env, schedule) for v in eqn.outputs[nc:]]
-        cell = Schedule(body, [], {}, {id(e.out): e.attrs["value"] for e in body.eqns if e.op.name == "const"})
-        locals_ = [self.value(var, {}, cell) for var in step.locals]
+        locals_ = [self.value(var, {}, Schedule(body, [], {}, step.constants)) for var in step.locals]
         spaces = [concrete(space, self.sizes) for space in step.spaces]
         arguments = [steps, *(n for space in spaces for n in space), *outer, *buffers, *stacked, *locals_]
         kernel = getattr(self.module, step.name)
