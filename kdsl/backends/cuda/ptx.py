@@ -4,8 +4,8 @@ Numba's simulator runs the kernels as Python, so it accepts code that a GPU's co
 rejects (a builtin CUDA Numba does not lower, a type that does not unify). Compiling each
 kernel with the argument types the runner will launch it with, through NVIDIA's NVVM, is
 the check that needs no device: `kdsl compile --target cuda --emit ptx` prints the result,
-and the test suite runs it on models with every kind of kernel. It needs `numba-cuda` and NVVM (the `cuda`
-extra brings both) and the simulator switched off.
+and the test suite runs it on models with every kind of kernel. It needs `numba-cuda` and
+NVVM (the `cuda` extra brings both) and the simulator switched off.
 """
 
 from __future__ import annotations
