@@ -189,6 +189,8 @@ def products(smoke: bool) -> list[Contest]:
 def table(results: list[tuple[Contest, dict[str, float]]]) -> str:
     """Markdown: each side's figure, its time over the last side's, and its TFLOP/s."""
     sides = list(dict.fromkeys(side for _, seconds in results for side in seconds))
+    if not sides:
+        return "(nothing was measured)"
     reference = sides[-1]
     head = [*sides, *(f"{side} / {reference}" for side in sides[:-1]), *(f"{side} TFLOP/s" for side in sides)]
     lines = ["| workload | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
@@ -223,13 +225,21 @@ def main() -> None:
     print(line if torch else f"{line}; PyTorch cannot use CUDA here: no reference side")
     for group in (contests(torch, args.smoke), products(args.smoke)):
         results = []
+        failures = []
         for contest in group:
             repeat = 1 if args.smoke else contest.repeat
-            seconds = {side: median_seconds(run, repeat) for side, run in contest.sides.items()}
+            seconds = {}
+            for side, run in contest.sides.items():
+                try:
+                    seconds[side] = median_seconds(run, repeat)
+                except Exception as error:  # one side failing must not cost the other sides' numbers
+                    failures.append(f"{contest.name}, {side}: {type(error).__name__}: {error}")
+                    print(f"  {failures[-1]}", flush=True)
             results.append((contest, seconds))
             print(f"  {contest.name}: " + ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items()))
         print()
         print(table(results))
+        print("\n".join(["", "Failed:", *failures] if failures else []))
         print()
 
 
