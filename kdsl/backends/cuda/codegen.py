@@ -26,6 +26,8 @@ from kdsl.passes.fuse import cse, plan
 
 # the runner, not a generated kernel, carries these out
 HOST_OPS = ("matmul", "matmul_tn", "scan")
+# ops whose output depends on the sizes alone (a count of elements, a constant fill)
+SIZES_ONLY = ("count", "fill")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Launch:
     space: tuple[Dim, ...]
     arrays: list[Var]
     zeroed: list[Var] = field(default_factory=list)  # arrays the kernel accumulates into: cleared first
+    once: bool = False  # its output depends on the sizes alone: computed at the first call with them
 
 
 @dataclass
@@ -75,7 +78,8 @@ class ModuleWriter:
             else:
                 ops.write(writer, eqn)
             self.kernels.append(writer.source())
-            result.steps.append(Launch(writer.name, writer.space, writer.arrays, writer.zeroed))
+            once = kernel.kind == "op" and eqn.op.name in SIZES_ONLY
+            result.steps.append(Launch(writer.name, writer.space, writer.arrays, writer.zeroed, once))
         return result
 
     def scan(self, eqn: Eqn, schedule: Schedule, origin: str | None) -> Persistent | Eqn:

@@ -143,7 +143,11 @@ class _Run:
             self.call(zero[element_grid(array.size)], array.reshape(array.size))
         count = math.prod(space)
         if count:
-            self.call(getattr(self.module, step.name)[element_grid(count)], *space, *arrays)
+            launch = getattr(self.module, step.name)[element_grid(count)]
+            if step.once:  # values are never written twice: what this wrote stays for the replays
+                launch(*space, *arrays)
+            else:
+                self.call(launch, *space, *arrays)
 
     def persistent(self, step: Persistent, env: dict, schedule: Schedule) -> None:
         """A whole time loop in one launch of its kernel; the final carries are left in its buffers."""
