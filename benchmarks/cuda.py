@@ -120,16 +120,17 @@ def mnist_lstm(torch, smoke: bool) -> Contest:
     return Contest(f"mnist_lstm, one epoch of {len(x)} (s)", "s", flops, 3, sides)
 
 
-def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: int, training: bool) -> Contest:
-    """A training step or an inference call of one recurrent layer at a DeepBench shape."""
+def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: int, training: bool = True):
+    """A training step (when `training`) and an inference call of one recurrent layer at a DeepBench shape;
+    one compiled model serves both, so each shape compiles its kernels once a side."""
     graph = load(DEEPBENCH.format(layer=layer, hidden=hidden, steps=steps), "deepbench.kd").models["DeepBench"]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, steps, hidden)).astype(np.float32)
     y = rng.standard_normal((batch, hidden)).astype(np.float32)
-    sides = {}
-    for side, persistent in zip(SIDES, (True, False)):
-        model = compile_model(graph, target="cuda", training=training, persistent=persistent)
-        sides[side] = (lambda m=model: m.train_step([x], [y])) if training else (lambda m=model: m.forward(x))
+    models = {side: compile_model(graph, target="cuda", training=training, persistent=persistent)
+              for side, persistent in zip(SIDES, (True, False))}  # fmt: skip
+    steps_by_side = {side: (lambda m=model: m.train_step([x], [y])) for side, model in models.items()}
+    calls_by_side = {side: (lambda m=model: m.forward(x)) for side, model in models.items()}
     if torch:
         net = getattr(torch.nn, module)(hidden, hidden, batch_first=True).cuda()
         tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
@@ -146,19 +147,20 @@ def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: in
             with torch.no_grad():
                 last_state()
 
-        sides["PyTorch"] = synchronized(torch, step if training else infer)
-    what = "training step" if training else "inference"
-    name = f"{module} hidden {hidden}, batch {batch}, {steps} steps: {what} (ms)"
-    return Contest(name, "ms", flops_per_call(graph, batch, training), 10, sides)
+        steps_by_side["PyTorch"], calls_by_side["PyTorch"] = synchronized(torch, step), synchronized(torch, infer)
+    shape = f"{module} hidden {hidden}, batch {batch}, {steps} steps"
+    inference = Contest(f"{shape}: inference (ms)", "ms", flops_per_call(graph, batch, False), 10, calls_by_side)
+    if not training:
+        return [inference]
+    return [Contest(f"{shape}: training step (ms)", "ms", flops_per_call(graph, batch, True), 10, steps_by_side),
+            inference]  # fmt: skip
 
 
 def contests(torch, smoke: bool) -> list[Contest]:
-    shapes = SMOKE if smoke else SHAPES
     result = [mnist_lstm(torch, smoke)]
-    result += [recurrent(torch, *shape, training=training) for shape in shapes for training in (True, False)]
-    if not smoke:
-        result.append(recurrent(torch, *BATCH_ONE, training=False))
-    return result
+    for shape in SMOKE if smoke else SHAPES:
+        result += recurrent(torch, *shape)
+    return result if smoke else result + recurrent(torch, *BATCH_ONE, training=False)
 
 
 def products(smoke: bool) -> list[Contest]:
@@ -241,7 +243,8 @@ def main() -> None:
                     failures.append(f"{contest.name}, {side}: {type(error).__name__}: {error}")
                     print(f"  {failures[-1]}", flush=True)
             results.append((contest, seconds))
-            print(f"  {contest.name}: " + ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items()))
+            times = ", ".join(f"{side} {contest.value(s):.3g}" for side, s in seconds.items())
+            print(f"  {contest.name}: {times}", flush=True)
         print()
         print(table(results))
         print("\n".join(["", "Failed:", *failures] if failures else []))
