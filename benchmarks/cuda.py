@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,6 +27,7 @@ from importlib import metadata
 import numpy as np
 
 import kdsl
+from benchmarks.train_step import median_ms
 from benchmarks.workloads import DEEPBENCH, EXAMPLES, flops_per_call, images, lstm_network
 from kdsl.backends.compiled import compile_model
 from kdsl.datasets import mnist, mnist_small
@@ -45,16 +44,6 @@ SHAPES = [
 ]
 BATCH_ONE = ("lstm", "LSTM", 512, 1, 100)  # inference of one sequence: where launches, not FLOPs, set the time
 SMOKE = [("lstm", "LSTM", 4, 2, 3), ("gru", "GRU", 4, 2, 3)]
-
-
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # compiles, allocates the buffers, warms cuBLAS and cuDNN
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def synchronized(torch, fn: Callable[[], object]) -> Callable[[], None]:
@@ -238,7 +227,7 @@ def main() -> None:
             seconds = {}
             for side, run in contest.sides.items():
                 try:
-                    seconds[side] = median_seconds(run, repeat)
+                    seconds[side] = median_ms(run, repeat) / 1000  # after a warm-up call: compiles, buffers, cuDNN
                 except Exception as error:  # one side failing must not cost the other sides' numbers
                     failures.append(f"{contest.name}, {side}: {type(error).__name__}: {error}")
                     print(f"  {failures[-1]}", flush=True)

@@ -112,15 +112,18 @@ class _Run:
 
     def value(self, var: Var, env: dict, schedule: Schedule):
         if id(var) not in env:
-            if id(var) in schedule.constants:
-                key = (id(var), "constant")  # uploaded once
-                if key not in self.buffers:
-                    dtype = np.float32 if var.type.dtype == "f32" else np.int32
-                    self.buffers[key] = cuda.to_device(np.full(1, schedule.constants[id(var)], dtype))
-                env[id(var)] = self.buffers[key]
-            else:
-                env[id(var)] = self.buffer(var)
+            env[id(var)] = self.stored(var, schedule.constants)
         return env[id(var)]
+
+    def stored(self, var: Var, constants: dict[int, float]):
+        """The device array of a value no input or output binds: a constant (uploaded once), else its buffer."""
+        if id(var) not in constants:
+            return self.buffer(var)
+        key = (id(var), "constant")
+        if key not in self.buffers:
+            dtype = np.float32 if var.type.dtype == "f32" else np.int32
+            self.buffers[key] = cuda.to_device(np.full(1, constants[id(var)], dtype))
+        return self.buffers[key]
 
     def schedule(self, schedule: Schedule, env: dict) -> None:
         for step in schedule.steps:
@@ -157,7 +160,7 @@ class _Run:
         steps = outer[nc].shape[0]
         buffers = [self.buffer(var, copy) for var in body.outputs[:nc] for copy in (0, 1)]
         stacked = [self.value(v, env, schedule) for v in eqn.outputs[nc:]]
-        locals_ = [self.value(var, {}, Schedule(body, [], {}, step.constants)) for var in step.locals]
+        locals_ = [self.stored(var, step.constants) for var in step.locals]
         spaces = [concrete(space, self.sizes) for space in step.spaces]
         arguments = [steps, *(n for space in spaces for n in space), *outer, *buffers, *stacked, *locals_]
         kernel = getattr(self.module, step.name)
