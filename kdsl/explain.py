@@ -131,10 +131,10 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
         found = persistent_scan("explain", eqn)
         if found is None:
             return f"host loop over time ({direction}), launching per step: " + "; ".join(parts)
-        blocks, threads = persistent_grid(found[1].threads(sizes), simulator=False)
+        blocks, threads = persistent_grid(*found[1].work(sizes), simulator=False)
         phases = [
-            f"{k.eqns[0].op.name} {'x'.join(str(numel((d,), sizes)) for d in k.eqns[0].out.shape)} in the kernel"
-            if k.kind == "op" and k.eqns[0].op.name in ("matmul", "matmul_tn") else part.split(" <<<")[0]
+            _cuda_product(k.eqns[0], sizes, threads) if k.kind == "op" and k.eqns[0].op.name in ("matmul", "matmul_tn")
+            else part.split(" <<<")[0]
             for k, part in zip([k for k in body.kernels if k.kind != "view"], parts)
         ]  # fmt: skip
         return (
@@ -156,6 +156,19 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
         what = f"{eqn.op.name} kernel, a thread per element of ({', '.join(map(str, space))})"
     blocks, threads = element_grid(numel(space, sizes), simulator=False)
     return f"{what} <<<{blocks}, {threads}>>>"
+
+
+def _cuda_product(eqn, sizes: dict[str, int], threads: int) -> str:
+    """A product inside a persistent kernel: its tiles, or a thread per element."""
+    from kdsl.backends.cuda.launch import ROWS, WARP, product_tiles
+
+    rows, columns = (numel((d,), sizes) for d in eqn.out.shape)
+    if eqn.op.name == "matmul_tn":
+        return f"matmul_tn {rows}x{columns} in the kernel, a thread per element"
+    return (
+        f"matmul {rows}x{columns} in the kernel: {product_tiles(rows, columns)} tiles of {ROWS}x{WARP}, "
+        f"a block's {threads // WARP} warps splitting each sum"
+    )
 
 
 def _not_chosen(layer: Layer) -> list[str]:

@@ -194,10 +194,13 @@ def test_explain_gives_launch_configurations(examples, capsys):
     assert main(["compile", str(examples / "mnist_lstm.kd"), "--target", "cuda", "--explain", "--batch", "64"]) == 0
     report = capsys.readouterr().out
     assert "CUDA launches" in report and "<<<16, 256>>>" in report  # batch x 64 units, 256 threads a block
-    # a time loop is one kernel: 64 x 64 elements a step, on blocks of 64 threads to reach more multiprocessors
-    assert "one persistent kernel over time (forwards; a cooperative grid of up to <<<64, 64>>>" in report
-    assert "2 grid-wide barrier(s) a step), its phases: matmul 64x256 in the kernel; fused kernel" in report
-    assert "(backwards; a cooperative grid of up to <<<64, 64>>> on 132 multiprocessors, 3 grid-wide" in report
+    # a time loop is one kernel, a block per tile of h·U (64 x 256: 16 x 8 tiles of 4 rows by 32 columns)
+    assert "one persistent kernel over time (forwards; a cooperative grid of up to <<<128, 256>>>" in report
+    assert (
+        "2 grid-wide barrier(s) a step), its phases: matmul 64x256 in the kernel: 128 tiles of 4x32, "
+        "a block's 8 warps splitting each sum; fused kernel" in report
+    )
+    assert "(backwards; a cooperative grid of up to <<<32, 256>>> on 132 multiprocessors, 3 grid-wide" in report
 
 
 def test_later_calls_replay_the_first_on_new_data_and_weights():
@@ -216,13 +219,40 @@ def test_later_calls_replay_the_first_on_new_data_and_weights():
     assert [len(compiled.programs[name].replays) for name in ("forward", "train_step")] == [1, 1]
 
 
-@given(count=st.integers(1, 10**7), multiprocessors=st.integers(1, 200))
-def test_persistent_grid_covers_the_work_on_every_multiprocessor(count, multiprocessors):
+@given(count=st.integers(1, 10**7), tiles=st.integers(0, 10**5), multiprocessors=st.integers(1, 200))
+def test_persistent_grid_covers_the_work_on_every_multiprocessor(count, tiles, multiprocessors):
     from kdsl.backends.cuda.launch import THREADS, persistent_grid
 
-    blocks, threads = persistent_grid(count, multiprocessors, simulator=False)
-    assert threads in (64, 128, THREADS) and (blocks - 1) * threads < count <= blocks * threads
-    assert threads == 64 or count >= multiprocessors * threads  # blocks shrink only while some would idle
+    blocks, threads = persistent_grid(count, tiles, multiprocessors, simulator=False)
+    assert (blocks - 1) * threads < count <= blocks * threads or (tiles and blocks == tiles >= count / threads)
+    if tiles:  # a block per tile, with all its warps to split each sum
+        assert threads == THREADS and blocks >= tiles
+    else:  # blocks shrink only while some would idle
+        assert threads in (64, 128, THREADS) and (threads == 64 or count >= multiprocessors * threads)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rows=st.integers(1, 9), columns=st.integers(1, 40), inner=st.integers(1, 24),
+    blocks=st.integers(1, 3), threads=st.sampled_from([1, 2, 64]), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_products_in_a_persistent_kernel_match_numpy(rows, columns, inner, blocks, threads, seed):
+    """Tiles shared out over blocks, their sums split between a block's threads: by one column (the simulator's
+    narrow blocks) or a warp's 32 (a GPU's), with short last tiles of rows and columns."""
+    from numba import cuda
+
+    from kdsl.backends.cuda.cell_products import rows_by_matrix
+
+    @cuda.jit
+    def product(x, w, y):
+        rows_by_matrix(x, w, y)
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, inner)).astype(np.float32)
+    w = rng.standard_normal((inner, columns)).astype(np.float32)
+    y = np.full((rows, columns), np.nan, np.float32)
+    product[blocks, threads](x, w, y)
+    assert_close(x.astype(np.float64) @ w, y)
 
 
 def test_host_loop_matches_persistent_kernel():

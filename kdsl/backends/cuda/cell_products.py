@@ -1,40 +1,67 @@
-"""Matrix products inside a persistent time-loop kernel: every thread of the grid takes a share of the outputs.
+"""Matrix products inside a persistent time-loop kernel, shared out over the whole grid.
 
-A thread computes ROWS rows of one output column, so it reads each weight element once for ROWS
-rows, where a thread per output element would read the weight's column once per row (the recurrent
-weight stays in L2 from step to step; this quarters that traffic). Adjacent threads take adjacent
-columns: a warp's reads of the weight are coalesced and its reads of x one broadcast. The generated
-module carries this code (`kdsl.backends.cuda.persistent`), so a change here changes its hash.
+A block takes a tile of the output, ROWS rows by a warp's 32 columns, and its warps split the
+inner dimension between them; their partial sums meet in shared memory. Each weight element read
+serves ROWS rows, adjacent threads read adjacent columns (coalesced) and a warp reads x as one
+broadcast. Splitting the inner dimension is what makes small batches fast: at batch 1 an LSTM(512)
+step is 2,048 dot products of length 512, which as a thread per output would leave most of the GPU
+idle and each thread a chain of 512 dependent adds from L2; a block per tile puts 64 blocks of 8
+warps on it, each thread adding 64 products. At large batches the tiles outnumber the blocks and the
+split costs two block barriers a tile. A block narrower than two warps (the simulator's) gives each
+thread one column and splits the inner dimension between all of them. The generated module carries
+this code (`kdsl.backends.cuda.persistent`), so a change here changes its hash.
 """
 
 import numpy as np
 from numba import cuda
 
-ROWS = 4
+from kdsl.backends.cuda.launch import ROWS, THREADS, WARP
+
+PARTIALS = THREADS * ROWS  # a partial sum for each row of each thread of a block (a size Numba must know)
 
 
 @cuda.jit(device=True)
-def rows_by_matrix(x, w, y, transpose_w):
-    """y = x @ w (x @ wᵀ with `transpose_w`): x (rows, inner), w (inner, columns) or (columns, inner)."""
+def rows_by_matrix(x, w, y):
+    """y = x @ w: x (rows, inner), w (inner, columns).
+
+    Every thread of a block must call it (the block meets at barriers inside), and a block has a multiple of
+    WARP threads or fewer than two warps.
+    """
     rows, columns = y.shape
-    inner = x.shape[1]
-    for flat in range(cuda.grid(1), (rows + ROWS - 1) // ROWS * columns, cuda.gridsize(1)):
-        j, i = flat % columns, flat // columns * ROWS
-        if i + ROWS <= rows:
-            s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
-            for k in range(inner):
-                weight = w[j, k] if transpose_w else w[k, j]
+    inner, last = x.shape[1], rows - 1
+    lanes = WARP if cuda.blockDim.x >= 2 * WARP else 1
+    chunks = cuda.blockDim.x // lanes
+    lane, chunk = cuda.threadIdx.x % lanes, cuda.threadIdx.x // lanes
+    start, stop = np.uint64(chunk * inner // chunks), np.uint64((chunk + 1) * inner // chunks)
+    partial = cuda.shared.array(PARTIALS, np.float32)
+    column_tiles = (columns + lanes - 1) // lanes
+    for tile in range(cuda.blockIdx.x, (rows + ROWS - 1) // ROWS * column_tiles, cuda.gridDim.x):
+        i, first = tile // column_tiles * ROWS, tile % column_tiles * lanes
+        j = first + lane
+        s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+        if j < columns:
+            i1, i2, i3 = min(i + 1, last), min(i + 2, last), min(i + 3, last)  # a short last tile repeats its row
+            # An unsigned index in a while loop: Numba's range over signed integers hides the induction variable
+            # and checks each index for wrapping around, which took twice the instructions of this loop.
+            k = start
+            while k < stop:
+                weight = w[k, j]
                 s0 += x[i, k] * weight
-                s1 += x[i + 1, k] * weight
-                s2 += x[i + 2, k] * weight
-                s3 += x[i + 3, k] * weight
-            y[i, j], y[i + 1, j], y[i + 2, j], y[i + 3, j] = s0, s1, s2, s3
-        else:
-            for r in range(i, rows):
+                s1 += x[i1, k] * weight
+                s2 += x[i2, k] * weight
+                s3 += x[i3, k] * weight
+                k += np.uint64(1)
+        at = chunk * ROWS * lanes + lane
+        partial[at], partial[at + lanes], partial[at + 2 * lanes], partial[at + 3 * lanes] = s0, s1, s2, s3
+        cuda.syncthreads()
+        for flat in range(cuda.threadIdx.x, ROWS * lanes, cuda.blockDim.x):
+            row, column = i + flat // lanes, first + flat % lanes
+            if row < rows and column < columns:
                 total = np.float32(0.0)
-                for k in range(inner):
-                    total += x[r, k] * (w[j, k] if transpose_w else w[k, j])
-                y[r, j] = total
+                for c in range(chunks):
+                    total += partial[c * ROWS * lanes + flat]
+                y[row, column] = total
+        cuda.syncthreads()  # the next tile overwrites the partial sums
 
 
 @cuda.jit(device=True)

@@ -16,6 +16,8 @@ MAX_BLOCKS = 4096  # 132 SMs of an H100 hold 16 blocks of 256 threads each about
 GEMM_TILE = 16  # a 16x16 tile: 256 threads, 2 KiB of shared memory per operand
 MULTIPROCESSORS = 132  # an H100's or H200's: what --explain assumes with no GPU to ask
 MIN_PERSISTENT_THREADS = 64
+WARP = 32
+ROWS = 4  # rows of a product's tile in a persistent kernel (`kdsl.backends.cuda.cell_products`)
 SIMULATED_THREADS = 2
 SIMULATED_TILE = 4
 
@@ -33,20 +35,29 @@ def element_grid(count: int, simulator: bool | None = None) -> tuple[int, int]:
 
 
 def persistent_grid(
-    count: int, multiprocessors: int = MULTIPROCESSORS, simulator: bool | None = None
+    count: int, tiles: int = 0, multiprocessors: int = MULTIPROCESSORS, simulator: bool | None = None
 ) -> tuple[int, int]:
-    """(blocks, threads per block) for a persistent kernel whose widest phase has `count` work items.
+    """(blocks, threads per block) for a persistent kernel whose widest loop has `count` work items and whose
+    products with the recurrent weight have up to `tiles` tiles.
 
-    Blocks shrink, down to two warps, until there are enough of them for every multiprocessor: a
-    step's phases are short, and how fast one reads the recurrent weight from L2 depends on how
-    many multiprocessors read it. The grid must also fit on the GPU at once; the runner caps it.
+    With products, a block per tile and full blocks: a tile's warps split its inner dimension, so the more
+    warps the shorter each thread's sum. Without, blocks shrink, down to two warps, until there are enough of
+    them for every multiprocessor: a step's phases are short. The grid must also fit on the GPU at once; the
+    runner caps it.
     """
     if simulated() if simulator is None else simulator:
-        return element_grid(count, simulator=True)
+        return element_grid(max(count, tiles), simulator=True)
+    if tiles:
+        return max(tiles, -(-count // THREADS)), THREADS
     threads = THREADS
     while threads > MIN_PERSISTENT_THREADS and count < multiprocessors * threads:
         threads //= 2
     return max(1, -(-count // threads)), threads
+
+
+def product_tiles(rows: int, columns: int) -> int:
+    """How many tiles a persistent kernel cuts a (rows, columns) product into: ROWS rows by a warp's columns."""
+    return -(-rows // ROWS) * -(-columns // WARP)
 
 
 def gemm_tile(simulator: bool | None = None) -> int:

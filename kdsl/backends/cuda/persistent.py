@@ -3,12 +3,13 @@
 Launched step by step, a cell costs a launch from Python per kernel and step (tens of µs each
 through Numba's dispatcher and CuPy), which for a recurrent cell's small kernels is most of the
 step. Here the threads of one cooperative grid loop over the steps together. Each phase, a
-fused elementwise loop, another op's kernel body, or a product with the recurrent weight
-(`kdsl.backends.cuda.cell_products`), is a grid-stride loop, and a grid-wide barrier follows it
-where a kernel boundary was. Carries alternate between two buffers, so a step never overwrites
-the state it reads; each step writes its outputs into their slot of the stacked results. A cell
-holding what a phase cannot do (a reshape that is not free, a nested loop, an atomic sum) keeps
-the runner's host loop.
+fused elementwise loop or another op's kernel body, is a grid-stride loop; a product with the
+recurrent weight is shared out over the blocks a tile each (`kdsl.backends.cuda.cell_products`).
+A grid-wide barrier follows a phase where a kernel boundary was. Carries alternate between two
+buffers, so a step never overwrites the state it reads; each step writes its outputs into their
+slot of the stacked results. A cell holding what a phase cannot do (a reshape that is not free,
+a nested loop, an atomic sum, a product by the transpose of a value it computes) keeps the
+runner's host loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from kdsl.backends.cpu.codegen import _support_source
 from kdsl.backends.cuda import cell_products, ops
+from kdsl.backends.cuda.launch import ROWS, THREADS, WARP, product_tiles
 from kdsl.backends.cuda.writer import KernelWriter, fused_loop
 from kdsl.ir.ops.base import numel
 from kdsl.ir.program import Eqn, Var
@@ -34,15 +36,17 @@ class Persistent:
     name: str
     eqn: Eqn
     spaces: list[tuple[Dim, ...]] = field(default_factory=list)
-    products: list[tuple[Var, int]] = field(default_factory=list)  # each product's output, and its rows a thread
+    products: list[Var] = field(default_factory=list)  # outputs of products by a matrix, cut into tiles
+    tn_products: list[Var] = field(default_factory=list)  # outputs of aᵀ·b products, a thread per element
     locals: list[Var] = field(default_factory=list)
     constants: dict[int, float] = field(default_factory=dict)  # the cell's constants among the locals, by id
 
-    def threads(self, sizes: dict[str, int]) -> int:
-        """Threads enough for the widest phase: more would only wait at the barriers."""
-        loops = [numel(space, sizes) for space in self.spaces]
-        products = [-(-numel(y.shape[:1], sizes) // rows) * numel(y.shape[1:], sizes) for y, rows in self.products]
-        return max([1, *loops, *products])
+    def work(self, sizes: dict[str, int]) -> tuple[int, int]:
+        """(threads, tiles): threads enough for the widest loop, and the most tiles of a product (more of either
+        would only wait at the barriers)."""
+        loops = [numel(space, sizes) for space in [*self.spaces, *(y.shape for y in self.tn_products)]]
+        tiles = [product_tiles(numel(y.shape[:1], sizes), numel(y.shape[1:], sizes)) for y in self.products]
+        return max([1, *loops]), max([0, *tiles])
 
 
 class Unsupported(Exception):
@@ -156,15 +160,16 @@ class ScanWriter:
             raise Unsupported(f"{eqn.op.name} of rank {a.rank}")
         writer = PhaseWriter(self)
         left, right, out = (writer.array(v) for v in (a, b, y))
-        transpose = bool(eqn.attrs.get("transpose_b"))
-        if eqn.op.name == "matmul" and transpose and id(b) in self.constants:
-            right, transpose = self._transposed(b), False
         if eqn.op.name == "matmul":
-            writer.line(f"rows_by_matrix({left}, {right}, {out}, {transpose})")
+            if eqn.attrs.get("transpose_b"):
+                if id(b) not in self.constants:  # a transpose made every step would cost a phase of its own
+                    raise Unsupported("a product by the transpose of a value the cell computes")
+                right = self._transposed(b)
+            writer.line(f"rows_by_matrix({left}, {right}, {out})")
         else:
             writer.line(f"matrix_tn({left}, {right}, {out})")
         writer.product = True
-        self.step.products.append((y, cell_products.ROWS if eqn.op.name == "matmul" else 1))
+        (self.step.products if eqn.op.name == "matmul" else self.step.tn_products).append(y)
         self.phases.append(writer)
         self.syncs.append(True)
 
@@ -219,4 +224,4 @@ def persistent_scan(name: str, eqn: Eqn) -> tuple[str, Persistent] | None:
 
 def products_source() -> str:
     """The device functions the phases call for products, for the generated module."""
-    return _support_source(cell_products)
+    return f"THREADS, ROWS, WARP = {THREADS}, {ROWS}, {WARP}\n\n" + _support_source(cell_products)

@@ -164,7 +164,7 @@ class _Run:
         spaces = [concrete(space, self.sizes) for space in step.spaces]
         arguments = [steps, *(n for space in spaces for n in space), *outer, *buffers, *stacked, *locals_]
         kernel = getattr(self.module, step.name)
-        self.call(kernel[cooperative_grid(kernel, arguments, step.threads(self.sizes))], *arguments)
+        self.call(kernel[cooperative_grid(kernel, arguments, *step.work(self.sizes))], *arguments)
         for k, var in enumerate(eqn.outputs[:nc]):
             final = outer[k] if steps == 0 else buffers[2 * k + (steps - 1) % 2]
             if id(var) in env:  # a slot of an enclosing loop's stacked output
@@ -224,12 +224,12 @@ class _Run:
         self.call(copy, destination, source)
 
 
-def cooperative_grid(kernel, arguments: list, count: int) -> tuple[int, int]:
+def cooperative_grid(kernel, arguments: list, count: int, tiles: int) -> tuple[int, int]:
     """(blocks, threads) for a kernel with grid-wide barriers: every block must be resident on the GPU at once,
     so the grid is capped at what the GPU holds of this kernel (the simulator runs one block)."""
     if simulated():
-        return persistent_grid(count)
-    blocks, threads = persistent_grid(count, cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        return persistent_grid(count, tiles)
+    blocks, threads = persistent_grid(count, tiles, cuda.get_current_device().MULTIPROCESSOR_COUNT)
     compiled = kernel.compile(tuple(typeof(a) for a in arguments))
     return min(blocks, compiled.max_cooperative_grid_blocks(threads)), threads
 
