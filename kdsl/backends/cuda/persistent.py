@@ -188,7 +188,8 @@ class ScanWriter:
             if writer.product:  # a call: the device function loops over the outputs itself
                 body += [line[4:] for line in writer.lines]
             else:
-                body += writer.grid_stride([f"p{number}_{axis}" for axis in range(len(writer.space))]) + writer.lines
+                sizes = [f"p{number}_{axis}" for axis in range(len(writer.space))]
+                body += [*writer.grid_stride(sizes), *writer.lines, writer.grid_stride_end()]
                 number += 1
             body += ["        grid.sync()"] * sync
         sizes = [f"p{n}_{axis}" for n, space in enumerate(self.step.spaces) for axis in range(len(space))]
