@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from kdsl.backends.cuda.launch import element_grid
+from kdsl.backends.cuda.launch import THREADS, element_grid
 from kdsl.runtime import update_rules as rules
 from kdsl.runtime.optimizers import Optimizer
 
@@ -30,10 +30,25 @@ def _clipped(g, clip, limit, scale, global_scale):
 
 
 @cuda.jit(cache=True)
-def sum_squares(g, clip, limit, out):
+def sum_squares(g, clip, limit, out, slot):
+    """out[slot] += the sum of the clipped gradient's squares: each thread sums its elements, a block its threads'
+    sums, and one atomic add a block (an atomic add an element would queue a million of them on one address)."""
+    total = np.float32(0.0)
     for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
         value = _clipped(g[i], clip, limit, np.float32(1.0), np.float32(1.0))
-        cuda.atomic.add(out, 0, value * value)
+        total += value * value
+    sums = cuda.shared.array(THREADS, np.float32)
+    t = cuda.threadIdx.x
+    sums[t] = total
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2  # blocks of a power of two threads (`element_grid`)
+    while half > 0:
+        if t < half:
+            sums[t] += sums[t + half]
+        cuda.syncthreads()
+        half //= 2
+    if t == 0:
+        cuda.atomic.add(out, slot, sums[0])
 
 
 _sgd_at, _adam_at, _rmsprop_at, _adagrad_at = (
@@ -113,11 +128,10 @@ class DeviceOptimizer:
         if optimizer.clipnorm is None and optimizer.global_clipnorm is None:
             return scales, 1.0
         clip = (np.bool_(optimizer.clipvalue is not None), f32(optimizer.clipvalue or 0.0))
-        squares = []
-        for g in grads:
-            total = cuda.to_device(np.zeros(1, np.float32))
-            sum_squares[element_grid(g.size)](g, *clip, total)
-            squares.append(float(total.copy_to_host()[0]))
+        totals = cuda.to_device(np.zeros(len(grads), np.float32))
+        for slot, g in enumerate(grads):
+            sum_squares[element_grid(g.size)](g, *clip, totals, slot)
+        squares = [float(s) for s in totals.copy_to_host()]  # one copy, one wait for the device, a step
         if optimizer.clipnorm is not None:
             scales = [min(1.0, optimizer.clipnorm / max(math.sqrt(s), 1e-12)) for s in squares]
         if optimizer.global_clipnorm is None:

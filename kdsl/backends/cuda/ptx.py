@@ -39,7 +39,7 @@ def runtime_ptx(cc: tuple[int, int] = DEFAULT_CC) -> dict[str, str]:
     examples = {
         "zero": (runner.zero, (vector,)),
         "gemm_tiled": (gemm.gemm_tiled, (matrix, matrix, matrix, np.bool_(False), np.bool_(True))),
-        "sum_squares": (optimizer.sum_squares, (vector, np.bool_(True), np.float32(1.0), vector)),
+        "sum_squares": (optimizer.sum_squares, (vector, np.bool_(True), np.float32(1.0), vector, 0)),
     }
     for rule in (optimizers.SGD(), optimizers.Adam(), optimizers.RMSprop(), optimizers.Adagrad()):
         rule.iterations = 1  # Adam's bias corrections divide by zero at step 0
