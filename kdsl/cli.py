@@ -11,10 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from kdsl import catalogue, datasets
-from kdsl.backends.compiled import cache_dir, compile_model
 from kdsl.catalogue.args import REQUIRED
 from kdsl.errors import KdslError, did_you_mean
-from kdsl.explain import explain, format_fused
 from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
@@ -138,6 +136,9 @@ def _compile(args: argparse.Namespace) -> int:
 
     With no option, generates and compiles the kernels so later runs start fast.
     """
+    from kdsl.backends.compiled import cache_dir, compile_model  # Numba: only the commands that compile need it
+    from kdsl.explain import explain, format_fused
+
     if args.emit == "ast":
         print(dump(parse_file(args.file).items))
         return 0

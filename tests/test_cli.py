@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +21,18 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def param_column(summary: str) -> list[int]:
     rows = [line for line in summary.splitlines() if line.startswith("│")]
     return [int(row.split("│")[3].strip().replace(",", "")) for row in rows]
+
+
+def test_checking_and_summarizing_do_not_import_the_compiler(examples):
+    """`kdsl check` and `kdsl summary` answer an editor quickly: Numba and SciPy load only to compile or train."""
+    model = str(examples / "gru_stack.kd")
+    code = (
+        "import sys; from kdsl.cli import main; "
+        f"assert main(['check', {model!r}]) == main(['summary', {model!r}]) == 0; "
+        "print(sorted({'numba', 'scipy'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize(
