@@ -121,7 +121,7 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
     from kdsl.backends.cuda.codegen import HOST_OPS, KernelWriter
     from kdsl.backends.cuda.launch import GEMM_TILE, MULTIPROCESSORS, element_grid, gemm_grid, persistent_grid
     from kdsl.backends.cuda.ops import write
-    from kdsl.backends.cuda.persistent import persistent_scan
+    from kdsl.backends.cuda.persistent import PRODUCTS, persistent_scan
 
     eqn = kernel.eqns[0]
     if eqn.op.name == "scan":
@@ -133,7 +133,7 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
             return f"host loop over time ({direction}), launching per step: " + "; ".join(parts)
         blocks, threads = persistent_grid(*found[1].work(sizes), simulator=False)
         phases = [
-            _cuda_product(k.eqns[0], sizes, threads) if k.kind == "op" and k.eqns[0].op.name in ("matmul", "matmul_tn")
+            _cuda_product(k.eqns[0], sizes, threads) if k.kind == "op" and k.eqns[0].op.name in PRODUCTS
             else part.split(" <<<")[0]
             for k, part in zip([k for k in body.kernels if k.kind != "view"], parts)
         ]  # fmt: skip

@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 from kdsl.backends.cuda.launch import THREADS, element_grid
+from kdsl.backends.cuda.runner import zero
 from kdsl.runtime import update_rules as rules
 from kdsl.runtime.optimizers import Optimizer
 
@@ -94,6 +95,7 @@ class DeviceOptimizer:
         self.slots: list[dict[str, object]] = []
         self._source: list | None = None  # the host slot list last uploaded or downloaded
         self._on_host = True  # whether the host slots are the copy to trust (the caller may have changed them)
+        self._squares = None  # each gradient's sum of squares, for clipping by norm
 
     def apply(self, optimizer: Optimizer, weights: list, grads: list) -> None:
         """One step of `optimizer` on device `weights` from device `grads` (arrays of the weights' shapes)."""
@@ -128,10 +130,12 @@ class DeviceOptimizer:
         if optimizer.clipnorm is None and optimizer.global_clipnorm is None:
             return scales, 1.0
         clip = (np.bool_(optimizer.clipvalue is not None), f32(optimizer.clipvalue or 0.0))
-        totals = cuda.to_device(np.zeros(len(grads), np.float32))
+        if self._squares is None or self._squares.size != len(grads):
+            self._squares = cuda.device_array(len(grads), np.float32)
+        zero[element_grid(len(grads))](self._squares)
         for slot, g in enumerate(grads):
-            sum_squares[element_grid(g.size)](g, *clip, totals, slot)
-        squares = [float(s) for s in totals.copy_to_host()]  # one copy, one wait for the device, a step
+            sum_squares[element_grid(g.size)](g, *clip, self._squares, slot)
+        squares = [float(s) for s in self._squares.copy_to_host()]  # one copy, one wait for the device, a step
         if optimizer.clipnorm is not None:
             scales = [min(1.0, optimizer.clipnorm / max(math.sqrt(s), 1e-12)) for s in squares]
         if optimizer.global_clipnorm is None:

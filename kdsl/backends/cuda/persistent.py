@@ -189,7 +189,7 @@ class ScanWriter:
                 body += [line[4:] for line in writer.lines]
             else:
                 sizes = [f"p{number}_{axis}" for axis in range(len(writer.space))]
-                body += [*writer.grid_stride(sizes), *writer.lines, writer.grid_stride_end()]
+                body += writer.grid_stride(sizes)
                 number += 1
             body += ["        grid.sync()"] * sync
         sizes = [f"p{n}_{axis}" for n, space in enumerate(self.step.spaces) for axis in range(len(space))]

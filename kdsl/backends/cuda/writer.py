@@ -52,11 +52,11 @@ class KernelWriter(SourceWriter):
             "@cuda.jit(cache=True)",
             f"def {self.name}({', '.join([*sizes, *(self.params[id(v)] for v in self.arrays)])}):",
         ]
-        return "\n".join([*head, *self.grid_stride(sizes), *self.lines, self.grid_stride_end()])
+        return "\n".join([*head, *self.grid_stride(sizes)])
 
     def grid_stride(self, sizes: list[str]) -> list[str]:
-        """The head of the loop giving each thread its elements of the space `sizes`, with their indices `i0`, `i1`,
-        ...; `grid_stride_end` closes it.
+        """The body's lines in a loop giving each thread its elements of the space `sizes`, with their indices `i0`,
+        `i1`, ...
 
         The loop counts in unsigned integers: Numba's range over signed ones, and its floor division and modulo
         with Python's signs, compiled to about four times the instructions, with a 64-bit division routine called
@@ -73,11 +73,7 @@ class KernelWriter(SourceWriter):
                 head += [f"{indent}    i{axis} = np.int64(rest % {size})", f"{indent}    rest = rest // {size}"]
             else:
                 head.append(f"{indent}    i0 = np.int64(rest)")
-        return head
-
-    def grid_stride_end(self) -> str:
-        """The last line of the loop `grid_stride` opens: the thread's next element."""
-        return f"{'    ' * self._depth}flat += np.uint64(cuda.gridsize(1))"
+        return [*head, *self.lines, f"{indent}    flat += np.uint64(cuda.gridsize(1))"]
 
 
 def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, literals: dict[int, str]) -> None:
