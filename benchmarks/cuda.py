@@ -29,10 +29,10 @@ import numpy as np
 import kdsl
 from benchmarks.train_step import median_ms
 from benchmarks.workloads import DEEPBENCH, EXAMPLES, flops_per_call, images, lstm_network
-from kdsl.backends.compiled import compile_model
 from kdsl.datasets import mnist, mnist_small
 from kdsl.errors import KdslError
 from kdsl.lang import load
+from kdsl.pipeline import compile_model
 
 # (layer, PyTorch module, hidden, batch, steps): DeepBench's recurrent training shapes in the range asked for
 SHAPES = [

@@ -29,7 +29,7 @@ START_UP = """
 import time, numpy as np
 started = time.perf_counter()
 from kdsl.lang import load_file
-from kdsl.backends.compiled import compile_model
+from kdsl.pipeline import compile_model
 graph = load_file({file!r}).models[{model!r}]
 compiled = compile_model(graph, target="cpu")
 compiled.warm_up()
@@ -93,8 +93,8 @@ def main() -> None:
     import scipy.linalg  # noqa: F401  (load SciPy's BLAS before limiting its threads)
     from threadpoolctl import threadpool_limits
 
-    from kdsl.backends.compiled import compile_model
     from kdsl.lang import load_file
+    from kdsl.pipeline import compile_model
 
     with tempfile.TemporaryDirectory() as cache:
         cold = start_up_seconds(args.file, args.model, cache)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 import kdsl
-from kdsl.backends.compiled import compile_model
 from kdsl.datasets import fashion_mnist, mnist
 from kdsl.explain import program_flops
 from kdsl.ir.graph import Graph
 from kdsl.lang import load
+from kdsl.pipeline import compile_model, compile_programs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -83,9 +83,9 @@ class Race:
 
 
 def flops_per_call(graph: Graph, batch: int, training: bool) -> int:
-    compiled = compile_model(graph, target="numpy", training=training)
-    program = compiled.training.program if training else compiled.inference.program
-    return program_flops(program, {"batch": batch})
+    compilation = compile_programs(graph, target="numpy", training=training)
+    name = "train_step" if training else "forward"
+    return program_flops(compilation.programs[name], compilation.plans[name], {"batch": batch})
 
 
 def images(dataset, held_out: int = 0, fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

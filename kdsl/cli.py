@@ -136,8 +136,11 @@ def _compile(args: argparse.Namespace) -> int:
 
     With no option, generates and compiles the kernels so later runs start fast.
     """
-    from kdsl.backends.compiled import cache_dir, compile_model  # Numba: only the commands that compile need it
+    # Numba: only the commands that compile import the backends
+    from kdsl.backends.compiled import cpu_source
+    from kdsl.backends.modules import cache_dir
     from kdsl.explain import explain, format_fused
+    from kdsl.pipeline import compile_model, compile_programs
 
     if args.emit == "ast":
         print(dump(parse_file(args.file).items))
@@ -149,53 +152,44 @@ def _compile(args: argparse.Namespace) -> int:
         return 0
     if args.emit == "ptx" and args.target != "cuda":
         raise KdslError("--emit ptx shows CUDA kernels", hint="add --target cuda")
+    if args.output and args.target == "cuda":
+        raise KdslError("-o writes a standalone CPU module", hint="see the CUDA kernels with --emit py --target cuda")
     for graph in graphs:
         training = not args.inference and graph.train is not None
-        compiled = compile_model(graph, target="numpy", training=training)
-        entries = compiled.entries(prepare=_cuda_prepare() if args.target == "cuda" else None)
-        programs = {entry.name: entry.program for entry in entries}
+        compilation = compile_programs(graph, target=args.target, training=training)
         if args.emit == "ir":
             print(print_graph(graph).rstrip())
-            for name, lowered in programs.items():
-                print(f"\n# {name}: lowered and fused\n{format_fused(lowered)}")
+            for entry in compilation.entries:
+                fused = format_fused(entry.program, compilation.plans[entry.name])
+                print(f"\n# {entry.name}: lowered and fused\n{fused}")
         elif args.emit == "py":
-            print(_cuda_module(graph, entries)[0] if args.target == "cuda" else compiled.source())
+            print(_cuda_module(compilation)[0] if args.target == "cuda" else cpu_source(compilation))
         elif args.emit == "ptx":
-            print(_ptx(graph, entries, args.cc))
+            print(_ptx(compilation, args.cc))
         if args.explain:
-            print(explain(graph, programs, batch=args.batch, target=args.target))
-        if args.output and args.target == "cuda":
-            raise KdslError(
-                "-o writes a standalone CPU module", hint="see the CUDA kernels with --emit py --target cuda"
-            )
+            print(explain(compilation, batch=args.batch))
         if args.output:
-            path = compiled.export(args.output)
+            path = compile_model(graph, target="numpy", training=training).export(args.output)
             print(f"wrote {path}, {path.with_suffix('.json').name} and {path.with_suffix('.npz').name}")
         if not (args.emit or args.explain or args.output):
             started = time.perf_counter()
-            compiled = compile_model(graph, target=args.target, training=training)
-            compiled.warm_up()
+            compile_model(graph, target=args.target, training=training).warm_up()
             print(
-                f"compiled {graph.name}: {', '.join(programs)} in {time.perf_counter() - started:.1f} s "
+                f"compiled {graph.name}: {', '.join(compilation.programs)} in {time.perf_counter() - started:.1f} s "
                 f"(cached in {cache_dir()})"
             )
     return 0
 
 
-def _cuda_prepare():
-    from kdsl.backends.cuda.codegen import prepare
-
-    return prepare
-
-
-def _cuda_module(graph, entries):
-    """The CUDA module's text for a model, and its schedules; writing them needs no GPU."""
+def _cuda_module(compilation):
+    """The CUDA module's text for a compilation, and its schedules; writing them needs no GPU."""
     from kdsl.backends.cuda.codegen import generate_module
 
-    return generate_module(f"CUDA kernels of model `{graph.name}`.", entries)
+    title = f"CUDA kernels of model `{compilation.graph.name}`."
+    return generate_module(title, compilation.entries, compilation.plans)
 
 
-def _ptx(graph, entries, cc: tuple[int, int]) -> str:
+def _ptx(compilation, cc: tuple[int, int]) -> str:
     """Every kernel the model's CUDA module launches, and the runner's own, as PTX for compute capability `cc`."""
     from kdsl.backends.cuda.launch import simulated
 
@@ -205,10 +199,10 @@ def _ptx(graph, entries, cc: tuple[int, int]) -> str:
     if importlib.util.find_spec("numba_cuda") is None:  # Numba's own CUDA support is retired and lowers less
         raise KdslError("--emit ptx needs NVIDIA's numba-cuda package", hint=hint)
     try:
-        from kdsl.backends.compiled import load_module
         from kdsl.backends.cuda.ptx import model_ptx, runtime_ptx
+        from kdsl.backends.modules import load_module
 
-        text, schedules = _cuda_module(graph, entries)
+        text, schedules = _cuda_module(compilation)
         kernels = {**model_ptx(load_module(text), schedules, cc), **runtime_ptx(cc)}
     except (ImportError, OSError) as error:
         raise KdslError(f"cannot compile CUDA kernels here: {error}", hint=hint) from error

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from kdsl.backends.cpu.emitter import prepares_weights, splits_columns
 from kdsl.backends.cpu.entry import MIN_ROWS_PER_THREAD_PREPARED
 from kdsl.backends.cpu.loop_products import small_product_limit
+from kdsl.backends.cpu.policy import prepares_weights, splits_columns
 from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL
-from kdsl.ir.graph import Graph, Layer
-from kdsl.ir.ops.base import numel
+from kdsl.ir.graph import Layer
+from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul
+from kdsl.ir.ops.scan import Scan
 from kdsl.ir.program import Eqn, Program
-from kdsl.passes.fuse import Kernel, plan
+from kdsl.ir.types import numel
+from kdsl.passes.compilation import Compilation
+from kdsl.passes.fuse import Kernel, Plan
 
 
-def format_fused(program: Program, indent: str = "") -> str:
+def format_fused(program: Program, fused: Plan, indent: str = "") -> str:
     """The program as its kernels: each fused loop with its ops, values kept in registers marked `~`."""
-    fused = plan(program)
     lines = [f"{indent}in  {', '.join(map(repr, program.inputs))}"]
     for kernel in fused.kernels:
         origin = f"  # {kernel.origin}" if kernel.origin else ""
@@ -37,23 +39,24 @@ def format_fused(program: Program, indent: str = "") -> str:
         eqn = kernel.eqns[0]
         outs = ", ".join(map(repr, eqn.outputs))
         args = ", ".join(v.name for v in eqn.inputs)
-        attrs = ", ".join(f"{k}={v}" for k, v in eqn.attrs.items() if k not in ("body", "free"))
+        attrs = ", ".join(f"{k}={v}" for k, v in eqn.attrs.items() if k != "body")
         note = "  (no code: a view)" if kernel.kind == "view" else ""
         lines.append(f"{indent}{outs} = {eqn.op.name}[{attrs}]({args}){note}{origin}".replace("[]", ""))
-        if eqn.op.name == "scan":
-            lines.append(format_fused(eqn.attrs["body"], indent + "    "))
+        if isinstance(eqn.op, Scan):
+            lines.append(format_fused(eqn.attrs["body"], fused.body(eqn), indent + "    "))
     lines.append(f"{indent}out {', '.join(v.name for v in program.outputs)}")
     return "\n".join(lines)
 
 
-def _cost(kernels: list[Kernel], sizes: dict[str, int]) -> tuple[int, int]:
-    """(FLOPs, bytes written to memory) of kernels, scan bodies counted once per step."""
+def _cost(kernels: list[Kernel], fused: Plan, sizes: dict[str, int]) -> tuple[int, int]:
+    """(FLOPs, bytes written to memory) of kernels of the plan `fused`, scan bodies counted once per step."""
     flops = written = 0
     for kernel in kernels:
         for eqn in kernel.eqns:
-            if eqn.op.name == "scan":
+            if isinstance(eqn.op, Scan):
                 steps = numel(eqn.inputs[eqn.attrs["num_carry"]].shape[:1], sizes)
-                body_flops, body_bytes = _cost(plan(eqn.attrs["body"]).kernels, sizes)
+                cell = fused.body(eqn)
+                body_flops, body_bytes = _cost(cell.kernels, cell, sizes)
                 flops += steps * body_flops
                 written += steps * body_bytes
                 continue
@@ -62,20 +65,20 @@ def _cost(kernels: list[Kernel], sizes: dict[str, int]) -> tuple[int, int]:
             out = numel(eqn.outputs[0].shape, sizes)
             flops += eqn.op.flops(eqn, sizes) or (out if eqn.op.elementwise else 0)
         if kernel.kind != "view":
-            written += 4 * sum(numel(e.outputs[0].shape, sizes) for e in kernel.eqns if e.op.name != "scan")
+            written += 4 * sum(numel(e.outputs[0].shape, sizes) for e in kernel.eqns if not isinstance(e.op, Scan))
     return flops, written
 
 
-def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str:
+def _describe(kernel: Kernel, fused: Plan, sizes: dict[str, int], target: str = "cpu") -> str:
     if target == "cuda":
-        return _describe_cuda(kernel, sizes)
+        return _describe_cuda(kernel, fused, sizes)
     eqn = kernel.eqns[0]
     if kernel.kind == "loop":
         ops = ", ".join(e.op.name for e in kernel.eqns)
         return f"fused loop over ({', '.join(map(str, kernel.shape))}): {ops}"
-    if eqn.op.name == "scan":
-        body = plan(eqn.attrs["body"])
-        parts = [_step_product(k.eqns[0], eqn) or _describe(k, sizes) for k in body.kernels if k.kind != "view"]
+    if isinstance(eqn.op, Scan):
+        body = fused.body(eqn)
+        parts = [_step_product(k.eqns[0], eqn) or _describe(k, body, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
         split = (
             f" (with fewer than {MIN_ROWS_PER_THREAD_PREPARED} rows a thread, each thread runs it on every row and "
@@ -84,16 +87,16 @@ def _describe(kernel: Kernel, sizes: dict[str, int], target: str = "cpu") -> str
             else ""
         )
         return f"one compiled time loop ({direction}){split}; per step: " + "; ".join(parts)
-    if eqn.op.name in ("matmul", "matmul_tn"):
+    if eqn.op.product:
         return f"{eqn.op.name} through BLAS -> {eqn.out.type}"
-    if eqn.op.name == "gather_matmul":
+    if isinstance(eqn.op, GatherMatMul):
         table = eqn.inputs[0].shape[0]
         picked = "picked by the time loop at each step" if eqn.attrs.get("in_loop") else "picked"
         return (
             f"embedding rows and their projection, folded -> {eqn.out.type}: with more than {table} ids, "
             f"the table's product through BLAS, its rows {picked}; else the product of the rows"
         )
-    if eqn.op.name == "gather_matmul_grads":
+    if isinstance(eqn.op, GatherMatMulGrads):
         table = eqn.inputs[0].shape[0]
         return (
             f"gradients of the folded embedding and projection -> {eqn.outputs[0].type}, {eqn.outputs[1].type}: "
@@ -107,7 +110,7 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
     """How a time loop's step multiplies by a weight that `kdsl.backends.cpu.loop_products` prepares; None otherwise."""
     body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
     weights = {id(v) for v in body.inputs[nc + nx :]}
-    if eqn.op.name != "matmul" or id(eqn.inputs[1]) not in weights:
+    if not isinstance(eqn.op, MatMul) or id(eqn.inputs[1]) not in weights:
         return None
     if not prepares_weights(scan):
         return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
@@ -116,24 +119,24 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
     return f"matmul by the weight prepared before the loop, {how} -> {eqn.out.type}"
 
 
-def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
+def _describe_cuda(kernel: Kernel, fused: Plan, sizes: dict[str, int]) -> str:
     """What the CUDA target launches for `kernel`, with its grid (blocks x threads) at these sizes."""
-    from kdsl.backends.cuda.codegen import HOST_OPS, KernelWriter
     from kdsl.backends.cuda.launch import GEMM_TILE, MULTIPROCESSORS, element_grid, gemm_grid, persistent_grid
     from kdsl.backends.cuda.ops import write
-    from kdsl.backends.cuda.persistent import PRODUCTS, persistent_scan
+    from kdsl.backends.cuda.persistent import persistent_scan
+    from kdsl.backends.cuda.writer import KernelWriter
 
     eqn = kernel.eqns[0]
-    if eqn.op.name == "scan":
-        body = plan(eqn.attrs["body"])
-        parts = [_describe_cuda(k, sizes) for k in body.kernels if k.kind != "view"]
+    if isinstance(eqn.op, Scan):
+        body = fused.body(eqn)
+        parts = [_describe_cuda(k, body, sizes) for k in body.kernels if k.kind != "view"]
         direction = "backwards" if eqn.attrs["reverse"] else "forwards"
-        found = persistent_scan("explain", eqn)
+        found = persistent_scan("explain", eqn, body)
         if found is None:
             return f"host loop over time ({direction}), launching per step: " + "; ".join(parts)
         blocks, threads = persistent_grid(*found[1].work(sizes), simulator=False)
         phases = [
-            _cuda_product(k.eqns[0], sizes, threads) if k.kind == "op" and k.eqns[0].op.name in PRODUCTS
+            _cuda_product(k.eqns[0], sizes, threads) if k.kind == "op" and k.eqns[0].op.product
             else part.split(" <<<")[0]
             for k, part in zip([k for k in body.kernels if k.kind != "view"], parts)
         ]  # fmt: skip
@@ -142,7 +145,7 @@ def _describe_cuda(kernel: Kernel, sizes: dict[str, int]) -> str:
             f"on {MULTIPROCESSORS} multiprocessors, "
             f"{found[0].count('grid.sync()')} grid-wide barrier(s) a step), its phases: " + "; ".join(phases)
         )
-    if eqn.op.name in HOST_OPS:
+    if eqn.op.product:
         rows, columns = numel(eqn.out.shape[:-1], sizes), numel(eqn.out.shape[-1:], sizes)
         blocks, (tile, _) = gemm_grid(rows, columns, GEMM_TILE, simulator=False)
         return f"{eqn.op.name} {rows}x{columns}: cuBLAS through CuPy, else tiled kernel <<<{blocks}, {tile}x{tile}>>>"
@@ -163,8 +166,8 @@ def _cuda_product(eqn, sizes: dict[str, int], threads: int) -> str:
     from kdsl.backends.cuda.launch import ROWS, WARP, product_tiles
 
     rows, columns = (numel((d,), sizes) for d in eqn.out.shape)
-    if eqn.op.name == "matmul_tn":
-        return f"matmul_tn {rows}x{columns} in the kernel, a thread per element"
+    if not isinstance(eqn.op, MatMul):
+        return f"{eqn.op.name} {rows}x{columns} in the kernel, a thread per element"
     return (
         f"matmul {rows}x{columns} in the kernel: {product_tiles(rows, columns)} tiles of {ROWS}x{WARP}, "
         f"a block's {threads // WARP} warps splitting each sum"
@@ -186,37 +189,39 @@ def _not_chosen(layer: Layer) -> list[str]:
     return reasons
 
 
-def explain(graph: Graph, programs: dict[str, Program], batch: int = 32, target: str = "cpu") -> str:
-    """A per-layer report of the compiled `programs` (e.g. forward and train_step) at `batch` samples.
+def explain(compilation: Compilation, batch: int = 32) -> str:
+    """A per-layer report of a compilation's programs (forward, and train_step) at `batch` samples.
 
-    For `target="cuda"`, each kernel's launch is written `<<<blocks, threads per block>>>`, as on a GPU.
+    For the CUDA target, each kernel's launch is written `<<<blocks, threads per block>>>`, as on a GPU.
     """
+    graph, target = compilation.graph, compilation.target
     sizes = {"batch": batch}
     for value in graph.inputs:
         for d in value.type.dims:
             if isinstance(d, str) and d not in sizes:
                 sizes[d] = 1
     lines = [f"model {graph.name}, costs at batch size {batch}" + (", CUDA launches" if target == "cuda" else "")]
-    for name, program in programs.items():
+    for name in compilation.programs:
+        fused = compilation.plans[name]
         by_layer: dict[str | None, list[Kernel]] = defaultdict(list)
-        for kernel in plan(program).kernels:
+        for kernel in fused.kernels:
             by_layer[kernel.origin].append(kernel)
         lines.append(f"\n{name}:")
         for layer in graph.layers():
             kernels = [k for k in by_layer.get(layer.name, []) if k.kind != "view"]
             if not kernels:
                 continue
-            flops, written = _cost(kernels, sizes)
+            flops, written = _cost(kernels, fused, sizes)
             lines.append(
                 f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
                 f"{_human(flops)}FLOP, {_human(written)}B written"
             )
-            lines += [f"    - {_describe(k, sizes, target)}" for k in kernels]
+            lines += [f"    - {_describe(k, fused, sizes, target)}" for k in kernels]
             if name == "forward":
                 lines += [f"    not the fastest variant: {reason}" for reason in _not_chosen(layer)]
         rest = [k for k in by_layer.get(None, []) if k.kind != "view"]
         if rest:
-            flops, written = _cost(rest, sizes)
+            flops, written = _cost(rest, fused, sizes)
             lines.append(f"  loss and totals: {len(rest)} kernel(s), {_human(flops)}FLOP, {_human(written)}B written")
     return "\n".join(lines)
 
@@ -229,6 +234,7 @@ def _human(n: float) -> str:
     return f"{n:.3g} T"
 
 
-def program_flops(program: Program, sizes: dict[str, int]) -> int:
-    """Floating-point operations of one run of `program` at `sizes` (e.g. {"batch": 64}), time loops unrolled."""
-    return _cost(plan(program).kernels, sizes)[0]
+def program_flops(program: Program, fused: Plan, sizes: dict[str, int]) -> int:
+    """Floating-point operations of one run of `program` (planned as `fused`) at `sizes` (e.g. {"batch": 64}),
+    time loops unrolled."""
+    return _cost(fused.kernels, fused, sizes)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdsl.backends.numpy_ref import run_program
+from kdsl.ir.interpret import run_program
 from kdsl.passes.training import Training
 
 

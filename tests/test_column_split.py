@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from test_cpu_backend import assert_close
 
-from kdsl.backends.compiled import compile_model
-from kdsl.backends.cpu import emitter
+from kdsl.backends.cpu import policy
 from kdsl.backends.cpu.entry import run_parts
 from kdsl.backends.cpu.spin import LINE, meet, progress_counters
 from kdsl.explain import explain
 from kdsl.lang import load
+from kdsl.pipeline import compile_model, compile_programs
 
 TEXT = """
 model Split(ids: i32[batch, time]) -> y {
@@ -37,7 +37,7 @@ two_threads = pytest.mark.skipif(numba.get_num_threads() < 2, reason="needs two 
 def pair():
     graph = load(TEXT, "split.kd").models["Split"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(emitter, "MIN_SPLIT_WEIGHT", 0)
+        patch.setattr(policy, "MIN_SPLIT_WEIGHT", 0)
         compiled = compile_model(graph, target="cpu")
     reference = compile_model(graph, target="numpy")
     compiled.weights = [w.copy() for w in reference.weights]
@@ -52,7 +52,7 @@ def _batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @two_threads
 def test_small_batches_split_the_loops_by_columns(pair):
     _, compiled = pair
-    with open(compiled.module.__file__) as source:
+    with open(compiled.runner.module.__file__) as source:
         text = source.read()
     assert text.count("run_parts(") == 6  # both layers' loops in inference, and forward and backward in training
 
@@ -63,8 +63,8 @@ def test_explain_says_which_loops_split_by_columns():
         y = x |> lstm(256, return_sequences=true) |> lstm(64)
     }"""
     graph = load(text, "two.kd").models["Two"]
-    programs = {e.name: e.program for e in compile_model(graph, target="numpy", training=False).entries()}
-    loops = [line for line in explain(graph, programs, batch=1).splitlines() if "time loop" in line]
+    compilation = compile_programs(graph, target="cpu", training=False)
+    loops = [line for line in explain(compilation, batch=1).splitlines() if "time loop" in line]
     assert ["columns" in line for line in loops] == [True, False]
 
 
@@ -98,7 +98,7 @@ def test_blas_keeps_to_one_thread_around_loops_split_by_columns(pair, monkeypatc
         entered.append(True)
         yield
 
-    monkeypatch.setattr(compiled.module, "single_threaded_blas", recorded)
+    monkeypatch.setattr(compiled.runner.module, "single_threaded_blas", recorded)
     ids, _ = _batch(1)
     assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])
     assert entered
@@ -109,7 +109,7 @@ def test_busy_helper_threads_leave_the_loop_whole(pair):
     """Another caller holds the helper threads: one thread runs every part's columns, with the same result."""
     reference, compiled = pair
     ids, _ = _batch(2)
-    free = compiled.module.CHUNK_THREADS_FREE
+    free = compiled.runner.module.CHUNK_THREADS_FREE
     assert free.acquire(blocking=False)
     try:
         assert_close(reference.forward(ids)[0], compiled.forward(ids)[0])

@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 
-from kdsl.backends.compiled import compile_model
 from kdsl.cli import main
 from kdsl.lang import load_file
+from kdsl.pipeline import compile_model
 
 STANDALONE = """
 import json, sys

@@ -17,8 +17,8 @@ from gradients import concrete
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdsl.backends.compiled import compile_model
 from kdsl.lang import load, load_file
+from kdsl.pipeline import compile_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -146,7 +146,7 @@ def test_arena_is_reused_across_steps(pair):
     _, compiled = pair
     inputs, targets = _arrays(compiled, np.random.default_rng(0), 2, 2)
     compiled.train_step(inputs, targets)
-    arenas = dict(compiled.module.train_step.arenas)
+    arenas = dict(compiled.runner.module.train_step.arenas)
     compiled.train_step(inputs, targets)
-    assert compiled.module.train_step.arenas.keys() == arenas.keys()
-    assert all(compiled.module.train_step.arenas[k][0] is arenas[k][0] for k in arenas)
+    assert compiled.runner.module.train_step.arenas.keys() == arenas.keys()
+    assert all(compiled.runner.module.train_step.arenas[k][0] is arenas[k][0] for k in arenas)

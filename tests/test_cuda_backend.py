@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from test_cpu_backend import DENSE, MASKED, _arrays, assert_close
 
 import kdsl
-from kdsl.backends.compiled import compile_model
 from kdsl.errors import KdslError
 from kdsl.lang import load
+from kdsl.pipeline import compile_model
 from kdsl.runtime import optimizers
 from kdsl.runtime.callbacks import Callback
 
@@ -216,7 +216,7 @@ def test_later_calls_replay_the_first_on_new_data_and_weights():
         assert compiled.train_step(inputs, targets) == pytest.approx(reference.train_step(inputs, targets), rel=1e-5)
         for expected, actual in zip(reference.grads, compiled.grads, strict=True):
             assert_close(expected, actual)
-    assert [len(compiled.programs[name].replays) for name in ("forward", "train_step")] == [1, 1]
+    assert [len(compiled.runner.programs[name].replays) for name in ("forward", "train_step")] == [1, 1]
 
 
 @given(count=st.integers(1, 10**7), tiles=st.integers(0, 10**5), multiprocessors=st.integers(1, 200))
@@ -262,7 +262,7 @@ def test_host_loop_matches_persistent_kernel():
     graph = next(iter(load(small_mnist_lstm(), "t.kd").models.values()))
     persistent = compile_model(graph, target="cuda")
     stepped = compile_model(graph, target="cuda", persistent=False)
-    kinds = {name: {type(s) for s in model.programs["train_step"].schedule.steps}
+    kinds = {name: {type(s) for s in model.runner.programs["train_step"].schedule.steps}
              for name, model in (("persistent", persistent), ("stepped", stepped))}  # fmt: skip
     assert Persistent in kinds["persistent"] and Persistent not in kinds["stepped"]
     stepped.weights = [w.copy() for w in persistent.weights]

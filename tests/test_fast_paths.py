@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
-from kdsl.backends.compiled import compile_model
 from kdsl.backends.cpu.blas import NO_TRANSPOSE, TRANSPOSE, blas_layout, fastest_sgemm, product, sgemm_found
 from kdsl.backends.cpu.loop_products import (
     SMALL_PRODUCT,
@@ -36,6 +35,7 @@ from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS
 from kdsl.ir.ops import OPS
 from kdsl.lang import load
 from kdsl.passes.fold import fold_gather_projections
+from kdsl.pipeline import compile_model
 
 # a batch of 3 or more holds more ids than the table has rows; the length of time is left open, so
 # the time loops count as long ones, which cut their weights into blocks
@@ -136,7 +136,7 @@ def test_folded_train_step_matches_numpy(pair, batch):
 def test_prepared_train_step_matches_numpy(pair, monkeypatch, limit):
     """Both preparations of a time loop's weights, whichever this machine's BLAS would pick."""
     reference, compiled = pair
-    monkeypatch.setattr(compiled.module, "small_product_limit", lambda: limit)
+    monkeypatch.setattr(compiled.runner.module, "small_product_limit", lambda: limit)
     batch = 64  # 32 rows a thread: h·U is 32x128·128x512, dz·Uᵀ 32x512·512x128, both over the limit
     assert (batch // 2) * UNITS * 4 * UNITS > SMALL_PRODUCT
     ids, labels = _ids(batch, 1), np.arange(batch, dtype=np.int32) % 2

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdsl.lang import load
-from kdsl.passes.training import build_training, losses_per_output
+from kdsl.pipeline import compile_programs
 
 TOLERANCE = 1e-4
 ACTIVATIONS = ["linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid", "tanh",
@@ -22,8 +22,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def training_for(text: str):
-    graph = load(text, "t.kd").models["M"]
-    return build_training(graph, losses_per_output(graph))
+    return compile_programs(load(text, "t.kd").models["M"], target="numpy").training
 
 
 def flag(value: bool) -> str:

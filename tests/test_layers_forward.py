@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdsl.backends.compiled import CompiledModel, compile_model
+from kdsl.backends.compiled import CompiledModel
 from kdsl.lang import load
+from kdsl.pipeline import compile_model
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 backend against the float64 oracle
 FORWARD = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

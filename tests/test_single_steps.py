@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_cpu_backend import assert_close
 
-from kdsl.backends.compiled import compile_model
 from kdsl.lang import load
+from kdsl.pipeline import compile_model
 
 UNITS, FEATURES, BATCH = 6, 5, 3
 

@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kdsl.backends.numpy_ref import run_program
-from kdsl.ir.program import Builder
+from kdsl.ir.builder import Builder
+from kdsl.ir.interpret import run_program
 from kdsl.ir.types import TensorType
 from kdsl.lang import load
 from kdsl.passes.lower import lower

@@ -7,6 +7,7 @@ shape rules could not reduce (`28*time`), kept as its canonical string.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 Dim = int | str
@@ -46,3 +47,19 @@ def dim_product(dims: tuple[Dim, ...] | list[Dim]) -> Dim:
     if number == 0:
         return 0
     return "*".join(([str(number)] if number != 1 else []) + symbols)
+
+
+def concrete(dims: Sequence[Dim], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """A shape's sizes once its symbols are known (a product of symbols multiplied out)."""
+    shape = []
+    for d in dims:
+        size = 1
+        for factor in str(d).split("*"):
+            size *= int(factor) if factor.isdigit() else sizes[factor]
+        shape.append(size)
+    return tuple(shape)
+
+
+def numel(dims: Sequence[Dim], sizes: Mapping[str, int]) -> int:
+    """The number of elements of a shape once its symbols are known."""
+    return math.prod(concrete(dims, sizes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kdsl.ir.ops.scan import Scan
 from kdsl.ir.program import Program
 
 
@@ -12,7 +13,7 @@ def dce(program: Program) -> Program:
     for eqn in reversed(program.eqns):
         if not any(id(v) in live for v in eqn.outputs):
             continue
-        if eqn.op.name == "scan":
+        if isinstance(eqn.op, Scan):
             _prune_scan(eqn, live)
         kept.append(eqn)
         live.update(id(x) for x in eqn.inputs)

@@ -23,6 +23,9 @@ nothing but these products (and `fill`s, which read only the batch size from the
 from __future__ import annotations
 
 from kdsl.ir.ops import OPS
+from kdsl.ir.ops.linalg import MatMul, MatMulTN
+from kdsl.ir.ops.scan import Scan
+from kdsl.ir.ops.shape import Fill, Gather, GatherGrad, Split, Transpose
 from kdsl.ir.program import Eqn, Program, Var
 
 
@@ -39,20 +42,20 @@ def fold_gather_projections(program: Program) -> Program:
     replaced: dict[int, Eqn] = {}  # equation -> its replacement
     dropped: set[int] = set()  # the equations folded away
     for eqn in program.eqns:
-        if eqn.op.name != "matmul" or eqn.attrs.get("transpose_b"):
+        if not isinstance(eqn.op, MatMul) or eqn.attrs.get("transpose_b"):
             continue
         (x, w), perm = eqn.inputs, tuple(range(eqn.inputs[0].rank - 1))
         rows, chain, maker = x, [], producers.get(id(x))
-        if maker is not None and maker.op.name == "transpose" and maker.attrs["perm"][-1] == x.rank - 1:
+        if maker is not None and isinstance(maker.op, Transpose) and maker.attrs["perm"][-1] == x.rank - 1:
             perm, chain, rows = tuple(maker.attrs["perm"][:-1]), [maker], maker.inputs[0]
             maker = producers.get(id(rows))
-        if maker is None or maker.op.name != "gather" or readers(rows) is None or readers(x) is None:
+        if maker is None or not isinstance(maker.op, Gather) or readers(rows) is None or readers(x) is None:
             continue
         table, ids = maker.inputs
         backward = _gradient_chain(x, w, table, ids, readers)
         products = {id(eqn)} | ({id(backward[0])} if backward else set())
         # fills read only leading sizes, which the ids have too
-        fills = [e for e in readers(rows) if e.op.name == "fill" and e.attrs["lead"] <= ids.rank]
+        fills = [e for e in readers(rows) if isinstance(e.op, Fill) and e.attrs["lead"] <= ids.rank]
         others = {id(e) for e in readers(rows) if e not in fills}
         if others != ({id(chain[0])} if chain else products) or (chain and {id(e) for e in readers(x)} != products):
             continue
@@ -78,20 +81,20 @@ def _gradient_chain(x: Var, w: Var, table: Var, ids: Var, readers) -> tuple[Eqn,
     That is matmul_tn(x, g), matmul(g, w, transpose_b), a transpose back when x was one, and the
     gather's gradient of the table; None when the program does not hold exactly that.
     """
-    tn = next((e for e in readers(x) if e.op.name == "matmul_tn" and e.inputs[0] is x), None)
+    tn = next((e for e in readers(x) if isinstance(e.op, MatMulTN) and e.inputs[0] is x), None)
     if tn is None or readers(tn.inputs[1]) is None:
         return None
     g = tn.inputs[1]
     back = next(
-        (e for e in readers(g) if e.op.name == "matmul" and e.inputs == (g, w) and e.attrs.get("transpose_b")), None
+        (e for e in readers(g) if isinstance(e.op, MatMul) and e.inputs == (g, w) and e.attrs.get("transpose_b")), None
     )
     chain = [tn, back]
     while back is not None and len(readers(back.out) or []) == 1:
         back = readers(back.out)[0]
         chain.append(back)
-        if back.op.name == "gather_grad":
+        if isinstance(back.op, GatherGrad):
             return (tn, g, chain) if back.inputs[1:] == (ids, table) else None
-        if back.op.name != "transpose":
+        if not isinstance(back.op, Transpose):
             return None
     return None
 
@@ -99,7 +102,7 @@ def _gradient_chain(x: Var, w: Var, table: Var, ids: Var, readers) -> tuple[Eqn,
 def _read_in_loop(projection: Var, readers: list[Eqn] | None) -> bool:
     """Whether `projection` is a sequence input of one time loop, whose cell reads it only element by
     element: in fused loops, directly or through pieces split off its last axis."""
-    if not readers or len(readers) != 1 or readers[0].op.name != "scan":
+    if not readers or len(readers) != 1 or not isinstance(readers[0].op, Scan):
         return False
     scan = readers[0]
     body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
@@ -109,7 +112,7 @@ def _read_in_loop(projection: Var, readers: list[Eqn] | None) -> bool:
     step = body.inputs[positions[0]]
     pieces = [step]
     for eqn in body.eqns:
-        if any(x is step for x in eqn.inputs) and eqn.op.name == "split" and eqn.attrs["axis"] == step.rank - 1:
+        if any(x is step for x in eqn.inputs) and isinstance(eqn.op, Split) and eqn.attrs["axis"] == step.rank - 1:
             pieces += eqn.outputs
         elif any(x is p for x in eqn.inputs for p in pieces) and not eqn.op.elementwise:
             return False

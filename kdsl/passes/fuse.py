@@ -6,18 +6,21 @@ is free: the loops read the pieces at an offset of the source (a recurrent cell'
 from one projection). A `concat` of values computed in loops is free too: the loops
 store straight into the pieces of its output (a cell's gate gradients); a value in two
 such concats is stored into both (a GRU's gate gradients go to the gradients of its
-input projection and of its recurrent product). Identical equations are computed once.
-The same plan drives the CPU code and `--explain`.
+input projection and of its recurrent product). Identical equations are computed once (`cse`).
+
+A plan is data about a program, made once by the pipeline and read by both code generators and
+`--explain`; planning never changes the program.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kdsl.ir.ops.elementwise import Const
+from kdsl.ir.ops.scan import Scan
+from kdsl.ir.ops.shape import Concat, Split
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.ir.types import Dim
-
-FREE_OPS = ("const",)
 
 
 @dataclass
@@ -35,10 +38,18 @@ class Kernel:
 
 @dataclass
 class Plan:
+    """A program's kernels in the order they run, and where each value lives."""
+
     kernels: list[Kernel]
     registers: set[int] = field(default_factory=set)  # values that live only inside their loop
     pieces: dict[int, tuple[Var, int]] = field(default_factory=dict)  # value -> (whole, offset on last axis)
     copies: dict[int, list[tuple[Var, int]]] = field(default_factory=dict)  # value -> more (whole, offset) it fills
+    free: set[int] = field(default_factory=set)  # splits and concats that need no code: loops address the pieces
+    constants: dict[int, Eqn] = field(default_factory=dict)  # scalar constants by value: written inline
+    bodies: dict[int, Plan] = field(default_factory=dict)  # the plan of each scan's cell, by the scan equation
+
+    def body(self, scan: Eqn) -> Plan:
+        return self.bodies[id(scan)]
 
 
 def cse(program: Program) -> Program:
@@ -53,7 +64,7 @@ def cse(program: Program) -> Program:
             _merge_repeated_outputs(eqn, rename)
             kept.append(eqn)
             continue
-        key = (eqn.op.name, tuple(id(x) for x in eqn.inputs), repr(sorted(eqn.attrs.items())))
+        key = (id(eqn.op), tuple(id(x) for x in eqn.inputs), repr(sorted(eqn.attrs.items())))
         if key in seen:
             for old, new in zip(eqn.outputs, seen[key].outputs):
                 rename[id(old)] = new
@@ -81,15 +92,16 @@ def _merge_repeated_outputs(scan: Eqn, rename: dict[int, Var]) -> None:
     scan.outputs = tuple(scan.outputs[j] for j in keep)
 
 
-def sink_into_loops(program: Program) -> None:
-    """Move each elementwise equation down to just before its first reader when that reader is a loop of its shape.
+def sink_into_loops(program: Program) -> list[Eqn]:
+    """The equations in the order their kernels run: each elementwise equation moved down to just before its
+    first reader when that reader is a loop of its shape.
 
     A recurrent cell adds the input bias to x_t before the product h·U and the gate math after it;
     moved past the product, the bias joins the gates' loop and its sums never reach memory.
     """
     eqns = list(program.eqns)
     for eqn in reversed(program.eqns):
-        if not eqn.op.elementwise or eqn.op.name in FREE_OPS or len(eqn.outputs) != 1:
+        if not eqn.op.elementwise or isinstance(eqn.op, Const) or len(eqn.outputs) != 1:
             continue
         at = eqns.index(eqn)
         first = next((j for j in range(at + 1, len(eqns)) if any(x is eqn.out for x in eqns[j].inputs)), None)
@@ -98,22 +110,25 @@ def sink_into_loops(program: Program) -> None:
         reader = eqns[first]
         if reader.op.elementwise and reader.outputs and reader.out.shape == eqn.out.shape:
             eqns.insert(first - 1, eqns.pop(at))
-    program.eqns = eqns
+    return eqns
 
 
 def plan(program: Program) -> Plan:
-    sink_into_loops(program)
+    """The fusion plan of `program` and, nested, of every scan's cell."""
+    eqns = sink_into_loops(program)
     users = program.uses()
     outputs = {id(v) for v in program.outputs}
     producers = program.producers()
     result = Plan([])
+    result.constants = {id(e.out): e for e in eqns if isinstance(e.op, Const)}
+    result.bodies = {id(e): plan(e.attrs["body"]) for e in eqns if isinstance(e.op, Scan)}
 
     def feeds_loops_only(var: Var) -> bool:
         return id(var) not in outputs and all(e.op.elementwise for e in users.get(id(var), []))
 
-    for eqn in program.eqns:
+    for eqn in eqns:
         if (
-            eqn.op.name == "split"
+            isinstance(eqn.op, Split)
             and eqn.attrs["axis"] == eqn.inputs[0].rank - 1
             and all(feeds_loops_only(v) for v in eqn.outputs)
         ):
@@ -121,8 +136,8 @@ def plan(program: Program) -> Plan:
             for piece, size in zip(eqn.outputs, eqn.attrs["sizes"]):
                 result.pieces[id(piece)] = (eqn.inputs[0], offset)
                 offset += size
-            eqn.attrs["free"] = True
-    for eqn in _concats_in_place(program.eqns, producers, users, outputs):
+            result.free.add(id(eqn))
+    for eqn in _concats_in_place(eqns, producers, users, outputs):
         offset = 0
         for piece in eqn.inputs:
             if id(piece) in result.pieces:
@@ -130,13 +145,13 @@ def plan(program: Program) -> Plan:
             else:
                 result.pieces[id(piece)] = (eqn.out, offset)
             offset += piece.shape[-1]
-        eqn.attrs["free"] = True
+        result.free.add(id(eqn))
 
     current: Kernel | None = None
-    for eqn in program.eqns:
-        if eqn.op.name in FREE_OPS:
+    for eqn in eqns:
+        if isinstance(eqn.op, Const):
             continue
-        if eqn.attrs.get("free") or getattr(eqn.op, "view", False):
+        if id(eqn) in result.free or eqn.op.view:
             view = Kernel("view", [eqn])
             computed_in_loop = current is not None and any(x is e.out for e in current.eqns for x in eqn.inputs)
             if current is None or computed_in_loop:
@@ -174,7 +189,7 @@ def plan(program: Program) -> Plan:
 
 def _concats_in_place(eqns: list[Eqn], producers, users, outputs) -> list[Eqn]:
     """Last-axis concats whose every piece is computed by a loop, read by nothing but loops and such concats."""
-    candidates = [e for e in eqns if e.op.name == "concat" and _pieces_from_loops(e, producers, outputs)]
+    candidates = [e for e in eqns if isinstance(e.op, Concat) and _pieces_from_loops(e, producers, outputs)]
     while True:
         chosen = {id(e) for e in candidates}
         kept = [
@@ -192,7 +207,7 @@ def _pieces_from_loops(eqn: Eqn, producers, outputs) -> bool:
         return False
     for piece in eqn.inputs:
         maker = producers.get(id(piece))
-        if maker is None or not maker.op.elementwise or maker.op.name in FREE_OPS or id(piece) in outputs:
+        if maker is None or not maker.op.elementwise or isinstance(maker.op, Const) or id(piece) in outputs:
             return False
         if piece.shape[:-1] != eqn.out.shape[:-1]:
             return False

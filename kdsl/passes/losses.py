@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kdsl.catalogue.args import FnSpec
+from kdsl.ir.builder import Builder
 from kdsl.ir.graph import LossTerm, ParamSpec
-from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.ops.reduce import Softmax
+from kdsl.ir.program import Program, Var
 from kdsl.ir.types import TensorType
 
 EPSILON = 1e-7
@@ -91,7 +93,7 @@ def regularization(b: Builder, spec: FnSpec, weight: Var) -> Var:
 def softmax_logits(program: Program, output: Var) -> Var | None:
     """The logits, when `output` is computed by a softmax in `program`."""
     maker = program.producers().get(id(output))
-    return maker.inputs[0] if maker is not None and maker.op.name == "softmax" else None
+    return maker.inputs[0] if maker is not None and isinstance(maker.op, Softmax) else None
 
 
 @dataclass

@@ -13,12 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
-from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.program import Program, Var
 from kdsl.ir.types import TensorType
-from kdsl.passes.dce import dce
-from kdsl.passes.single_steps import inline_single_steps
-from kdsl.passes.transposes import cancel_transposes
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,12 @@ class Lowered:
     noise: list[Noise]
     outputs: list[Var]
     updates: list[tuple[int, Var]] = field(default_factory=list)  # (param index, new value) after a step
+
+    def rewritten(self, program: Program) -> Lowered:
+        """The same lowering with its program rewritten by a pass, which may rename the program's results."""
+        outputs, values = program.outputs[: len(self.outputs)], program.outputs[len(self.outputs) :]
+        updates = [(index, value) for (index, _), value in zip(self.updates, values, strict=True)]
+        return Lowered(program, self.inputs, self.params, self.noise, outputs, updates)
 
 
 @dataclass
@@ -114,9 +118,6 @@ class _Lowering:
             [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
             [*outputs, *(value for _, value in updates)],
         )
-        program = dce(inline_single_steps(cancel_transposes(program)))  # these may rename the program's results
-        outputs, values = program.outputs[: len(outputs)], program.outputs[len(outputs) :]
-        updates = [(index, value) for (index, _), value in zip(updates, values, strict=True)]
         return Lowered(program, inputs, params, self.noise, outputs, updates)
 
     def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
@@ -134,7 +135,8 @@ class _Lowering:
 
 
 def lower(graph: Graph, training: bool = False) -> Lowered:
-    """The graph as one program of primitive ops; `training` picks dropout and batch-statistics behaviour."""
+    """The graph as one program of primitive ops, as each layer's rule writes it; `training` picks dropout and
+    batch-statistics behaviour. `kdsl.pipeline` tidies it."""
     from kdsl.passes import lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
 
     return _Lowering(graph, training).run()

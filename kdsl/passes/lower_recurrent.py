@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.builder import Builder
+from kdsl.ir.program import Program, Var
 from kdsl.passes.lower import activate, rule
 
 

@@ -13,7 +13,12 @@ kernel.
 
 from __future__ import annotations
 
-from kdsl.ir.program import Builder, Eqn, Program, Var
+from kdsl.ir.builder import Builder
+from kdsl.ir.ops.elementwise import ADD, MUL, SUB
+from kdsl.ir.ops.linalg import MatMul
+from kdsl.ir.ops.scan import Scan
+from kdsl.ir.ops.shape import Fill, Split
+from kdsl.ir.program import Eqn, Program, Var
 
 
 def inline_single_steps(program: Program) -> Program:
@@ -23,7 +28,7 @@ def inline_single_steps(program: Program) -> Program:
     for eqn in program.eqns:
         eqn.inputs = tuple(rename.get(id(x), x) for x in eqn.inputs)
         nc = eqn.attrs.get("num_carry")
-        if eqn.op.name == "scan" and eqn.inputs[nc].shape[0] == 1:
+        if isinstance(eqn.op, Scan) and eqn.inputs[nc].shape[0] == 1:
             b.origin = eqn.origin
             rename.update(_inline(b, eqn))
         else:
@@ -63,20 +68,20 @@ def fold_zeros(program: Program) -> Program:
     for eqn in program.eqns:
         eqn.inputs = tuple(rename.get(id(x), x) for x in eqn.inputs)
         zero_in = [id(x) in zeros for x in eqn.inputs]
-        name = eqn.op.name
-        if name == "fill" and eqn.attrs["value"] == 0:
+        op = eqn.op
+        if isinstance(op, Fill) and eqn.attrs["value"] == 0:
             zeros.add(id(eqn.out))
-        elif name in ("matmul", "mul") and any(zero_in):
+        elif (isinstance(op, MatMul) or op is MUL) and any(zero_in):
             zero_like(eqn, eqn.out, eqn.inputs[zero_in.index(True)])
             continue
-        elif name == "split" and zero_in[0]:
+        elif isinstance(op, Split) and zero_in[0]:
             for piece in eqn.outputs:
                 zero_like(eqn, piece, eqn.inputs[0])
             continue
-        elif name in ("add", "sub") and zero_in[1] and eqn.inputs[0].shape == eqn.out.shape:
+        elif op in (ADD, SUB) and zero_in[1] and eqn.inputs[0].shape == eqn.out.shape:
             rename[id(eqn.out)] = eqn.inputs[0]
             continue
-        elif name == "add" and zero_in[0] and eqn.inputs[1].shape == eqn.out.shape:
+        elif op is ADD and zero_in[0] and eqn.inputs[1].shape == eqn.out.shape:
             rename[id(eqn.out)] = eqn.inputs[1]
             continue
         b.eqns.append(eqn)

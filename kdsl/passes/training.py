@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kdsl.errors import KdslArgumentError
+from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm
-from kdsl.ir.program import Builder, Program, Var
+from kdsl.ir.program import Program, Var
 from kdsl.passes.autodiff import backprop
-from kdsl.passes.dce import dce
 from kdsl.passes.losses import softmax_logits, total_loss
-from kdsl.passes.lower import Lowered, lower
+from kdsl.passes.lower import Lowered
 
 
 @dataclass
@@ -42,8 +42,9 @@ def losses_per_output(graph: Graph, losses: dict[str | None, LossTerm] | None = 
     return [losses[name] for name in graph.output_names]
 
 
-def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
-    lowered = lower(graph, training=True)
+def add_training(lowered: Lowered, graph: Graph, losses: Sequence[LossTerm]) -> Training:
+    """The training program of a model lowered for training: its losses and the gradient of every trainable
+    weight, by reverse-mode autodiff."""
     program = lowered.program
     b = Builder(eqns=program.eqns)
     params = [(spec, var) for _, spec, var in lowered.params]
@@ -61,4 +62,4 @@ def build_training(graph: Graph, losses: Sequence[LossTerm]) -> Training:
         [total, *outputs, *grads, *updates],
         b.eqns,
     )
-    return Training(dce(training_program), lowered, targets, sample_weights, trainable)
+    return Training(training_program, lowered, targets, sample_weights, trainable)

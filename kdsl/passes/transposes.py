@@ -11,6 +11,7 @@ instead, so the transpose is left to die when nothing else reads it.
 
 from __future__ import annotations
 
+from kdsl.ir.ops.shape import Fill, Transpose
 from kdsl.ir.program import Eqn, Program, Var
 
 
@@ -22,12 +23,12 @@ def cancel_transposes(program: Program) -> Program:
     kept = []
     for eqn in program.eqns:
         eqn.inputs = tuple(rename.get(id(x), x) for x in eqn.inputs)
-        if eqn.op.name == "fill" and producers.get(id(eqn.inputs[0]), eqn).op.name == "transpose":
+        if isinstance(eqn.op, Fill) and isinstance(producers.get(id(eqn.inputs[0]), eqn).op, Transpose):
             lead = eqn.inputs[0].shape[: eqn.attrs["lead"]]
             sizes = next((v for v in program.inputs if v.shape[: len(lead)] == lead), eqn.inputs[0])
             eqn.inputs = (sizes, *eqn.inputs[1:])
-        maker = producers.get(id(eqn.inputs[0])) if eqn.op.name == "transpose" else None
-        if maker is not None and maker.op.name == "transpose":
+        maker = producers.get(id(eqn.inputs[0])) if isinstance(eqn.op, Transpose) else None
+        if maker is not None and isinstance(maker.op, Transpose):
             source = maker.inputs[0]
             perm = tuple(maker.attrs["perm"][axis] for axis in eqn.attrs["perm"])
             if perm == tuple(range(len(perm))) and id(eqn.out) not in results:

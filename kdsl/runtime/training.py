@@ -14,15 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.backends.compiled import CompiledModel, compile_model
-from kdsl.backends.numpy_ref import run_program
+from kdsl.backends.compiled import CompiledModel
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
 from kdsl.errors import KdslArgumentError
+from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm
-from kdsl.ir.program import Builder, Program
+from kdsl.ir.interpret import run_program
+from kdsl.ir.program import Program
 from kdsl.ir.types import TensorType
 from kdsl.passes.losses import total_loss
+from kdsl.pipeline import compile_model
 from kdsl.runtime import metrics as metric_fns
 from kdsl.runtime.optimizers import Optimizer
 from kdsl.runtime.optimizers import get as get_optimizer

@@ -16,18 +16,14 @@ import re
 from dataclasses import dataclass, field
 
 from kdsl.backends.cpu import scalars
-from kdsl.backends.cpu.codegen import Entry, _support_source, identifier
+from kdsl.backends.cpu.codegen import _support_source, identifier
 from kdsl.backends.cuda import ops
 from kdsl.backends.cuda.persistent import Persistent, persistent_scan, products_source
 from kdsl.backends.cuda.writer import KernelWriter, fused_loop
-from kdsl.ir.program import Eqn, Program, Var
+from kdsl.ir.ops.scan import Scan
+from kdsl.ir.program import Entry, Eqn, Program, Var
 from kdsl.ir.types import Dim
-from kdsl.passes.fuse import cse, plan
-
-# the runner, not a generated kernel, carries these out
-HOST_OPS = ("matmul", "matmul_tn", "scan")
-# ops whose output depends on the sizes alone (a count of elements, a constant fill)
-SIZES_ONLY = ("count", "fill")
+from kdsl.passes.fuse import Plan
 
 
 @dataclass
@@ -59,18 +55,18 @@ class ModuleWriter:
         self.allow_persistent = persistent
         self.persistent = False  # whether a time loop became one kernel: the module then needs cell products
 
-    def schedule(self, program: Program) -> Schedule:
-        fused = plan(program)
-        constants = [e for e in program.eqns if e.op.name == "const"]
-        literals = {id(e.out): e.op.scalar(e.attrs) for e in constants}
-        result = Schedule(program, [], {}, {id(e.out): e.attrs["value"] for e in constants})
+    def schedule(self, program: Program, fused: Plan) -> Schedule:
+        literals = {key: e.op.scalar(e.attrs) for key, e in fused.constants.items()}
+        result = Schedule(program, [], {}, {key: e.attrs["value"] for key, e in fused.constants.items()})
         for kernel in fused.kernels:
             eqn = kernel.eqns[0]
-            if eqn.op.name == "scan":
-                result.steps.append(self.scan(eqn, result, kernel.origin))
+            if isinstance(eqn.op, Scan):
+                result.steps.append(self.scan(eqn, fused.body(eqn), result, kernel.origin))
                 continue
-            if kernel.kind == "view" or (kernel.kind == "op" and eqn.op.name in HOST_OPS):
-                result.steps.append(eqn)
+            if kernel.kind == "view" and id(eqn) in fused.free:
+                continue  # no code: loops address its pieces
+            if kernel.kind == "view" or eqn.op.product:
+                result.steps.append(eqn)  # the runner reshapes, or calls the GEMM
                 continue
             writer = KernelWriter(f"k{len(self.kernels)}_{identifier(kernel.origin or eqn.op.name)}")
             if kernel.kind == "loop":
@@ -78,18 +74,19 @@ class ModuleWriter:
             else:
                 ops.write(writer, eqn)
             self.kernels.append(writer.source())
-            once = kernel.kind == "op" and eqn.op.name in SIZES_ONLY
+            once = kernel.kind == "op" and eqn.op.sizes_only
             result.steps.append(Launch(writer.name, writer.space, writer.arrays, writer.zeroed, once))
         return result
 
-    def scan(self, eqn: Eqn, schedule: Schedule, origin: str | None) -> Persistent | Eqn:
+    def scan(self, eqn: Eqn, cell: Plan, schedule: Schedule, origin: str | None) -> Persistent | Eqn:
         """A persistent kernel for the time loop where its cell allows, else the host loop over the cell's kernels."""
-        found = self.allow_persistent and persistent_scan(f"s{len(self.kernels)}_{identifier(origin or 'scan')}", eqn)
+        name = f"s{len(self.kernels)}_{identifier(origin or 'scan')}"
+        found = self.allow_persistent and persistent_scan(name, eqn, cell)
         if found:
             self.kernels.append(found[0])
             self.persistent = True
             return found[1]
-        schedule.bodies[id(eqn)] = self.schedule(eqn.attrs["body"])
+        schedule.bodies[id(eqn)] = self.schedule(eqn.attrs["body"], cell)
         return eqn
 
 
@@ -101,17 +98,13 @@ def device_scalars() -> str:
     return source
 
 
-def prepare(program: Program) -> Program:
-    """A program as this generator takes it: repeated work merged; embeddings stay unfolded
-    (the CPU target's `gather_matmul`, which picks its order of work when it runs, has no CUDA kernel yet)."""
-    return cse(program)
-
-
-def generate_module(title: str, entries: list[Entry], persistent: bool = True) -> tuple[str, dict[str, Schedule]]:
-    """The text of a module of CUDA kernels for `entries`, and each entry's schedule over those kernels;
-    `persistent=False` keeps every time loop on the host."""
+def generate_module(
+    title: str, entries: list[Entry], plans: dict[str, Plan], persistent: bool = True
+) -> tuple[str, dict[str, Schedule]]:
+    """The text of a module of CUDA kernels for `entries` (each with its plan), and each entry's schedule over
+    those kernels; `persistent=False` keeps every time loop on the host."""
     writer = ModuleWriter(persistent)
-    schedules = {entry.name: writer.schedule(entry.program) for entry in entries}
+    schedules = {entry.name: writer.schedule(entry.program, plans[entry.name]) for entry in entries}
     parts = [
         f'"""{title}\n\nGenerated by kdsl: CUDA kernels for Numba; kdsl\'s CUDA runner launches them."""',
         "import math\n\nimport numpy as np\nfrom numba import cuda",

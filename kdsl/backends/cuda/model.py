@@ -1,137 +1,107 @@
-"""`CudaModel`: a compiled model whose weights, gradients and optimizer slots stay on the device.
+"""`CudaRunner`: how a compiled model runs on a GPU, its weights, gradients and optimizer slots kept there.
 
-A training step uploads its batch (inputs, targets, sample weights, dropout masks) and
-brings back the loss and the model outputs (the metrics need them); gradients stay where
-the optimizer's device kernels read them. The host lists `weights` and `grads` are copies
-made when they are read: weights changed on the host through them (`set_weights`, loading)
-are uploaded again before the next kernel runs.
+A training step uploads its batch (inputs, targets, sample weights, dropout masks) and brings
+back the loss and the model outputs (the metrics need them); gradients stay where the
+optimizer's device kernels read them. The runner mirrors the model state's weights on the
+device: host arrays read through the state are brought up to date first, and weights changed
+on the host through them (`set_weights`, loading) are uploaded again before the next kernel runs.
 
 The batch goes into device buffers kept from step to step, by a copy the step waits for; the
-next batch is not uploaded on a stream of its own while this step runs. That would pay little
-at the batch sizes these models train with: mnist_lstm's batch of 64 is 200 KB, some 10–20 µs
-on the bus, against a step of about 40 launches from Python at 15–20 µs each. It is worth
-measuring on a GPU once those launches are replayed from a CUDA graph.
+next batch is not uploaded on a stream of its own while this step runs, which would pay little
+at the batch sizes these models train with next to the launches from Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from numba import cuda
 
-from kdsl.backends.compiled import CompiledModel, load_module
-from kdsl.backends.cuda.codegen import generate_module, prepare
+from kdsl.backends.cuda.codegen import generate_module
 from kdsl.backends.cuda.optimizer import DeviceOptimizer
 from kdsl.backends.cuda.runner import DeviceProgram, copy
-from kdsl.backends.numpy_ref import bind_sizes
-from kdsl.ir.graph import Graph, LossTerm
-from kdsl.ir.program import Program
+from kdsl.backends.modules import load_module
+from kdsl.ir.interpret import bind_sizes
+from kdsl.passes.compilation import Compilation
 from kdsl.runtime.optimizers import Optimizer
+from kdsl.runtime.state import ModelState
 
 
-class CudaModel(CompiledModel):
-    def __init__(
-        self,
-        graph: Graph,
-        training: bool = True,
-        losses: Sequence[LossTerm] | None = None,
-        seed: int = 0,
-        parallel: bool | None = None,
-        persistent: bool = True,
-    ):
+class CudaRunner:
+    def __init__(self, compilation: Compilation, state: ModelState, persistent: bool = True):
         """`persistent=False` runs every time loop from the host, a launch per cell kernel and step, with
         cuBLAS for its products: the other side of the trade `benchmarks.cuda` measures."""
-        self._host: list[np.ndarray] = []
-        self._device: list = []
-        self._host_changed = True  # the host copies may differ from the device's: upload before the next kernel
-        self._device_changed = False  # the device has weights the host copies do not
-        self._grads: list[np.ndarray] = []
-        self._device_grads: list = []
-        self._grads_downloaded = True
-        super().__init__(graph, "cuda", training, losses, seed, parallel)
-        text, schedules = generate_module(f"CUDA kernels of model `{graph.name}`.", self.entries(), persistent)
-        self.cuda_source = text
-        self.kernels = load_module(text)
+        self.compilation = compilation
+        self.cuda_source, schedules = generate_module(
+            f"CUDA kernels of model `{compilation.graph.name}`.", compilation.entries, compilation.plans, persistent
+        )
+        self.kernels = load_module(self.cuda_source)
         self.programs = {name: DeviceProgram(self.kernels, schedule) for name, schedule in schedules.items()}
         self.optimizer_state = DeviceOptimizer()
+        self.device: list = []
+        self.host_changed = True  # the host arrays may differ from the device's: upload before the next kernel
+        self.device_changed = False  # the device has weights the host arrays do not
+        self.state = state
+        state.mirror = self
+        self._downloaded: tuple[int, list[np.ndarray]] | None = None  # (id of the device gradients, their copies)
 
-    def prepare(self, program: Program) -> Program:
-        return prepare(program)
+    # --- the state's mirror -------------------------------------------------------------------------
 
-    # --- weights and gradients, as host copies ----------------------------------------------------
+    def pull(self, host: list[np.ndarray]) -> None:
+        if self.device_changed:
+            for array, device in zip(host, self.device):
+                device.copy_to_host(array)
+            self.device_changed = False
+        self.host_changed = True  # the caller may write into the arrays it gets
 
-    @property
-    def weights(self) -> list[np.ndarray]:
-        if self._device_changed:
-            for host, device in zip(self._host, self._device):
-                device.copy_to_host(host)
-            self._device_changed = False
-        self._host_changed = True  # the caller may write into the arrays it gets
-        return self._host
-
-    @weights.setter
-    def weights(self, value: Sequence[np.ndarray]) -> None:
-        self._host = [np.ascontiguousarray(w, np.float32) for w in value]
-        self._host_changed, self._device_changed = True, False
-
-    @property
-    def grads(self) -> list[np.ndarray]:
-        if not self._grads_downloaded:
-            self._grads = [g.copy_to_host() for g in self._device_grads]
-            self._grads_downloaded = True
-        return self._grads
-
-    @grads.setter
-    def grads(self, value: Sequence[np.ndarray]) -> None:
-        self._grads = list(value)
+    def replaced(self) -> None:
+        self.host_changed, self.device_changed = True, False
 
     def device_weights(self) -> list:
-        """The weights on the device, after uploading any change made to the host copies."""
-        if self._host_changed:
-            if len(self._device) != len(self._host):
-                self._device = [cuda.device_array(w.shape, np.float32) for w in self._host]
-            for host, device in zip(self._host, self._device):
-                device.copy_to_device(host)
-            self._host_changed = False
-        return self._device
+        """The weights on the device, after uploading any change made to the host arrays."""
+        host = self.state.host
+        if self.host_changed:
+            if len(self.device) != len(host):
+                self.device = [cuda.device_array(w.shape, np.float32) for w in host]
+            for array, device in zip(host, self.device):
+                device.copy_to_device(array)
+            self.host_changed = False
+        return self.device
 
-    # --- running ----------------------------------------------------------------------------------
+    # --- running ------------------------------------------------------------------------------------
 
-    def forward(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        data = self._inputs(inputs)
-        outputs = self._run("forward", data, [])
-        return [out.copy_to_host() for out in outputs]
-
-    def train_step(
-        self,
-        inputs: Sequence[np.ndarray],
-        targets: Sequence[np.ndarray],
-        sample_weights: Sequence[np.ndarray | None] | None = None,
-    ) -> float:
-        data, noise = self._step_arrays(inputs, targets, sample_weights)
-        results = self._run("train_step", data, noise)
-        assert self.training is not None
-        loss, outputs, self._device_grads, updates = self._unpack(results)
-        self.outputs = [out.copy_to_host() for out in outputs]
-        self._grads_downloaded = False
-        weights = self.device_weights()
-        for (index, _), value in zip(self.training.lowered.updates, updates):
-            copy(weights[index], value)  # new BatchNormalization statistics
-        self._device_changed = self._device_changed or bool(self.training.lowered.updates)
-        return float(loss.copy_to_host().reshape(-1)[0])
-
-    def _run(self, entry: str, data: list[np.ndarray], noise: list[np.ndarray]) -> list:
+    def run(self, entry: str, arrays: list, state: ModelState) -> list:
+        """Results of `entry`: the loss and model outputs copied to the host, gradients and updates on the device.
+        The weights among `arrays` (the state's host arrays) are replaced by their device copies."""
         program = self.programs[entry]
-        weights = self.device_weights()
-        sizes = bind_sizes(program.schedule.program.inputs, [*data, *weights, *noise])
-        return program([*data, *weights, *noise], sizes)
+        n_data = len(program.schedule.program.inputs) - len(state.host) - self._noise_count(entry)
+        data, noise = arrays[:n_data], arrays[n_data + len(state.host) :]
+        inputs = [*data, *self.device_weights(), *noise]
+        results = program(inputs, bind_sizes(program.schedule.program.inputs, inputs))
+        shown = len(results) if entry == "forward" else 1 + len(self.compilation.graph.outputs)
+        return [r.copy_to_host() for r in results[:shown]] + results[shown:]
 
-    def apply_optimizer(self, optimizer: Optimizer) -> None:
+    def _noise_count(self, entry: str) -> int:
+        training = self.compilation.training
+        return len(training.lowered.noise) if entry == "train_step" and training is not None else 0
+
+    def grads(self, results: list) -> list[np.ndarray]:
+        """The gradients as host copies, downloaded once per step."""
+        if self._downloaded is None or self._downloaded[0] != id(results):
+            self._downloaded = (id(results), [g.copy_to_host() for g in results])
+        return self._downloaded[1]
+
+    def store_updates(self, state: ModelState, updates: list[tuple[int, object]]) -> None:
+        """New BatchNormalization statistics, copied on the device."""
+        weights = self.device_weights()
+        for index, value in updates:
+            copy(weights[index], value)
+        self.device_changed = self.device_changed or bool(updates)
+
+    def apply_optimizer(self, optimizer: Optimizer, state: ModelState, grads: list) -> None:
         """The optimizer's update as device kernels, on the gradients the last step left on the device."""
         weights = self.device_weights()
-        self.optimizer_state.apply(optimizer, [weights[i] for i in self.trainable], self._device_grads)
-        self._device_changed = True
+        self.optimizer_state.apply(optimizer, [weights[i] for i in state.trainable], grads)
+        self.device_changed = True
 
     def sync_optimizer(self, optimizer: Optimizer) -> None:
         self.optimizer_state.download(optimizer)

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from kdsl.ir.ops.reduce import row_softmax_lines, softmax_cross_entropy_lines
+from kdsl.backends.row_templates import row_softmax_lines, softmax_cross_entropy_lines
+from kdsl.ir.ops.base import Op
+from kdsl.ir.ops.elementwise import OneHot
+from kdsl.ir.ops.reduce import Count, LogSoftmax, ReduceSum, Softmax, SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad
+from kdsl.ir.ops.shape import Concat, Fill, Flip, Gather, GatherGrad, Repeat, Split, Transpose
 from kdsl.ir.program import Eqn
 
 if TYPE_CHECKING:
@@ -22,9 +26,10 @@ F = "np.float32"
 
 
 def write(w: KernelWriter, eqn: Eqn) -> None:
-    if eqn.op.name not in WRITERS:
+    writer = WRITERS.get(type(eqn.op))
+    if writer is None:
         raise NotImplementedError(f"`{eqn.op.name}` has no CUDA kernel")
-    WRITERS[eqn.op.name](w, eqn)
+    writer(w, eqn)
 
 
 def _reduce_sum(w: KernelWriter, eqn: Eqn) -> None:
@@ -58,7 +63,7 @@ def _row_softmax(w: KernelWriter, x, y, row: list[str], log: bool) -> None:
 
 def _softmax(w: KernelWriter, eqn: Eqn) -> None:
     row = w.over(eqn.out.shape[:-1])
-    _row_softmax(w, eqn.inputs[0], eqn.out, row, log=eqn.op.name == "log_softmax")
+    _row_softmax(w, eqn.inputs[0], eqn.out, row, log=isinstance(eqn.op, LogSoftmax))
 
 
 def _softmax_cross_entropy(w: KernelWriter, eqn: Eqn) -> None:
@@ -165,20 +170,22 @@ def _fill(w: KernelWriter, eqn: Eqn) -> None:
     w.line(f"{w.at(eqn.out, idx)} = {F}({eqn.attrs['value']!r})")
 
 
-WRITERS: dict[str, Callable[[KernelWriter, Eqn], None]] = {
-    "reduce_sum": _reduce_sum,
-    "count": _count,
-    "softmax": _softmax,
-    "log_softmax": _softmax,
-    "softmax_cross_entropy": _softmax_cross_entropy,
-    "softmax_cross_entropy_grad": _softmax_cross_entropy_grad,
-    "one_hot": _one_hot,
-    "transpose": _transpose,
-    "flip": _flip,
-    "concat": _concat,
-    "split": _split,
-    "repeat": _repeat,
-    "gather": _gather,
-    "gather_grad": _gather_grad,
-    "fill": _fill,
+# by op class; elementwise ops need no entry (fused loops write them from their scalar forms), nor do the ops the
+# runner carries out itself: products (through the GEMM), views (reshapes) and scans
+WRITERS: dict[type[Op], Callable[[KernelWriter, Eqn], None]] = {
+    ReduceSum: _reduce_sum,
+    Count: _count,
+    Softmax: _softmax,
+    LogSoftmax: _softmax,
+    SoftmaxCrossEntropy: _softmax_cross_entropy,
+    SoftmaxCrossEntropyGrad: _softmax_cross_entropy_grad,
+    OneHot: _one_hot,
+    Transpose: _transpose,
+    Flip: _flip,
+    Concat: _concat,
+    Split: _split,
+    Repeat: _repeat,
+    Gather: _gather,
+    GatherGrad: _gather_grad,
+    Fill: _fill,
 }

@@ -20,12 +20,11 @@ from kdsl.backends.cpu.codegen import _support_source
 from kdsl.backends.cuda import cell_products, ops
 from kdsl.backends.cuda.launch import ROWS, THREADS, WARP, product_tiles
 from kdsl.backends.cuda.writer import KernelWriter, fused_loop
-from kdsl.ir.ops.base import numel
+from kdsl.ir.ops.linalg import MatMul
+from kdsl.ir.ops.scan import Scan
 from kdsl.ir.program import Eqn, Var
-from kdsl.ir.types import Dim, TensorType
-from kdsl.passes.fuse import plan
-
-PRODUCTS = {"matmul", "matmul_tn"}
+from kdsl.ir.types import Dim, TensorType, numel
+from kdsl.passes.fuse import Plan
 
 
 @dataclass
@@ -70,8 +69,9 @@ class PhaseWriter(KernelWriter):
 class ScanWriter:
     """The text of one scan's persistent kernel."""
 
-    def __init__(self, name: str, eqn: Eqn):
+    def __init__(self, name: str, eqn: Eqn, cell: Plan):
         self.step = Persistent(name, eqn)
+        self.cell = cell
         self.names: dict[int, str] = {}
         self.bindings: list[str] = []  # per step: the carries, and this step's slices of inputs and outputs
         self.copies: list[tuple[str, Var]] = []  # (array, cell value) where one value has two homes
@@ -111,19 +111,17 @@ class ScanWriter:
         return self.names[id(var)]
 
     def write(self) -> None:
-        body = self.step.eqn.attrs["body"]
-        fused = plan(body)
-        constants = [e for e in body.eqns if e.op.name == "const"]
-        literals = {id(e.out): e.op.scalar(e.attrs) for e in constants}
-        self.step.constants = {id(e.out): e.attrs["value"] for e in constants}
+        body, fused = self.step.eqn.attrs["body"], self.cell
+        literals = {key: e.op.scalar(e.attrs) for key, e in fused.constants.items()}
+        self.step.constants = {key: e.attrs["value"] for key, e in fused.constants.items()}
         for kernel in fused.kernels:
             eqn = kernel.eqns[0]
             if kernel.kind == "view":
-                if not eqn.attrs.get("free"):
+                if id(eqn) not in fused.free:
                     raise Unsupported(eqn.op.name)
-            elif kernel.kind == "op" and eqn.op.name in PRODUCTS:
+            elif kernel.kind == "op" and eqn.op.product:
                 self._product(eqn)
-            elif kernel.kind == "op" and eqn.op.name == "scan":
+            elif kernel.kind == "op" and isinstance(eqn.op, Scan):
                 raise Unsupported("scan")
             else:
                 writer = PhaseWriter(self)
@@ -160,7 +158,7 @@ class ScanWriter:
             raise Unsupported(f"{eqn.op.name} of rank {a.rank}")
         writer = PhaseWriter(self)
         left, right, out = (writer.array(v) for v in (a, b, y))
-        if eqn.op.name == "matmul":
+        if isinstance(eqn.op, MatMul):
             if eqn.attrs.get("transpose_b"):
                 if id(b) not in self.constants:  # a transpose made every step would cost a phase of its own
                     raise Unsupported("a product by the transpose of a value the cell computes")
@@ -169,7 +167,7 @@ class ScanWriter:
         else:
             writer.line(f"matrix_tn({left}, {right}, {out})")
         writer.product = True
-        (self.step.products if eqn.op.name == "matmul" else self.step.tn_products).append(y)
+        (self.step.products if isinstance(eqn.op, MatMul) else self.step.tn_products).append(y)
         self.phases.append(writer)
         self.syncs.append(True)
 
@@ -213,9 +211,10 @@ def _slice(stacked: str, var: Var) -> str:
     return f"{stacked}[t]" if var.rank else f"{stacked}[t:t + 1]"
 
 
-def persistent_scan(name: str, eqn: Eqn) -> tuple[str, Persistent] | None:
-    """The persistent kernel's text for a scan, or None where its cell needs the host loop."""
-    writer = ScanWriter(name, eqn)
+def persistent_scan(name: str, eqn: Eqn, cell: Plan) -> tuple[str, Persistent] | None:
+    """The persistent kernel's text for a scan (`cell` is its body's plan), or None where its cell needs the host
+    loop."""
+    writer = ScanWriter(name, eqn, cell)
     try:
         writer.write()
     except Unsupported:

@@ -24,21 +24,12 @@ from kdsl.backends.cuda.codegen import Launch, Schedule
 from kdsl.backends.cuda.gemm import gemm
 from kdsl.backends.cuda.launch import element_grid, persistent_grid, simulated
 from kdsl.backends.cuda.persistent import Persistent
+from kdsl.ir.ops.linalg import MatMul
+from kdsl.ir.ops.scan import Scan, step_order
 from kdsl.ir.program import Eqn, Var
-from kdsl.ir.types import Dim
+from kdsl.ir.types import concrete
 
 Sizes = dict[str, int]
-
-
-def concrete(dims: Sequence[Dim], sizes: Sizes) -> tuple[int, ...]:
-    """A symbolic shape's sizes (a product of symbols multiplied out)."""
-    shape = []
-    for d in dims:
-        size = 1
-        for factor in str(d).split("*"):
-            size *= int(factor) if factor.isdigit() else sizes[factor]
-        shape.append(size)
-    return tuple(shape)
 
 
 @cuda.jit(cache=True)
@@ -131,9 +122,9 @@ class _Run:
                 self.launch(step, env, schedule)
             elif isinstance(step, Persistent):
                 self.persistent(step, env, schedule)
-            elif step.op.name == "scan":
+            elif isinstance(step.op, Scan):
                 self.scan(step, env, schedule)
-            elif step.op.name in ("matmul", "matmul_tn"):
+            elif step.op.product:
                 self.matmul(step, env, schedule)
             else:
                 self.view(step, env, schedule)
@@ -176,7 +167,7 @@ class _Run:
         (a, b), y = eqn.inputs, eqn.out
         left, right, out = (self.value(v, env, schedule) for v in (a, b, y))
         rows = left.size // left.shape[left.ndim - 1]
-        if eqn.op.name == "matmul":
+        if isinstance(eqn.op, MatMul):
             self.call(
                 gemm(matrix(left, rows), right, matrix(out, rows), transpose_b=bool(eqn.attrs.get("transpose_b")))
             )
@@ -184,9 +175,7 @@ class _Run:
             self.call(gemm(matrix(left, rows), matrix(right, rows), out, transpose_a=True))
 
     def view(self, eqn: Eqn, env: dict, schedule: Schedule) -> None:
-        """Free splits and concats need nothing (loops address their pieces); reshapes are views."""
-        if eqn.attrs.get("free"):
-            return
+        """A reshape: a view of its input's device array."""
         source = self.value(eqn.inputs[0], env, schedule)
         shaped = source.reshape(*var_shape(eqn.out, self.sizes))
         if id(eqn.out) in env:  # a cell output already placed in its stacked slot
@@ -200,9 +189,7 @@ class _Run:
         outer = [self.value(v, env, schedule) for v in eqn.inputs]
         carries, xs, consts = outer[:nc], outer[nc : nc + nx], outer[nc + nx :]
         stacked = [self.value(v, env, schedule) for v in eqn.outputs[nc:]]
-        steps = xs[0].shape[0]
-        for step in range(steps):
-            t = steps - 1 - step if eqn.attrs["reverse"] else step
+        for step, t in enumerate(step_order(xs[0].shape[0], eqn.attrs["reverse"])):
             inner = {id(v): a for v, a in zip(body.inputs, [*carries, *(x[t] for x in xs), *consts])}
             copies = []
             for var, stack in zip(body.outputs[nc:], stacked):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kdsl.backends.loop_indexing import broadcast_index, piece_index
 from kdsl.backends.source import SourceWriter
 from kdsl.ir.program import Var
 from kdsl.ir.types import Dim
@@ -89,15 +90,10 @@ def fused_loop(w: KernelWriter, kernel: Kernel, fused: Plan, literals: dict[int,
             return registers[id(var)]
         if id(var) in literals:
             return literals[id(var)]
-        lead = len(kernel.shape) - var.rank  # NumPy broadcasting: size-1 axes read element 0
-        own = ["0" if d == 1 and kernel.shape[lead + a] != 1 else idx[lead + a] for a, d in enumerate(var.shape)]
-        return place(var, own)
+        return place(var, broadcast_index(var, kernel.shape, idx))
 
     def place(var: Var, own: list[str]) -> str:
-        if id(var) in fused.pieces:
-            whole, offset = fused.pieces[id(var)]
-            return place(whole, [*own[:-1], f"{offset} + {own[-1]}"])
-        return w.at(var, own)
+        return w.at(*piece_index(fused, var, own))
 
     for eqn in kernel.eqns:
         register = w.fresh("r")

@@ -1,8 +1,9 @@
-"""What a primitive op is: one definition holding its shape rule, NumPy reference, gradient and CPU template.
+"""What a primitive op is: one definition holding its shape rule, NumPy reference, gradient, scalar form and cost.
 
-Every backend reads the same definition: the NumPy backend calls `reference`, autodiff
-calls `vjp`, and the CPU code generator asks `scalar` (elementwise ops, fused into
-loops) or `cpu` (everything else) for Numba source text.
+An op knows nothing of backends. The interpreter calls `reference`, autodiff calls `vjp`, and
+the code generators write elementwise ops from `scalar` (fused into loops); every other op has a
+rule in each backend's table, keyed by its class (`kdsl.backends.cpu.ops`, `kdsl.backends.cuda.ops`).
+The flags below are what passes and backends may ask of an op besides.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 from kdsl.ir.types import Dim, TensorType
 
 if TYPE_CHECKING:
-    from kdsl.backends.cpu.emitter import Emitter
-    from kdsl.ir.program import Builder, Eqn, Var
+    from kdsl.ir.builder import Builder
+    from kdsl.ir.program import Eqn, Var
 
 Attrs = dict[str, Any]
 Grads = list["Var | None"]
@@ -25,8 +26,16 @@ Grads = list["Var | None"]
 class Op:
     name: ClassVar[str]
     single_output: ClassVar[bool] = True
-    elementwise: ClassVar[bool] = False  # the CPU backend fuses chains of these into one loop
+    elementwise: ClassVar[bool] = False  # one output element from the same element of each input: fused into loops
     differentiable: ClassVar[bool] = True  # False: no gradient flows through (masks, comparisons)
+    view: ClassVar[bool] = False  # the output is the input's data, reshaped: no copy where a backend can alias
+    product: ClassVar[bool] = False  # a matrix product: BLAS or a GEMM kernel does it
+    sizes_only: ClassVar[bool] = False  # the output depends on the input's sizes alone, not its values
+
+    def row_wise(self, eqn: Eqn) -> bool:
+        """Whether each row (sample) of the outputs comes from the same row of the inputs alone, so a chunk
+        of the batch can be computed apart."""
+        return self.elementwise
 
     def infer(self, attrs: Attrs, *types: TensorType) -> list[TensorType]:
         raise NotImplementedError(self.name)
@@ -41,10 +50,6 @@ class Op:
     def scalar(self, attrs: Attrs, *args: str) -> str:
         """Elementwise ops: a Numba expression for one element, from the expressions of its inputs."""
         raise NotImplementedError(self.name)
-
-    def cpu(self, em: Emitter, eqn: Eqn) -> None:
-        """Other ops: emit Numba statements that compute the outputs into their buffers."""
-        raise NotImplementedError(f"`{self.name}` has no CPU template")
 
     def flops(self, eqn: Eqn, sizes: dict[str, int]) -> int:
         """Floating-point operations of one evaluation, for `--explain`."""
@@ -76,15 +81,3 @@ def unbroadcast(b: Builder, grad: Var, like: Var) -> Var:
     )
     summed = b.reduce_sum(grad, axes=axes, keepdims=False)
     return summed if summed.shape == like.shape else b.reshape_like(summed, like)
-
-
-def numel(dims: Sequence[Dim], sizes: dict[str, int]) -> int:
-    """The number of elements of a shape once its symbols are known (products of symbols included)."""
-    total = 1
-    for d in dims:
-        if isinstance(d, int):
-            total *= d
-        else:
-            for factor in d.split("*"):
-                total *= int(factor) if factor.isdigit() else sizes.get(factor, 1)
-    return total

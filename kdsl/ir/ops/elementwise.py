@@ -81,6 +81,7 @@ ARITHMETIC = [
                lambda b, x, out, g: (b.mul(g, b.mul(b.mul(out, b.mul(out, out)), -0.5)),)),
 ]
 # fmt: on
+ADD, SUB, MUL, DIV, NEG = ARITHMETIC[:5]
 
 
 class Clip(Elementwise):
@@ -138,12 +139,6 @@ class OneHot(Op):
 
     def reference(self, attrs, ids):
         return [np.eye(attrs["classes"], dtype=np.float32)[ids]]
-
-    def cpu(self, em, eqn):
-        (ids,), y = eqn.inputs, eqn.out
-        em.line(f"{em.ref(y)}[...] = np.float32(0.0)")
-        with em.loops(ids) as idx:
-            em.line(f"{em.ref(y)}[{', '.join(idx)}{', ' if idx else ''}{em.index(ids, idx)}] = np.float32(1.0)")
 
 
 class Cast(Elementwise):

@@ -1,5 +1,4 @@
-"""Matrix products: BLAS does the work on every backend (on the CPU target through `product`, see
-`kdsl.backends.cpu.blas`).
+"""Matrix products: each backend hands them to BLAS or a GEMM kernel of its own.
 
 `matmul` contracts the last axis of `a` with a weight matrix, whatever `a`'s leading axes
 (a sequence's input projection is one GEMM over all timesteps). `matmul_tn` contracts
@@ -10,56 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdsl.ir.ops.base import Op, numel
+from kdsl.ir.ops.base import Op
 from kdsl.ir.ops.shape import Gather
-from kdsl.ir.program import Var
-from kdsl.ir.types import TensorType
-
-
-def worth_threads(a, b) -> bool:
-    """Split a product across threads only when it is large: a sequence's (rows over time and batch)
-    or a big weight matrix. Handing chunks to threads costs tens of microseconds."""
-    return a.rank >= 3 or a.shape[-1] * b.shape[-1] >= 65536
-
-
-def emit_product(em, a: Var, w: Var, y: Var, transpose_b: bool = False, large: bool = False) -> None:
-    """CPU code for y = a·w (or a·wᵀ), its rows split across threads when the product is `large` or looks it."""
-    prepared = em.prepared_weight(w, transpose_b)
-    if prepared is not None:
-        em.step_product(a, y, prepared)
-        return
-    weight = em.right_operand(w, transpose_b)
-    if not (em.threaded and (large or worth_threads(a, w))):
-        em.line(f"product({em.matrix(a)}, {weight}, {em.matrix(y)})")
-        return
-    rows, out = em.fresh("rows"), em.fresh("out")
-    em.line(f"{rows}, {out} = {em.matrix(a)}, {em.matrix(y)}")
-    with em.row_chunks(f"{rows}.shape[0]") as (_, _, lo, hi):  # one block of rows per thread
-        em.line(f"product({rows}[{lo}:{hi}], {weight}, {out}[{lo}:{hi}])")
-
-
-def emit_product_tn(em, a: Var, b: Var, y: Var, large: bool = False) -> None:
-    """CPU code for y = aᵀ·b over all leading axes; when `large` or it looks it, each thread sums its rows' share."""
-    if not (em.threaded and (large or worth_threads(a, b))):
-        em.line(f"product({em.matrix(a)}.T, {em.matrix(b)}, {em.ref(y)})")
-        return
-    left, right, parts, part = em.fresh("left"), em.fresh("right"), em.fresh("parts"), em.fresh("part")
-    em.line(f"{left}, {right} = {em.matrix(a)}, {em.matrix(b)}")
-    # each thread sums its rows: the first into the result, the others into partial sums added after
-    count = em.chunk_count(f"{left}.shape[0]")
-    em.line(f"{parts} = np.empty(({count} - 1, {left}.shape[1], {right}.shape[1]), np.float32)")
-    with em.row_chunks(f"{left}.shape[0]", count) as (chunk, _, lo, hi):
-        em.line(f"{part} = {em.ref(y)} if {chunk} == 0 else {parts}[{chunk} - 1]")
-        em.line(f"product({left}[{lo}:{hi}].T, {right}[{lo}:{hi}], {part})")
-    k = em.fresh("k")
-    with em.block(f"for {k} in range(1, {count}):"):
-        em.line(f"{em.ref(y)} += {parts}[{k} - 1]")
+from kdsl.ir.types import BATCH, TensorType, numel
 
 
 class MatMul(Op):
     """a[..., K] @ w[K, N] (or w[N, K] with `transpose_b`) -> [..., N]."""
 
     name = "matmul"
+    product = True
+
+    def row_wise(self, eqn):
+        return eqn.inputs[1].shape[0] != BATCH  # by a weight, not by other samples' values
 
     def infer(self, attrs, a, w):
         k, n = reversed(w.dims) if attrs.get("transpose_b") else w.dims
@@ -76,10 +38,6 @@ class MatMul(Op):
             return [b.matmul(g, w), b.matmul_tn(g, a)]
         return [b.matmul(g, w, transpose_b=True), b.matmul_tn(a, g)]
 
-    def cpu(self, em, eqn):
-        (a, w), y = eqn.inputs, eqn.out
-        emit_product(em, a, w, y, bool(eqn.attrs.get("transpose_b")))
-
     def flops(self, eqn, sizes):
         return 2 * numel(eqn.inputs[0].shape, sizes) * eqn.out.shape[-1]
 
@@ -88,6 +46,7 @@ class MatMulTN(Op):
     """a[..., K]ᵀ @ b[..., N] -> [K, N], contracting every leading axis."""
 
     name = "matmul_tn"
+    product = True
 
     def infer(self, attrs, a, b):
         if a.dims[:-1] != b.dims[:-1]:
@@ -101,20 +60,9 @@ class MatMulTN(Op):
         (x, y), (g,) = eqn.inputs, grads
         return [b.matmul(y, g, transpose_b=True), b.matmul(x, g)]
 
-    def cpu(self, em, eqn):
-        emit_product_tn(em, *eqn.inputs, eqn.out)
-
     def flops(self, eqn, sizes):
         a, b = eqn.inputs
         return 2 * numel(a.shape, sizes) * b.shape[-1]
-
-
-def id_at(em, ids: Var, perm: tuple[int, ...], idx: list[str]) -> str:
-    """The id for element `idx` of a folded product's rows, whose axes are the ids' reordered by `perm`."""
-    at = [""] * len(perm)
-    for axis, p in enumerate(perm):
-        at[p] = idx[axis]
-    return em.index(ids, at)
 
 
 class GatherMatMul(Op):
@@ -142,43 +90,6 @@ class GatherMatMul(Op):
         (rows,) = Gather().reference({}, table, np.transpose(ids, attrs["perm"]))
         return [np.matmul(rows, w).astype(table.dtype)]
 
-    def cpu(self, em, eqn):
-        (table, ids, w), y = eqn.inputs, eqn.out
-        t, i = em.ref(table), em.ref(ids)
-        projected = Var(TensorType("f32", (table.shape[0], w.shape[1])), "projected")
-        picked = Var(TensorType("f32", (*y.shape[:-1], table.shape[1])), "picked")
-        em.ref(projected), em.ref(picked)  # both carved from the arena; each call uses one
-        with em.block(f"if {i}.size and ({i}.min() < 0 or {i}.max() >= {t}.shape[0]):"):
-            em.line("raise IndexError('token id out of range of the embedding table')")
-        with em.block(f"if {i}.size > {t}.shape[0]:"):
-            emit_product(em, table, w, projected, large=True)
-            if eqn.attrs.get("in_loop"):  # the time loop reading y picks its rows itself
-                perm = eqn.attrs["perm"]
-                by_id = f"{i}.size > {t}.shape[0]"
-                em.rows_in_loop[id(y)] = (projected, by_id, lambda *at: id_at(em, ids, perm, list(at)))
-            else:
-                self._pick_rows(em, projected, ids, eqn.attrs["perm"], y)
-        with em.block("else:"):
-            self._pick_rows(em, table, ids, eqn.attrs["perm"], picked)
-            emit_product(em, picked, w, y)
-
-    @staticmethod
-    def _pick_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
-        """out[...] = source[id] row by row; on threads, each takes a share of the first axis."""
-        if not em.threaded:
-            GatherMatMul._copy_rows(em, source, ids, perm, out)
-            return
-        with em.row_chunks(f"{em.ref(out)}.shape[0]") as (_, _, lo, hi):
-            GatherMatMul._copy_rows(em, source, ids, perm, out, (lo, hi))
-
-    @staticmethod
-    def _copy_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var, first=None) -> None:
-        row, j = em.fresh("row"), em.fresh("j")
-        with em.loops(out, skip_last=True, first=first) as idx:
-            em.line(f"{row} = {id_at(em, ids, perm, idx)}")
-            with em.block(f"for {j} in range({em.ref(source)}.shape[1]):"):
-                em.line(f"{em.index(out, [*idx, j])} = {em.ref(source)}[{row}, {j}]")
-
     def flops(self, eqn, sizes):
         (table, ids, w) = eqn.inputs
         return 2 * min(numel(ids.shape, sizes), table.shape[0]) * table.shape[1] * w.shape[1]
@@ -205,36 +116,6 @@ class GatherMatMulGrads(Op):
         summed = np.zeros((table.shape[0], g.shape[-1]), g.dtype)
         np.add.at(summed, np.transpose(ids, attrs["perm"]).reshape(-1), g.reshape(-1, g.shape[-1]))
         return [(table.T @ summed).astype(g.dtype), (summed @ w.T).astype(g.dtype)]
-
-    def cpu(self, em, eqn):
-        (table, ids, w, g), (dw, dtable), perm = eqn.inputs, eqn.outputs, eqn.attrs["perm"]
-        summed = Var(TensorType("f32", (table.shape[0], w.shape[1])), "summed")
-        picked = Var(TensorType("f32", (*g.shape[:-1], table.shape[1])), "picked")
-        back = Var(picked.type, "back")
-        em.ref(summed), em.ref(picked), em.ref(back)  # all carved from the arena; each call uses some
-        with em.block(f"if {em.ref(ids)}.size > {em.ref(table)}.shape[0]:"):
-            self._sum_rows(em, g, ids, perm, summed)
-            emit_product_tn(em, table, summed, dw, large=True)
-            emit_product(em, summed, w, dtable, transpose_b=True, large=True)
-        with em.block("else:"):
-            GatherMatMul._pick_rows(em, table, ids, perm, picked)
-            emit_product_tn(em, picked, g, dw)
-            emit_product(em, g, w, back, transpose_b=True)
-            self._sum_rows(em, back, ids, perm, dtable)
-
-    @staticmethod
-    def _sum_rows(em, source: Var, ids: Var, perm: tuple[int, ...], out: Var) -> None:
-        """out[id] = the sum of `source`'s rows with that id; threads take a share of the columns each."""
-        into, part, j, o = em.fresh("into"), em.fresh("part"), em.fresh("j"), em.ref(out)
-        with em.row_chunks(f"{o}.shape[1]") as (_, _, lo, hi):
-            em.line(f"{o}[:, {lo}:{hi}] = np.float32(0.0)")
-            with em.loops(source, skip_last=True) as idx:
-                # indices from 0 over slices: with `range(lo, hi)` Numba cannot rule out a negative
-                # index, and the check it adds kept LLVM from vectorizing the sum (2.6 ms against 0.46)
-                em.line(f"{into} = {o}[{id_at(em, ids, perm, idx)}, {lo}:{hi}]")
-                em.line(f"{part} = {em.index(source, [*idx, f'{lo}:{hi}'])}")
-                with em.block(f"for {j} in range({into}.shape[0]):"):
-                    em.line(f"{into}[{j}] += {part}[{j}]")
 
     def flops(self, eqn, sizes):
         (table, ids, w, _) = eqn.inputs

@@ -9,7 +9,7 @@ from kdsl.ir.types import TensorType, dim_product
 
 
 class View(Op):
-    """Ops whose output shares its input's buffer on the CPU backend."""
+    """Ops whose output is their input's data, reshaped."""
 
     view = True
 
@@ -30,10 +30,6 @@ class Reshape(View):
     def vjp(self, b, eqn, grads):
         return [b.reshape_like(grads[0], eqn.inputs[0])]
 
-    def cpu(self, em, eqn):
-        dims = [em.dim(d) if isinstance(d, int) or "*" not in d else "-1" for d in eqn.attrs["shape"]]
-        em.bind(eqn.out, f"{em.ref(eqn.inputs[0])}.reshape(({', '.join(dims)},))")
-
 
 class ReshapeLike(View):
     name = "reshape_like"
@@ -47,9 +43,6 @@ class ReshapeLike(View):
     def vjp(self, b, eqn, grads):
         return [b.reshape_like(grads[0], eqn.inputs[0]), None]
 
-    def cpu(self, em, eqn):
-        em.bind(eqn.out, f"{em.ref(eqn.inputs[0])}.reshape({em.ref(eqn.inputs[1])}.shape)")
-
 
 class Transpose(Op):
     name = "transpose"
@@ -62,14 +55,6 @@ class Transpose(Op):
 
     def vjp(self, b, eqn, grads):
         return [b.transpose(grads[0], perm=tuple(np.argsort(eqn.attrs["perm"]).tolist()))]
-
-    def cpu(self, em, eqn):
-        perm = eqn.attrs["perm"]
-        with em.loops(eqn.out) as idx:
-            source = [""] * len(perm)
-            for out_axis, in_axis in enumerate(perm):
-                source[in_axis] = idx[out_axis]
-            em.line(f"{em.index(eqn.out, idx)} = {em.index(eqn.inputs[0], source)}")
 
 
 class Flip(Op):
@@ -86,16 +71,12 @@ class Flip(Op):
     def vjp(self, b, eqn, grads):
         return [b.flip(grads[0], axis=eqn.attrs["axis"])]
 
-    def cpu(self, em, eqn):
-        axis, x = eqn.attrs["axis"], eqn.inputs[0]
-        with em.loops(eqn.out) as idx:
-            source = list(idx)
-            source[axis] = f"{em.ref(x)}.shape[{axis}] - 1 - {idx[axis]}"
-            em.line(f"{em.index(eqn.out, idx)} = {em.index(x, source)}")
-
 
 class Concat(Op):
     name = "concat"
+
+    def row_wise(self, eqn):
+        return eqn.attrs["axis"] == eqn.inputs[0].rank - 1  # each row's pieces side by side
 
     def infer(self, attrs, *xs):
         axis = attrs["axis"]
@@ -110,15 +91,6 @@ class Concat(Op):
         sizes = [x.shape[eqn.attrs["axis"]] for x in eqn.inputs]
         return b.split(grads[0], sizes=tuple(sizes), axis=eqn.attrs["axis"])
 
-    def cpu(self, em, eqn):
-        axis, offset = eqn.attrs["axis"], "0"
-        for x in eqn.inputs:
-            with em.loops(x) as idx:
-                target = list(idx)
-                target[axis] = f"{offset} + {idx[axis]}"
-                em.line(f"{em.index(eqn.out, target)} = {em.index(x, idx)}")
-            offset = f"{offset} + {em.ref(x)}.shape[{axis}]"
-
 
 def _sum_dims(dims):
     if all(isinstance(d, int) for d in dims):
@@ -132,6 +104,9 @@ class Split(Op):
     name = "split"
     single_output = False
 
+    def row_wise(self, eqn):
+        return eqn.attrs["axis"] == eqn.inputs[0].rank - 1  # each row's pieces side by side
+
     def infer(self, attrs, x):
         axis, sizes = attrs["axis"], attrs["sizes"]
         if sum(sizes) != x.dims[axis]:
@@ -144,15 +119,6 @@ class Split(Op):
     def vjp(self, b, eqn, grads):
         pieces = [g if g is not None else b.broadcast_like(0.0, out) for g, out in zip(grads, eqn.outputs)]
         return [b.concat(*pieces, axis=eqn.attrs["axis"])]
-
-    def cpu(self, em, eqn):
-        axis, offset = eqn.attrs["axis"], 0
-        for out, size in zip(eqn.outputs, eqn.attrs["sizes"]):
-            with em.loops(out) as idx:
-                source = list(idx)
-                source[axis] = f"{offset} + {idx[axis]}"
-                em.line(f"{em.index(out, idx)} = {em.index(eqn.inputs[0], source)}")
-            offset += size
 
 
 class Repeat(Op):
@@ -168,10 +134,6 @@ class Repeat(Op):
 
     def vjp(self, b, eqn, grads):
         return [b.reduce_sum(grads[0], axes=(1,))]
-
-    def cpu(self, em, eqn):
-        with em.loops(eqn.out) as idx:
-            em.line(f"{em.index(eqn.out, idx)} = {em.index(eqn.inputs[0], [idx[0], *idx[2:]])}")
 
 
 class Gather(Op):
@@ -191,16 +153,6 @@ class Gather(Op):
         table, ids = eqn.inputs
         return [b.gather_grad(grads[0], ids, table), None]
 
-    def cpu(self, em, eqn):
-        (table, ids), y = eqn.inputs, eqn.out
-        T, j, row = em.ref(table), em.fresh("j"), em.fresh("row")
-        with em.loops(ids) as idx:
-            em.line(f"{row} = {em.index(ids, idx)}")
-            with em.block(f"if {row} < 0 or {row} >= {T}.shape[0]:"):
-                em.line("raise IndexError('token id out of range of the embedding table')")
-            with em.block(f"for {j} in range({T}.shape[1]):"):
-                em.line(f"{em.ref(y)}[{', '.join(idx)}, {j}] = {T}[{row}, {j}]")
-
 
 class GatherGrad(Op):
     """The table gradient of `gather`: output gradients summed into the rows they came from."""
@@ -215,30 +167,19 @@ class GatherGrad(Op):
         np.add.at(out, ids.reshape(-1), g.reshape(-1, table.shape[1]))
         return [out]
 
-    def cpu(self, em, eqn):
-        (g, ids, _), y = eqn.inputs, eqn.out
-        j, row = em.fresh("j"), em.fresh("row")
-        em.line(f"{em.ref(y)}[...] = np.float32(0.0)")
-        with em.loops(ids) as idx:
-            em.line(f"{row} = {em.index(ids, idx)}")
-            with em.block(f"for {j} in range({em.ref(y)}.shape[1]):"):
-                em.line(f"{em.ref(y)}[{row}, {j}] += {em.ref(g)}[{', '.join(idx)}, {j}]")
-
 
 class Fill(Op):
     """A constant tensor shaped (x.shape[:lead], *tail): zero initial states, whatever the batch size."""
 
     name = "fill"
     differentiable = False
+    sizes_only = True
 
     def infer(self, attrs, x):
         return [TensorType("f32", (*x.dims[: attrs["lead"]], *attrs["tail"]))]
 
     def reference(self, attrs, x):
         return [np.full((*x.shape[: attrs["lead"]], *attrs["tail"]), attrs["value"], np.float32)]
-
-    def cpu(self, em, eqn):
-        em.line(f"{em.ref(eqn.out)}[...] = np.float32({eqn.attrs['value']!r})")
 
 
 OPS = [Fill(), Reshape(), ReshapeLike(), Transpose(), Flip(), Concat(), Split(), Repeat(), Gather(), GatherGrad()]

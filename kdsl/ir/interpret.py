@@ -1,4 +1,4 @@
-"""The NumPy backend: an interpreter of lowered programs, op by op, through each op's reference.
+"""The IR's interpreter: lowered programs run op by op through each op's NumPy reference.
 
 It is slow and obviously correct, and it is the oracle every other backend is tested against.
 """

@@ -1,0 +1,65 @@
+"""A model's state apart from its compiled programs: its weights, which of them train, and the random
+generator its dropout masks are drawn from.
+
+The compiled programs take the weights as arguments; a backend that keeps copies of its own (on a
+GPU) registers as the state's `mirror`, and is told when the host arrays may have been written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from kdsl.ir.graph import Graph
+from kdsl.ir.types import concrete
+from kdsl.passes.lower import Noise
+from kdsl.runtime.initializers import initial_weights
+
+
+class Mirror(Protocol):
+    """Copies of the weights kept elsewhere (on a device)."""
+
+    def pull(self, host: list[np.ndarray]) -> None:
+        """Bring newer values into the host arrays; after this the caller may write them."""
+
+    def replaced(self) -> None:
+        """The host arrays were replaced."""
+
+
+@dataclass(eq=False)
+class ModelState:
+    names: list[str]  # "layer/weight", in Keras's `get_weights` order
+    host: list[np.ndarray]
+    trainable: list[int]  # indices of the weights that train
+    rng: np.random.Generator
+    mirror: Mirror | None = field(default=None, repr=False)
+
+    @classmethod
+    def initial(cls, graph: Graph, names: list[str], trainable: list[int], seed: int = 0) -> ModelState:
+        """New weights drawn by each layer's initializer from `seed`; dropout then draws from the same generator."""
+        rng = np.random.default_rng(seed)
+        return cls(names, initial_weights(graph, rng), trainable, rng)
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The host arrays, up to date; the caller may write into them."""
+        if self.mirror is not None:
+            self.mirror.pull(self.host)
+        return self.host
+
+    @weights.setter
+    def weights(self, value: Sequence[np.ndarray]) -> None:
+        self.host = [np.ascontiguousarray(w, np.float32) for w in value]
+        if self.mirror is not None:
+            self.mirror.replaced()
+
+    def dropout_masks(self, noise: Sequence[Noise], sizes: dict[str, int]) -> list[np.ndarray]:
+        """One step's dropout keep-masks, in order: Bernoulli(1 - rate), scaled by 1 / (1 - rate)."""
+        masks = []
+        for n in noise:
+            keep = self.rng.random(concrete(n.var.shape, sizes), dtype=np.float32) >= n.rate
+            masks.append(keep.astype(np.float32) / np.float32(1.0 - n.rate))
+        return masks
