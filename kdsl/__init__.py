@@ -8,9 +8,8 @@ from kdsl import data, layers
 from kdsl.devices import devices
 from kdsl.errors import KdslError
 from kdsl.layers import Input
-from kdsl.model import Model, Sequential, load_model_file
+from kdsl.model import Model, Sequential, load_model, load_model_file
 from kdsl.runtime import callbacks, optimizers
-from kdsl.runtime.saving import load_model
 
 __all__ = [
     "Input",

@@ -17,8 +17,7 @@ from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
 from kdsl.lang.format import format_setting, to_kd
-from kdsl.model import Model
-from kdsl.runtime.saving import load_model
+from kdsl.model import Model, load_model
 from kdsl.summary import summary
 
 

@@ -267,3 +267,13 @@ def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> li
             calls[id(tensor.call)] = tensor.call
             pending.extend(tensor.call.inputs)
     return sorted(calls.values(), key=lambda call: call.order)
+
+
+def load_model(path: str | Path) -> Model:
+    """A model saved by `Model.save`, compiled and ready to go on training where it stopped."""
+    from kdsl.runtime.saving import read_saved, restore
+
+    saved = read_saved(path)
+    model = Model.from_graph(saved.graph)
+    restore(model, saved)
+    return model

@@ -61,6 +61,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "softsign": lambda x: x / (1.0 + np.abs(x)),
     "silu": lambda x: x * _sigmoid(x),
     "exponential": np.exp,
+    "hard_silu": lambda x: x * np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0,  # activations.py: x * hard_sigmoid(x)
 }
 
 

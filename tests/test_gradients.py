@@ -17,7 +17,7 @@ from kdsl.pipeline import compile_programs
 
 TOLERANCE = 1e-4
 ACTIVATIONS = ["linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid", "tanh",
-               "softplus", "softsign", "silu", "exponential"]  # fmt: skip
+               "softplus", "softsign", "silu", "exponential", "hard_silu"]  # fmt: skip
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

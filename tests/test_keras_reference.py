@@ -253,12 +253,15 @@ def test_activation_defaults():
     a = kr.ACTIVATIONS
     assert set(a) == {
         "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid", "tanh",
-        "softmax", "log_softmax", "softplus", "softsign", "silu", "exponential",
+        "softmax", "log_softmax", "softplus", "softsign", "silu", "exponential", "hard_silu",
     }  # fmt: skip
     v = np.array([-4.0, -1.0, 0.0, 1.0, 7.0])
     np.testing.assert_allclose(a["leaky_relu"](v), [-0.8, -0.2, 0.0, 1.0, 7.0])
     np.testing.assert_allclose(a["relu6"](v), [0.0, 0.0, 0.0, 1.0, 6.0])
     np.testing.assert_allclose(a["hard_sigmoid"](v), [0.0, 2 / 6, 0.5, 4 / 6, 1.0])
+    # the example of keras.layers.HardSwish's docstring, to its four decimals
+    hard_silu = a["hard_silu"](np.array([-10.0, -2.5, 0.0, 2.5, 10.0]))
+    np.testing.assert_allclose(hard_silu, [0.0, -0.2083, 0.0, 2.2917, 10.0], atol=5e-5)
     np.testing.assert_allclose(a["gelu"](np.array([1.0])), [0.8413447460685429])  # exact erf form
     np.testing.assert_allclose(a["selu"](np.array([-1.0, 1.0])), [-1.1113307378125625, 1.0507009873554805])
     np.testing.assert_allclose(a["softplus"](np.array([0.0])), [np.log(2.0)])

@@ -18,6 +18,7 @@ from kdsl.ir.types import TensorType
 from kdsl.lang import load
 from kdsl.passes.lower import lower
 from kdsl.passes.transposes import cancel_transposes
+from kdsl.pipeline import tidy
 
 PERMS = list(itertools.permutations(range(3)))
 
@@ -56,6 +57,6 @@ def test_stacked_recurrent_layers_pass_sequences_without_transposing():
     text = """model Stack(x: f32[batch, 6, 3]) -> y {
         y = gru(x, 4, return_sequences=true) |> simple_rnn(5) |> dense(2)
     }"""
-    program = lower(load(text, "stack.kd").models["Stack"]).program
+    program = tidy(lower(load(text, "stack.kd").models["Stack"])).program
     # one transpose remains: the input, to time-major
     assert _ops(program).count("transpose") == 1

@@ -28,6 +28,7 @@ from kdsl.catalogue.args import (
     unit_interval,
 )
 from kdsl.errors import KdslArgumentError, KdslError, Span, did_you_mean
+from kdsl.ir.ops.elementwise import ACTIVATION_FNS
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,8 @@ def _article(word: str) -> str:
 
 # --- activations: named without arguments, as in `activation=relu` -----------------------------
 
-ACTIVATIONS = (
-    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid",
-    "tanh", "softmax", "log_softmax", "softplus", "softsign", "silu", "exponential",
-)  # fmt: skip
-ACTIVATION_ALIASES = {"swish": "silu"}
+ACTIVATIONS = ("linear", *ACTIVATION_FNS, "softmax", "log_softmax")  # each elementwise one is an op of the IR
+ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 
 
 def activation(value: Any) -> str:

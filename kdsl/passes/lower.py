@@ -9,14 +9,14 @@ belong to, as float 0/1 tensors of shape (batch, timesteps).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kdsl.ir.builder import Builder
-from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
+from kdsl.ir.graph import Graph, Node, ParamSpec
 from kdsl.ir.program import Program, Var
 from kdsl.ir.types import TensorType
+from kdsl.passes import lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
+from kdsl.passes.layer_rules import RULES, LayerContext
 
 
 @dataclass(frozen=True)
@@ -43,44 +43,6 @@ class Lowered:
         outputs, values = program.outputs[: len(self.outputs)], program.outputs[len(self.outputs) :]
         updates = [(index, value) for (index, _), value in zip(self.updates, values, strict=True)]
         return Lowered(program, self.inputs, self.params, self.noise, outputs, updates)
-
-
-@dataclass
-class LayerContext:
-    """What a layer's lowering rule sees: a builder, its parameters and whether it is training."""
-
-    b: Builder
-    layer: Layer
-    params: dict[str, Var]
-    training: bool
-    lowering: _Lowering
-    new_mask: Var | None = None  # the output mask, for layers that make their own (embedding, merges)
-    mask_set: bool = False  # whether `new_mask` decides (None then means: no mask)
-
-    def set_mask(self, mask: Var | None) -> None:
-        self.new_mask, self.mask_set = mask, True
-
-    def param(self, name: str) -> Var | None:
-        return self.params.get(name)
-
-    def noise(self, type: TensorType, rate: float, seed: int | None) -> Var:
-        return self.lowering.add_noise(type, rate, seed, self.layer.name)
-
-    def update(self, name: str, value: Var) -> None:
-        self.lowering.updates.append((self.params[name], value))
-
-
-Rule = Callable[[LayerContext, dict[str, Any], list[Var], list[Var | None], list[TensorType]], list[Var]]
-RULES: dict[str, Rule] = {}
-
-
-def rule(*kinds: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for kind in kinds:
-            RULES[kind] = fn
-        return fn
-
-    return register
 
 
 class _Lowering:
@@ -137,25 +99,4 @@ class _Lowering:
 def lower(graph: Graph, training: bool = False) -> Lowered:
     """The graph as one program of primitive ops, as each layer's rule writes it; `training` picks dropout and
     batch-statistics behaviour. `kdsl.pipeline` tidies it."""
-    from kdsl.passes import lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
-
     return _Lowering(graph, training).run()
-
-
-def activate(b: Builder, name: str, x: Var) -> Var:
-    """Apply a catalogue activation by name."""
-    return x if name == "linear" else getattr(b, name)(x)
-
-
-def broadcast_to_axis(b: Builder, v: Var, axis: int, rank: int) -> Var:
-    """A per-channel vector shaped to broadcast along `axis` of a rank-`rank` tensor."""
-    if axis == rank - 1:
-        return v
-    return b.reshape(v, shape=(v.shape[0], *([1] * (rank - 1 - axis))))
-
-
-def sum_all(b: Builder, xs: Sequence[Var], op: str) -> Var:
-    total = xs[0]
-    for x in xs[1:]:
-        total = getattr(b, op)(total, x)
-    return total

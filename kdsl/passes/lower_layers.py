@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdsl.catalogue.base import normalize_axis
 from kdsl.errors import KdslUnsupportedError
-from kdsl.passes.lower import RULES, activate, broadcast_to_axis, rule, sum_all
+from kdsl.passes.layer_rules import RULES, activate, broadcast_to_axis, rule, sum_all
 
 
 @rule("dense")

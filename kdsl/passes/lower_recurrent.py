@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kdsl.ir.builder import Builder
 from kdsl.ir.program import Program, Var
-from kdsl.passes.lower import activate, rule
+from kdsl.passes.layer_rules import activate, rule
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ import numpy as np
 from kdsl.catalogue.args import FnSpec
 from kdsl.errors import KdslError
 from kdsl.files import npz_bytes, write_atomically
+from kdsl.ir.graph import Graph
 from kdsl.lang import load
 from kdsl.lang.format import to_kd
 from kdsl.runtime.optimizers import CLASSES
@@ -69,10 +72,18 @@ def save_model(model: Model, path: str | Path) -> None:
     write_atomically(path, out.getvalue())
 
 
-def load_model(path: str | Path) -> Model:
-    """A model saved by `Model.save`, compiled and ready to go on training where it stopped."""
-    from kdsl.model import Model
+@dataclass
+class Saved:
+    """What a `.kdz` archive holds: the model's graph, its state, weights and optimizer slots."""
 
+    graph: Graph
+    state: dict
+    weights: Mapping[str, np.ndarray]
+    slots: Mapping[str, np.ndarray]
+
+
+def read_saved(path: str | Path) -> Saved:
+    """The contents of a model saved by `Model.save`."""
     with zipfile.ZipFile(path) as archive:
         state = json.loads(archive.read("state.json"))
         if state.get("format") != FORMAT:
@@ -80,8 +91,13 @@ def load_model(path: str | Path) -> Model:
         source = archive.read("model.kd").decode()
         weights = np.load(io.BytesIO(archive.read("weights.npz")))
         slots = np.load(io.BytesIO(archive.read("optimizer.npz")))
-    graph = load(source, f"{path}:model.kd").models[state["model"]]
-    model = Model.from_graph(graph)
+    return Saved(load(source, f"{path}:model.kd").models[state["model"]], state, weights, slots)
+
+
+def restore(model: Model, saved: Saved) -> None:
+    """Compile `model` (built from `saved.graph`) as it was saved, and bring back its weights, optimizer state and
+    random state, so training goes on where it stopped."""
+    state, weights, slots, graph = saved.state, saved.weights, saved.slots, saved.graph
     setup = state["compile"]
     optimizer_config = dict(setup["optimizer"])
     if isinstance(optimizer_config["learning_rate"], dict):
@@ -106,4 +122,3 @@ def load_model(path: str | Path) -> Model:
         optimizer.slots[int(index)][name] = value.copy()
     trainer.rng.bit_generator.state = state["random"]["batches"]
     trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
-    return model

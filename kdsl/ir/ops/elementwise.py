@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import erf
 
 from kdsl.ir.ops.base import Op, broadcast_dims, unbroadcast
 from kdsl.ir.types import TensorType
@@ -176,6 +175,12 @@ class BroadcastLike(Elementwise):
         return [unbroadcast(b, grads[0], eqn.inputs[0]), None]
 
 
+def _erf(x):
+    from scipy.special import erf  # here, so that checking a model never loads SciPy
+
+    return erf(x)
+
+
 def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
@@ -210,8 +215,8 @@ ACTIVATION_FNS = {
         lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))), "selu_f32({x})", "y",
         lambda y: np.where(y > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA),
         f"(_SELU_SCALE if {{v}} > {F}(0) else {{v}} + _SELU_SCALE * _SELU_ALPHA)"),
-    "gelu": ActivationFn(lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))), "gelu_f32({x})", "x",
-                         lambda x: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi),
+    "gelu": ActivationFn(lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "gelu_f32({x})", "x",
+                         lambda x: 0.5 * (1 + _erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi),
                          "gelu_grad_f32({v})"),
     "sigmoid": ActivationFn(_sigmoid, "sigmoid_f32({x})", "y", lambda y: y * (1 - y), f"{{v}} * ({F}(1) - {{v}})"),
     "hard_sigmoid": ActivationFn(lambda x: np.clip(x + 3, 0, 6) / 6, f"relu6_f32({{x}} + {F}(3)) / {F}(6)", "y",
@@ -225,6 +230,10 @@ ACTIVATION_FNS = {
                          lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
                          f"(sigmoid_f32({{v}}) * ({F}(1) + {{v}} * ({F}(1) - sigmoid_f32({{v}}))))"),
     "exponential": ActivationFn(np.exp, "math.exp({x})", "y", lambda y: y, "{v}"),
+    "hard_silu": ActivationFn(lambda x: x * np.clip(x + 3, 0, 6) / 6, f"({{x}} * relu6_f32({{x}} + {F}(3)) / {F}(6))",
+                              "x", lambda x: np.clip(x + 3, 0, 6) / 6 + np.where(np.abs(x) < 3, x / 6, 0),
+                              f"(relu6_f32({{v}} + {F}(3)) / {F}(6) + "
+                              f"({{v}} / {F}(6) if abs({{v}}) < {F}(3) else {F}(0)))"),
 }
 # fmt: on
 
@@ -251,6 +260,7 @@ class ActivationGrad(Elementwise):
 
     name: str
     fn: ActivationFn
+    differentiable = False  # a gradient: training differentiates once
 
     def reference(self, attrs, v, g):
         return [(g * self.fn.derivative(v.astype(np.float64))).astype(g.dtype)]

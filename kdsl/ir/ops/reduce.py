@@ -113,6 +113,7 @@ class SoftmaxCrossEntropyGrad(Op):
     """d loss / d logits = (probs·Σlabels - labels)·g, labels as ids (`sparse`) or rows (Σ = 1 for ids)."""
 
     name = "softmax_cross_entropy_grad"
+    differentiable = False  # a gradient: training differentiates once
 
     def infer(self, attrs, probs, labels, g):
         return [probs]

@@ -158,6 +158,7 @@ class GatherGrad(Op):
     """The table gradient of `gather`: output gradients summed into the rows they came from."""
 
     name = "gather_grad"
+    differentiable = False  # a gradient: training differentiates once
 
     def infer(self, attrs, g, ids, table):
         return [table]
