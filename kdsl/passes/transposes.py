@@ -1,8 +1,8 @@
 """Transposes that undo each other.
 
 A recurrent layer returns its sequence batch-major, and a recurrent layer reading it turns it
-time-major again: two copies of the whole sequence that cancel (0.3 ms of a 40 ms W4 training
-step, and as much again in its backward pass). A transpose of a transpose is one transpose of
+time-major again: two copies of the whole sequence that cancel, in the forward pass and again
+in the backward pass. A transpose of a transpose is one transpose of
 the source, and none when the permutations cancel; done before autodiff, the backward pass has
 none either. A `fill` (a zero initial state) reads only leading sizes from its operand; one
 that reads them from a transpose reads them from a program input of the same leading sizes

@@ -1,17 +1,14 @@
 """Every matrix product of the kernels through the newest OpenBLAS in the process.
 
 Numba's `np.dot` calls the BLAS that SciPy ships, and NumPy ships an OpenBLAS of its own, often a
-newer one. On the Zen 3 machine, with identical calls on one thread, NumPy's OpenBLAS 0.3.31 ran
-the weight-gradient shapes 12–55% faster than SciPy's 0.3.30 ((1792×64)ᵀ·(1792×256): 74 against
-57 GFLOP/s), and the products of a small batch more so ((32×784)·(784×300), a Fashion-MNIST MLP's
-first layer at batch 32: 59 against 39 GFLOP/s; its whole training step took 0.48 ms against 0.60).
-So `product` calls `cblas_sgemm` through the symbol `kdsl_cblas_sgemm`, which `register_sgemm` binds
-at import to the newest OpenBLAS loaded that takes 64-bit integers (NumPy's does). A symbol rather
-than an address keeps the kernels that call it cacheable on disk. Where no such OpenBLAS is newer
-than SciPy's, the symbol `kdsl_sgemm_found` says so, and `product` calls `np.dot` as before.
+newer and faster one (benchmarks/RESULTS.md has the figures). So `product` calls `cblas_sgemm`
+through the symbol `kdsl_cblas_sgemm`, which `register_sgemm` binds at import to the newest
+OpenBLAS loaded that takes 64-bit integers (NumPy's does). A symbol rather than an address keeps
+the kernels that call it cacheable on disk. Where no such OpenBLAS is newer than SciPy's, the
+symbol `kdsl_sgemm_found` says so, and `product` calls `np.dot` as before.
 
-Every product going to one BLAS also keeps two thread pools from taking turns: with SciPy's and
-NumPy's each running threads of their own, a Fashion-MNIST MLP epoch took 26.9 s against 1.7.
+Every product going to one BLAS also keeps two thread pools from taking turns, which made an epoch
+many times slower.
 
 This module's source is copied into generated modules: it needs only NumPy and Numba (with threadpoolctl
 and SciPy it finds the faster BLAS).

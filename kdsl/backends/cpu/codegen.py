@@ -53,7 +53,7 @@ def generate_kernel(entry: Entry, fused: Plan, parallel: bool) -> tuple[str, Emi
     buffers = [f"def _{entry.name}_buffers(arena, offsets, sizes):", *sizes, "    return (", *carve, "    )"]
     # The entry itself is plain Python calling the compiled parts: as a compiled function it would link
     # every part into its own code, and LLVM would optimize and compile all of them once more (a fifth of
-    # examples/mnist_lstm.kd's cold compile). Its calls cost about 0.1 µs an argument.
+    # examples/mnist_lstm.kd's cold compile). Its calls cost a fraction of a microsecond an argument.
     head = [f"def _{entry.name}(buffers, threads, columns, small_product, {', '.join(names)}):"]
     for symbol in sorted(em.symbols):
         arg, axis = next((n, a) for v, n in zip(program.inputs, names) for a, d in enumerate(v.shape) if d == symbol)

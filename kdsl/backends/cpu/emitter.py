@@ -291,7 +291,7 @@ class Emitter(TimeLoops, SourceWriter):
             for whole, _ in self._plan.copies.get(id(eqn.out), ()):
                 self.store_target(whole)
         # a view read in the loop (`buf.reshape(...)`) is named once before it, not made at every element:
-        # reshaping inside a loop over 32x512 elements took 0.37 ms
+        # (reshaping at every element costs far more than the loop's arithmetic)
         read = [self.whole(x) for e in kernel.eqns for x in e.inputs]
         views = {id(x): self.names[id(x)] for x in read if "(" in self.names.get(id(x), "")}
         for key, expr in views.items():

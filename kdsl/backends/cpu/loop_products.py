@@ -2,15 +2,14 @@
 
 A time loop multiplies a few rows (its chunk of the batch) by the same weight at every step.
 BLAS packs the weight into its own layout at every call, and on a few rows that costs as much
-as the product: on a Zen 3 core, OpenBLAS's AVX2 kernel ran (16×256)·(256×1024) at 50 GFLOP/s
-and (4×128)·(128×512) at 5. So the weight is prepared before the loop (`prepare_weight`):
+as the product. So the weight is prepared before the loop (`prepare_weight`):
 
 - Where BLAS multiplies small matrices without packing them (OpenBLAS's AVX-512 builds, up to
-  M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`). On a Zen 4
-  core, (16×256)·(256×192) ran at 116 GFLOP/s and (8×256)·(256×1024) whole at 35.
+  M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`).
 - Elsewhere it is packed into panels of PANEL columns (`pack_panels`), which the register tiles of
-  `kdsl.backends.cpu.register_tiles` multiply (`panel_product`): on the Zen 3 core 67–73 GFLOP/s
-  from 8 to 32 rows, where a 1024³ GEMM reaches 68–82 and OpenBLAS on these shapes 29–51.
+  `kdsl.backends.cpu.register_tiles` multiply (`panel_product`), near the GEMM rate from 8 rows on.
+
+The rates of each way, per CPU, are in benchmarks/RESULTS.md.
 
 This module's source is copied into generated modules: it needs only NumPy and Numba.
 """

@@ -6,9 +6,7 @@ A weight is packed once before a time loop into panels of PANEL columns, each (K
 sums in eight to twelve 8-float registers: at every p along K it loads the panels' row p, broadcasts
 each a[i, p] and adds their products (fused multiply-add). No horizontal sums, no packing at each
 step. (Where the CPU has no fused multiply-add, LLVM calls a library routine for each: right, and slow.)
-On a Zen 3 core, one thread ran (32×256)·(256×768) at 71–73 GFLOP/s (84 in a faster minute) and
-(32×64)·(64×256) at 64–69, where 4×3 tiles of dot products (the kernel before this one) reached 55–68
-and 38, and OpenBLAS 51 and 47.
+Its rates against OpenBLAS's on these shapes are in benchmarks/RESULTS.md.
 
 This module's source is copied into generated modules: it needs only Numba and its llvmlite.
 """

@@ -115,8 +115,7 @@ class TimeLoops:
     def _sums_of_steps(self, scan: Eqn) -> list[Eqn]:
         """The sums over time and batch of `scan`'s stacked outputs later in the program (a cell's bias
         gradient): each chunk of rows sums its own at each step, while they are still in cache, on its
-        own thread, where one thread would sum them all from memory (W4: 1.7 ms for two; by each thread
-        after its time loop, 0.8–1.3 ms; at each step, up to 0.9 ms less than that)."""
+        own thread, where one thread would sum them all from memory afterwards."""
         stacked = {id(v) for v in scan.outputs[scan.attrs["num_carry"] :]}
         sums = [k.eqns[0] for k in self._plan.kernels if k.kind == "op" and isinstance(k.eqns[0].op, ReduceSum)]
         return [
@@ -229,7 +228,7 @@ class TimeLoops:
     def _pick_step_rows(self, outer: Var, inner: Var, t: str, source: str, picking: str, step: str) -> None:
         """Copy step `t`'s rows for this chunk's samples into `step`: from the projected table by id, or
         from the gathered sequence. One row at a time, in cache: indexing the table element by element
-        inside the cell's loop kept LLVM from vectorizing it (W3 at batch 256: 86 ms against 47)."""
+        inside the cell's loop kept LLVM from vectorizing it."""
         _, _, id_of = self.rows_in_loop[id(outer)]
         i, j, row = self.fresh("i"), self.fresh("j"), self.fresh("row")
         with self.block(f"for {i} in range({step}.shape[0]):"):

@@ -72,8 +72,8 @@ class GatherMatMul(Op):
     time-major by a recurrent layer). Made after autodiff by `kdsl.passes.fold`, so it needs
     no gradient (a training step gets `gather_matmul_grads` in place of the gradient's ops).
     Which order of work is cheaper depends on the batch, so the code decides when it runs:
-    with more ids than table rows, the table is projected once and its rows picked (W3 at
-    batch 256: 25,600 token projections against 1,000); with fewer, the rows are picked and
+    with more ids than table rows, the table is projected once and its rows picked (fewer
+    projections: one per table row, not one per token); with fewer, the rows are picked and
     projected. With `in_loop`, the time loop that reads y picks a projected table's rows at
     each step itself (see `kdsl.passes.fold`).
     """
