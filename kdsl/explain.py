@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from kdsl.backends.cpu.entry import MIN_ROWS_PER_THREAD_PREPARED
-from kdsl.backends.cpu.loop_products import small_product_limit
 from kdsl.backends.cpu.policy import prepares_weights, splits_columns
-from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL
+from kdsl.backends.cpu.support.entry import MIN_ROWS_PER_THREAD_PREPARED
+from kdsl.backends.cpu.support.loop_products import small_product_limit
+from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL
 from kdsl.ir.graph import Layer
 from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul
 from kdsl.ir.ops.scan import Scan
@@ -107,7 +107,8 @@ def _describe(kernel: Kernel, fused: Plan, sizes: dict[str, int], target: str = 
 
 
 def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
-    """How a time loop's step multiplies by a weight that `kdsl.backends.cpu.loop_products` prepares; None otherwise."""
+    """How a time loop's step multiplies by a weight that `kdsl.backends.cpu.support.loop_products` prepares; None
+    otherwise."""
     body, nc, nx = scan.attrs["body"], scan.attrs["num_carry"], scan.attrs["num_xs"]
     weights = {id(v) for v in body.inputs[nc + nx :]}
     if not isinstance(eqn.op, MatMul) or id(eqn.inputs[1]) not in weights:

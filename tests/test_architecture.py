@@ -145,3 +145,17 @@ def test_every_backend_can_write_every_op(target: str, rules: dict, name: str, o
 
 
 CPU_ONLY = {"gather_matmul", "gather_matmul_grads"}  # made by the CPU target's own stage (kdsl.pipeline.TARGET_STAGES)
+
+
+def test_the_support_package_stands_alone():
+    """Generated modules import kdsl.backends.cpu.support, and a standalone module a copy of it: its modules import
+    nothing from kdsl but each other, by relative imports."""
+    support = PACKAGE / "backends" / "cpu" / "support"
+    absolute = [
+        f"{path.name}:{node.lineno}"
+        for path in support.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "kdsl")
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "kdsl" for a in node.names))
+    ]
+    assert not absolute, "imports from kdsl: " + ", ".join(absolute)

@@ -6,8 +6,8 @@ import numba
 import numpy as np
 import pytest
 
-from kdsl.backends.cpu import entry
-from kdsl.backends.cpu.spin import spin_until
+from kdsl.backends.cpu.support import entry
+from kdsl.backends.cpu.support.spin import spin_until
 
 
 @numba.njit(nogil=True, cache=True)

@@ -4,12 +4,12 @@
   gradients (`kdsl.passes.fold`): fewer ids than table rows take one path (rows picked, then
   projected), more take the other (the table projected, then its rows picked by the time loop at
   each step; the gradient summed by id, then multiplied); which one runs depends on the batch.
-- Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.loop_products`):
+- Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.support.loop_products`):
   where BLAS has an unpacked small-matrix kernel, only a product of more than SMALL_PRODUCT
   multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
   backward (dz·Uᵀ); elsewhere every step multiplies by the weight packed into panels, in register tiles.
   Both preparations are also checked directly, whichever this machine's BLAS picks.
-- Products through the newest OpenBLAS loaded (`kdsl.backends.cpu.blas`), in every layout of their
+- Products through the newest OpenBLAS loaded (`kdsl.backends.cpu.support.blas`), in every layout of their
   operands, whether this machine has one (then views BLAS reads in place go to it) or not.
 """
 
@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cpu_backend import assert_close
 
-from kdsl.backends.cpu.blas import NO_TRANSPOSE, TRANSPOSE, blas_layout, fastest_sgemm, product, sgemm_found
-from kdsl.backends.cpu.loop_products import (
+from kdsl.backends.cpu.support import entry
+from kdsl.backends.cpu.support.blas import NO_TRANSPOSE, TRANSPOSE, blas_layout, fastest_sgemm, product, sgemm_found
+from kdsl.backends.cpu.support.loop_products import (
     SMALL_PRODUCT,
     column_blocks,
     panel_product,
@@ -31,7 +32,7 @@ from kdsl.backends.cpu.loop_products import (
     step_product,
     step_scratch,
 )
-from kdsl.backends.cpu.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS
+from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS
 from kdsl.ir.ops import OPS
 from kdsl.lang import load
 from kdsl.passes.fold import fold_gather_projections
@@ -136,7 +137,7 @@ def test_folded_train_step_matches_numpy(pair, batch):
 def test_prepared_train_step_matches_numpy(pair, monkeypatch, limit):
     """Both preparations of a time loop's weights, whichever this machine's BLAS would pick."""
     reference, compiled = pair
-    monkeypatch.setattr(compiled.runner.module, "small_product_limit", lambda: limit)
+    monkeypatch.setattr(entry, "small_product_limit", lambda: limit)
     batch = 64  # 32 rows a thread: h·U is 32x128·128x512, dz·Uᵀ 32x512·512x128, both over the limit
     assert (batch // 2) * UNITS * 4 * UNITS > SMALL_PRODUCT
     ids, labels = _ids(batch, 1), np.arange(batch, dtype=np.int32) % 2

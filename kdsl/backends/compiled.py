@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from kdsl.backends.cpu import support
 from kdsl.backends.cpu.codegen import generate_module
 from kdsl.backends.cpu.policy import splits_by_rows
 from kdsl.backends.modules import load_module
@@ -27,6 +28,9 @@ from kdsl.runtime.state import ModelState
 
 if TYPE_CHECKING:
     from kdsl.runtime.optimizers import Optimizer
+
+
+STANDALONE_SUPPORT = "kdsl_cpu_support"  # the support package beside a standalone module
 
 
 class Runner(Protocol):
@@ -84,12 +88,12 @@ class HostRunner:
         return cpu_source(self.compilation, self.parallel if parallel is None else parallel)
 
 
-def cpu_source(compilation: Compilation, parallel: bool | None = None) -> str:
+def cpu_source(compilation: Compilation, parallel: bool | None = None, support_package: str = support.__name__) -> str:
     """The text of the CPU module of a compilation; `parallel` by default where threads pay (`splits_by_rows`)."""
     if parallel is None:
         parallel = splits_by_rows(compilation.inference.program)
     title = f"Kernels of model `{compilation.graph.name}`."
-    return generate_module(title, compilation.entries, compilation.plans, parallel)
+    return generate_module(title, compilation.entries, compilation.plans, parallel, support_package)
 
 
 class CompiledModel:
@@ -217,11 +221,14 @@ class CompiledModel:
         return self.runner.source(parallel)
 
     def export(self, directory: Path | str, parallel: bool | None = None) -> Path:
-        """Write a standalone CPU module `<model>.py`, its metadata `<model>.json` and the weights `<model>.npz`."""
+        """Write a standalone CPU module `<model>.py`, the support package it imports (a copy of
+        `kdsl.backends.cpu.support`), its metadata `<model>.json` and the weights `<model>.npz`."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        (directory / STANDALONE_SUPPORT).mkdir(parents=True, exist_ok=True)
+        for file in Path(support.__file__).parent.glob("*.py"):
+            write_atomically(directory / STANDALONE_SUPPORT / file.name, file.read_text())
         stem = directory / self.graph.name
-        write_atomically(stem.with_suffix(".py"), cpu_source(self.compilation, parallel))
+        write_atomically(stem.with_suffix(".py"), cpu_source(self.compilation, parallel, STANDALONE_SUPPORT))
         metadata = {
             "model": self.graph.name,
             "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],

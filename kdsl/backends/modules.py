@@ -1,5 +1,9 @@
 """Generated modules as real files in kdsl's cache, named by the hash of their text: Numba caches compiled
-functions on disk only for code in files, so a second process imports the kernels instead of compiling them."""
+functions on disk only for code in files, so a second process imports the kernels instead of compiling them.
+
+A generated module imports the code its kernels call (`kdsl.backends.cpu.support`, the CUDA cell products)
+and names the digest of that code's files, so a change there gives the module another hash, and another
+cache entry, as a change in its own text does."""
 
 from __future__ import annotations
 
@@ -33,3 +37,13 @@ def load_module(source: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def source_digest(*modules: ModuleType) -> str:
+    """A digest of the source files of `modules` (a package counts with every module in its folder)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        path = Path(module.__file__)
+        for file in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

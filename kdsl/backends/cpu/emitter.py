@@ -1,7 +1,7 @@
 """Numba source for a lowered program, following its fusion plan: buffers, fused loops, and chunks of work.
 
 Every value the plan materializes gets a buffer carved from one preallocated float32
-arena (see `kdsl.passes.memory`), so a step allocates nothing. Fused loops keep their
+arena (see `kdsl.backends.cpu.support.layout`), so a step allocates nothing. Fused loops keep their
 intermediate values in registers. Other ops are written by the rules the emitter is given
 (`kdsl.backends.cpu.ops`); time loops by `kdsl.backends.cpu.time_loop`. The top level is cut
 into functions of about CHUNK_LINES lines, and work split across threads into functions of
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kdsl.backends.cpu.loop_products import SUPPORT_FUNCTIONS
 from kdsl.backends.cpu.policy import batch_leading
+from kdsl.backends.cpu.support import blas, entry, layout, loop_products, spin
 from kdsl.backends.cpu.time_loop import ColumnSplit, TimeLoops
 from kdsl.backends.loop_indexing import broadcast_index, piece_index
 from kdsl.backends.source import SourceWriter
@@ -120,7 +120,7 @@ class Emitter(TimeLoops, SourceWriter):
         yields (chunk, count, lo, hi).
 
         The work of one chunk becomes a compiled function of its own, called on each thread; the kernel
-        around it stays Python (see `kdsl.backends.cpu.entry.run_chunks`). With Numba's `prange` instead,
+        around it stays Python (see `kdsl.backends.cpu.support.entry.run_chunks`). With Numba's `prange` instead,
         each such kernel was compiled as a parallel region, which linked the chunk's function, and all it
         calls, into its code twice more: half of examples/mnist_lstm.kd's cold compile.
 
@@ -342,6 +342,9 @@ def free_names(lines: list[str]) -> list[str]:
     """The variables a function body reads but does not assign, in order: the arguments it needs."""
     table = symtable.symtable("def f():\n" + "\n".join(lines) + "\n", "<kernel>", "exec").get_children()[0]
     free = [s.get_name() for s in table.get_symbols() if s.is_global()]
-    module_level = set(dir(builtins)) | {"np", "math", "numba", "run_chunks", "start_helpers", "product"}
-    module_level |= set(SUPPORT_FUNCTIONS)
+    module_level = set(dir(builtins)) | {"np", "math", "numba"}
+    # the support functions a module imports; arrays (the helpers' start flags) stay arguments, as Numba would
+    # freeze a global array into the compiled code
+    support = [(module, name) for module in (blas, entry, layout, loop_products, spin) for name in module.__all__]
+    module_level |= {name for module, name in support if callable(getattr(module, name))}
     return [n for n in free if n not in module_level and not n.startswith("_") and not n.endswith("_f32")]

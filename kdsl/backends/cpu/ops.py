@@ -2,7 +2,7 @@
 
 Elementwise ops need no entry: the emitter fuses them into loops through their scalar forms.
 Each rule gets the `Emitter` and one equation and writes Numba statements that compute the
-equation's outputs into their buffers; products go through BLAS (`kdsl.backends.cpu.blas`),
+equation's outputs into their buffers; products go through BLAS (`kdsl.backends.cpu.support.blas`),
 their rows split across threads where `kdsl.backends.cpu.policy` says it pays.
 """
 

@@ -2,7 +2,7 @@
 
 Its cell runs with no Python in between, and its per-step buffers are reused at every step: carries
 alternate between two buffers, each step's outputs go straight into their slot of the stacked result.
-Before a long loop, each weight the cell multiplies by is prepared once (`kdsl.backends.cpu.loop_products`).
+Before a long loop, each weight the cell multiplies by is prepared once (`kdsl.backends.cpu.support.loop_products`).
 With threads, the batch is split into chunks of rows, each running the whole loop on its rows; a batch
 too small for that can split each step's products by columns instead (`kdsl.backends.cpu.policy` decides).
 

@@ -9,13 +9,15 @@ idle and each thread a chain of 512 dependent adds from L2; a block per tile put
 warps on it, each thread adding 64 products. At large batches the tiles outnumber the blocks and the
 split costs two block barriers a tile. A block narrower than two warps (the simulator's) gives each
 thread one column and splits the inner dimension between all of them. The generated module carries
-this code (`kdsl.backends.cuda.persistent`), so a change here changes its hash.
+these functions from here, with the digest of this file, so a change here changes its hash.
 """
 
 import numpy as np
 from numba import cuda
 
 from kdsl.backends.cuda.launch import ROWS, THREADS, WARP
+
+__all__ = ["matrix_tn", "rows_by_matrix", "transpose_into"]  # what generated code names
 
 PARTIALS = THREADS * ROWS  # a partial sum for each row of each thread of a block (a size Numba must know)
 

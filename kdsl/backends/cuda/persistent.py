@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdsl.backends.cpu.codegen import _support_source
-from kdsl.backends.cuda import cell_products, ops
-from kdsl.backends.cuda.launch import ROWS, THREADS, WARP, product_tiles
+from kdsl.backends.cuda import ops
+from kdsl.backends.cuda.launch import product_tiles
 from kdsl.backends.cuda.writer import KernelWriter, fused_loop
 from kdsl.ir.ops.linalg import MatMul
 from kdsl.ir.ops.scan import Scan
@@ -220,8 +219,3 @@ def persistent_scan(name: str, eqn: Eqn, cell: Plan) -> tuple[str, Persistent] |
     except Unsupported:
         return None
     return writer.source(), writer.step
-
-
-def products_source() -> str:
-    """The device functions the phases call for products, for the generated module."""
-    return f"THREADS, ROWS, WARP = {THREADS}, {ROWS}, {WARP}\n\n" + _support_source(cell_products)

@@ -1,8 +1,8 @@
 """The Python side of a generated entry point: check and bind the arguments, hand the kernel its arena,
 and run chunks of a batch on threads.
 
-This module's source is copied into generated modules, so it uses only NumPy, Numba and the
-layout planner and BLAS helpers next to it.
+Part of the support package generated modules import: it uses only NumPy, Numba and the modules
+next to it.
 """
 
 import _thread
@@ -13,9 +13,11 @@ import threading
 import numba
 import numpy as np
 
-from kdsl.backends.cpu.blas import loaded_blas
-from kdsl.backends.cpu.loop_products import small_product_limit
-from kdsl.backends.cpu.spin import LINE, load_acquire, spin_until, store_release
+from .blas import loaded_blas
+from .loop_products import small_product_limit
+from .spin import LINE, load_acquire, spin_until, store_release
+
+__all__ = ["HELPER_STARTS", "EntryPoint", "run_chunks", "run_parts", "start_helpers"]  # what generated code names
 
 
 class EntryPoint:
@@ -95,28 +97,25 @@ class EntryPoint:
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
 # time loop multiplies by weights prepared before it (see `loop_products`) at nearly the same rate
-# from 2 rows up, so threads pay from 8 rows each: an LSTM(256) forward at batch 16 over 150 steps
-# took 16.1 ms split against 22.3 ms on one thread. A loop of a few steps multiplies whole weights,
-# which BLAS runs slowly on few rows: with fewer than 32 rows per thread, one thread with BLAS
-# threading each product is faster (a one-step GRU(512) training step at batch 32: 3.6 against
-# 5.8 ms split).
+# from 2 rows up, so threads pay from a few rows each. A loop of a few steps multiplies whole weights,
+# which BLAS runs slowly on few rows: there one thread with BLAS threading each product is faster.
 MIN_ROWS_PER_THREAD = 32
 MIN_ROWS_PER_THREAD_PREPARED = 8
 
 
-# About 5 ms of spinning (28 ns a pause on the Zen 3 measured) before sleeping on the lock. A thread
-# woken from sleep started its chunk up to 1.7 ms late on this VM: with 1 ms of spinning, W4's
-# training step (threaded kernels up to a few ms apart) took 44.7–53.6 ms against 40.5–47.1 ms with
-# Numba's parallel regions; with 5 ms, 45.6–51.3 against 45.3–55.1. Without the pause, the spinning
-# thread slowed the other one when they shared a core.
+# Some milliseconds of spinning (a pause instruction each time) before sleeping on the lock: a thread
+# woken from sleep can start its chunk a millisecond or more late; without the pause, the spinning
+# thread slows the other one when they share a core.
 SPINS = 200_000
 
 # Each helper's start flag, on a cache line of its own: `begin` arms it, and the caller's chunk, once
 # compiled and without the GIL, sets it going (`start_helpers`). A helper that saw its flag while the
-# caller still held the GIL slept on the GIL and woke 35–70 µs later; started when the GIL is free, it
-# takes it at once (W1's training step hands five chunks over).
+# caller still held the GIL would sleep on the GIL and wake late; started when the GIL is free, it
+# takes it at once. One array for the process, never replaced: every generated module's kernels
+# read the one they imported.
 ARMED, GO = 1, 2
-HELPER_STARTS = np.zeros(0, np.int64)  # grows with the helpers; each reads the array anew at every hand-over
+MAX_HELPERS = max(64, numba.config.NUMBA_NUM_THREADS)
+HELPER_STARTS = np.zeros(LINE * MAX_HELPERS, np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -141,9 +140,8 @@ class ChunkThread:
         self.start.acquire()
         self.done.acquire()
         self.slot = slot * LINE  # its start flag in HELPER_STARTS
-        global HELPER_STARTS
         if HELPER_STARTS.size <= self.slot:
-            HELPER_STARTS = np.concatenate([HELPER_STARTS, np.zeros(LINE, np.int64)])
+            raise RuntimeError(f"more than {MAX_HELPERS} helper threads")
         self.finished = np.zeros(1, np.int64)
         self.work, self.chunk, self.error = None, 0, None
         threading.Thread(target=self._serve, daemon=True, name="kdsl-chunks").start()
@@ -192,8 +190,8 @@ def run_chunks(count, work):
     """work(0), ..., work(count - 1) at once: the caller takes chunk 0, helper threads the others.
 
     Each chunk's work is a compiled function that releases the GIL and begins with `start_helpers`.
-    Numba's `prange` would open the region in 4 µs rather than 20, but compiles every function it calls
-    into its own code again.
+    Numba's `prange` would open the region faster, but compiles every function it calls into its own code
+    again.
     """
     if count == 1 or not CHUNK_THREADS_FREE.acquire(blocking=False):
         for chunk in range(count):
@@ -250,9 +248,9 @@ def _on_helpers(count, work):
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Every BLAS loaded kept to one thread; two thread pools fighting made a step 180x slower.
+    """Every BLAS loaded kept to one thread: two thread pools fighting make a step many times slower.
 
-    Through each library's own setter: threadpoolctl's `limit` took 32 µs a call, this 13.
+    Through each library's own setter, cheaper than threadpoolctl's `limit`.
     """
     blas = loaded_blas()
     if blas is None:

@@ -2,10 +2,12 @@
 
 Buffer sizes depend on the batch size, so the layout is computed once per set of sizes,
 at run time, from each buffer's size and lifetime (the first and last top-level step that
-touch it). This module's source is copied into generated modules: it needs only NumPy.
+touch it). Part of the support package generated modules import: it needs only NumPy.
 """
 
 import numpy as np
+
+__all__ = ["plan_layout"]  # what generated code names
 
 
 def plan_layout(sizes, lifetimes):

@@ -10,8 +10,8 @@ symbol `kdsl_sgemm_found` says so, and `product` calls `np.dot` as before.
 Every product going to one BLAS also keeps two thread pools from taking turns, which made an epoch
 many times slower.
 
-This module's source is copied into generated modules: it needs only NumPy and Numba (with threadpoolctl
-and SciPy it finds the faster BLAS).
+Part of the support package generated modules import (and a standalone module carries beside it): it
+needs only NumPy and Numba (with threadpoolctl and SciPy it finds the faster BLAS).
 """
 
 import ctypes
@@ -21,6 +21,8 @@ import numba
 import numpy as np
 from llvmlite import binding as llvm
 from numba import types
+
+__all__ = ["product"]  # what generated code names
 
 SGEMM_SYMBOL, FOUND_SYMBOL = "kdsl_cblas_sgemm", "kdsl_sgemm_found"
 CBLAS_SGEMM = types.void(

@@ -8,7 +8,7 @@ each a[i, p] and adds their products (fused multiply-add). No horizontal sums, n
 step. (Where the CPU has no fused multiply-add, LLVM calls a library routine for each: right, and slow.)
 Its rates against OpenBLAS's on these shapes are in benchmarks/RESULTS.md.
 
-This module's source is copied into generated modules: it needs only Numba and its llvmlite.
+Part of the support package generated modules import: it needs only Numba and its llvmlite.
 """
 
 from llvmlite import ir

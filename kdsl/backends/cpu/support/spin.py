@@ -1,7 +1,7 @@
 """Flags that the threads of a kernel set and read without the GIL: atomic loads and stores, x86's
 spin-wait hint, and the barrier at which the parts of a time loop split by columns meet.
 
-This module's source is copied into generated modules: it needs only Numba and llvmlite.
+Part of the support package generated modules import: it needs only Numba and llvmlite.
 """
 
 import platform
@@ -12,6 +12,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+__all__ = ["progress_counters"]  # what generated code names
 
 
 @intrinsic

@@ -1,16 +1,18 @@
-"""Scalar functions the generated CPU kernels call inside their fused loops.
+"""Scalar functions of float32 the generated kernels call inside their fused loops, on every target.
 
-Their source is copied verbatim into every generated module (which must import nothing
-from kdsl), so this file holds only Numba-compilable functions of float32 scalars.
+They are plain Python here; `compiled_helpers(jit)` compiles them for one target (Numba's CPU
+`njit`, or CUDA device functions), each calling the others as compiled for the same target.
 `tanh` and `sigmoid` are rational approximations accurate to a few float32 ulps: in a
-recurrent cell they run on every gate of every step, and libm calls cost about twice
-the whole step.
+recurrent cell they run on every gate of every step, where libm calls would cost more than
+the rest of the step.
 """
 
 import math
+import types
 
-import numba
 import numpy as np
+
+__all__ = ["compiled_helpers"]  # what generated code names
 
 _TANH_CLAMP = np.float32(7.90531110763549805)
 # numerator (odd powers x**1..x**13) and denominator (even powers x**0..x**6) of tanh's rational fit
@@ -31,7 +33,6 @@ _SQRT_HALF, _INV_SQRT_2PI = np.float32(0.7071067811865476), np.float32(0.3989422
 _LEAKY_SLOPE = np.float32(0.2)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def tanh_f32(x):
     """tanh as a 13/6 rational function on [-7.9, 7.9]; outside, tanh is ±1 in float32."""
     x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
@@ -49,52 +50,68 @@ def tanh_f32(x):
     return p / q
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def sigmoid_f32(x):
     return _HALF + _HALF * tanh_f32(_HALF * x)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def relu_f32(x):
     return max(x, _ZERO)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def step_f32(x):
     """The derivative of relu: 1 where x > 0."""
     return _ONE if x > _ZERO else _ZERO
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def relu6_f32(x):
     return min(max(x, _ZERO), _SIX)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def leaky_relu_f32(x):
     return x if x > _ZERO else _LEAKY_SLOPE * x
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def elu_f32(x):
     return x if x > _ZERO else math.exp(x) - _ONE
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def selu_f32(x):
     return _SELU_SCALE * (x if x > _ZERO else _SELU_ALPHA * (math.exp(x) - _ONE))
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def gelu_f32(x):
     return _HALF * x * (_ONE + math.erf(x * _SQRT_HALF))
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def gelu_grad_f32(x):
     return _HALF * (_ONE + math.erf(x * _SQRT_HALF)) + x * _INV_SQRT_2PI * math.exp(-_HALF * x * x)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def softplus_f32(x):
     return max(x, _ZERO) + math.log1p(math.exp(-abs(x)))
+
+
+HELPERS = (
+    tanh_f32,
+    sigmoid_f32,
+    relu_f32,
+    step_f32,
+    relu6_f32,
+    leaky_relu_f32,
+    elu_f32,
+    selu_f32,
+    gelu_f32,
+    gelu_grad_f32,
+    softplus_f32,
+)
+TEMPLATE_CONSTANTS = ("_SELU_SCALE", "_SELU_ALPHA")  # named by ops' scalar templates (kdsl.ir.ops.elementwise)
+
+
+def compiled_helpers(jit) -> dict:
+    """Every helper compiled by `jit`, in a namespace of their own where the helpers they call are compiled by the
+    same `jit`, and the constants the ops' scalar templates name: the globals a generated module needs."""
+    namespace = dict(globals())
+    for helper in HELPERS:
+        plain = types.FunctionType(helper.__code__, namespace, helper.__name__, helper.__defaults__)
+        namespace[helper.__name__] = jit(plain)
+    return {name: namespace[name] for name in (*(h.__name__ for h in HELPERS), *TEMPLATE_CONSTANTS)}
