@@ -169,7 +169,8 @@ def _compile(args: argparse.Namespace) -> int:
             print(explain(compilation, batch=args.batch))
         if args.output:
             path = compile_model(graph, target="numpy", training=training).export(args.output)
-            print(f"wrote {path}, {path.with_suffix('.json').name} and {path.with_suffix('.npz').name}")
+            json_name, npz_name = path.with_suffix(".json").name, path.with_suffix(".npz").name
+            print(f"wrote {path}, the support package beside it, {json_name} and {npz_name}")
         if not (args.emit or args.explain or args.output):
             started = time.perf_counter()
             compile_model(graph, target=args.target, training=training).warm_up()
