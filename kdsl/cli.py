@@ -136,10 +136,10 @@ def _compile(args: argparse.Namespace) -> int:
     With no option, generates and compiles the kernels so later runs start fast.
     """
     # Numba: only the commands that compile import the backends
-    from kdsl.backends.compiled import cpu_source
+    from kdsl.backends.compiled import cpu_source, export
     from kdsl.backends.modules import cache_dir
     from kdsl.explain import explain, format_fused
-    from kdsl.pipeline import compile_model, compile_programs
+    from kdsl.pipeline import compile_model, compile_programs, new_state
 
     if args.emit == "ast":
         print(dump(parse_file(args.file).items))
@@ -168,7 +168,7 @@ def _compile(args: argparse.Namespace) -> int:
         if args.explain:
             print(explain(compilation, batch=args.batch))
         if args.output:
-            path = compile_model(graph, target="numpy", training=training).export(args.output)
+            path = export(compilation, new_state(compilation), args.output)
             json_name, npz_name = path.with_suffix(".json").name, path.with_suffix(".npz").name
             print(f"wrote {path}, the support package beside it, {json_name} and {npz_name}")
         if not (args.emit or args.explain or args.output):

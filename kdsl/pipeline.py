@@ -77,6 +77,12 @@ def _entries(graph: Graph, inference: Lowered, training: Training | None) -> lis
     return entries
 
 
+def new_state(compilation: Compilation, seed: int = 0) -> ModelState:
+    """A state for a compiled graph: weights drawn by each layer's initializer from `seed`."""
+    trainable = [i for i, (_, spec, _) in enumerate(compilation.inference.params) if spec.trainable]
+    return ModelState.initial(compilation.graph, compilation.param_names, trainable, seed)
+
+
 def compile_model(
     graph: Graph,
     target: str = "cpu",
@@ -95,9 +101,7 @@ def compile_model(
 
         require_cuda()  # before importing the CUDA backend, which needs Numba's CUDA support
     compilation = compile_programs(graph, target, training, losses)
-    if state is None:
-        trainable = [i for i, (_, spec, _) in enumerate(compilation.inference.params) if spec.trainable]
-        state = ModelState.initial(graph, compilation.param_names, trainable, seed)
+    state = state or new_state(compilation, seed)
     runner: Runner
     if target == "cuda":
         from kdsl.backends.cuda.model import CudaRunner

@@ -221,28 +221,34 @@ class CompiledModel:
         return self.runner.source(parallel)
 
     def export(self, directory: Path | str, parallel: bool | None = None) -> Path:
-        """Write a standalone CPU module `<model>.py`, the support package it imports (a copy of
-        `kdsl.backends.cpu.support`), its metadata `<model>.json` and the weights `<model>.npz`."""
-        directory = Path(directory)
-        (directory / STANDALONE_SUPPORT).mkdir(parents=True, exist_ok=True)
-        for file in Path(support.__file__).parent.glob("*.py"):
-            write_atomically(directory / STANDALONE_SUPPORT / file.name, file.read_text())
-        stem = directory / self.graph.name
-        write_atomically(stem.with_suffix(".py"), cpu_source(self.compilation, parallel, STANDALONE_SUPPORT))
-        metadata = {
-            "model": self.graph.name,
-            "inputs": [{"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.inputs],
-            "outputs": [
-                {"name": v.name, "dtype": v.type.dtype, "shape": list(v.type.dims)} for v in self.graph.outputs
-            ],
-            "params": [
-                {"name": n, "shape": list(w.shape), "trainable": i in self.trainable}
-                for i, (n, w) in enumerate(zip(self.param_names, self.weights))
-            ],
-            "functions": {
-                e.name: {"arguments": e.argument_names, "results": e.result_names} for e in self.compilation.entries
-            },
-        }
-        write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
-        write_atomically(stem.with_suffix(".npz"), npz_bytes(dict(zip(self.param_names, self.weights))))
-        return stem.with_suffix(".py")
+        """See `export`."""
+        return export(self.compilation, self.state, directory, parallel)
+
+
+def export(compilation: Compilation, state: ModelState, directory: Path | str, parallel: bool | None = None) -> Path:
+    """Write a standalone CPU module `<model>.py`, the support package it imports (a copy of
+    `kdsl.backends.cpu.support`), its metadata `<model>.json` and the state's weights `<model>.npz`."""
+    directory = Path(directory)
+    (directory / STANDALONE_SUPPORT).mkdir(parents=True, exist_ok=True)
+    for file in Path(support.__file__).parent.glob("*.py"):
+        write_atomically(directory / STANDALONE_SUPPORT / file.name, file.read_text())
+    graph = compilation.graph
+    stem = directory / graph.name
+    write_atomically(stem.with_suffix(".py"), cpu_source(compilation, parallel, STANDALONE_SUPPORT))
+
+    def described(value) -> dict:
+        return {"name": value.name, "dtype": value.type.dtype, "shape": list(value.type.dims)}
+
+    metadata = {
+        "model": graph.name,
+        "inputs": [described(v) for v in graph.inputs],
+        "outputs": [described(v) for v in graph.outputs],
+        "params": [
+            {"name": n, "shape": list(w.shape), "trainable": i in state.trainable}
+            for i, (n, w) in enumerate(zip(state.names, state.weights))
+        ],
+        "functions": {e.name: {"arguments": e.argument_names, "results": e.result_names} for e in compilation.entries},
+    }
+    write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    write_atomically(stem.with_suffix(".npz"), npz_bytes(dict(zip(state.names, state.weights))))
+    return stem.with_suffix(".py")

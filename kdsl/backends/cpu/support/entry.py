@@ -71,9 +71,8 @@ class EntryPoint:
 
         By default, the batch is split across threads when each gets at least `min_rows` rows. With fewer,
         one thread runs the kernel and BLAS uses every core; but where a time loop splits its products'
-        columns across threads (see `Emitter.scan`), BLAS keeps to one thread in the whole kernel: its
-        threads spin a while after each product, and a loop split by columns next to them took 17 ms
-        instead of 0.6 (an LSTM(128) over 100 steps at batch 1).
+        columns across threads (see `TimeLoops.scan`), BLAS keeps to one thread in the whole kernel: its
+        threads spin a while after each product, and took the cores the loop's parts need, many times over.
         """
         if len(arrays) != len(self.arguments):
             raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
