@@ -103,6 +103,30 @@ def test_optimizers_by_name_take_keras_defaults():
         optimizers.get("adamm")
 
 
+@pytest.mark.parametrize(
+    "cls, given, hint",
+    [
+        (optimizers.SGD, {"lr": 0.5}, "`learning_rate`"),  # Keras 3 refuses it too
+        (optimizers.Adam, {"decay": 1e-4}, "schedule"),
+        (optimizers.RMSprop, {"foo": 1}, "rho, momentum"),
+        (optimizers.Adagrad, {"weight_decay": 0.01}, "kernel_regularizer"),
+        (optimizers.SGD, {"momentum": -0.5}, "≥ 0"),
+    ],
+)
+def test_optimizers_refuse_what_they_do_not_take(cls, given, hint):
+    """An argument the optimizer does not take would train at other numbers than the user asked for."""
+    with pytest.raises(KdslArgumentError) as error:
+        cls(**given)
+    assert hint in str(error.value)
+
+
+def test_optimizer_arguments_reach_the_update():
+    sgd = optimizers.SGD(0.5, momentum=0.9, clipnorm=1.0, name="mine")
+    assert (sgd.learning_rate, sgd.hyper["momentum"], sgd.clipnorm) == (0.5, 0.9, 1.0)
+    assert optimizers.CLASSES[sgd.config()["name"]](**{k: v for k, v in sgd.config().items() if k != "name"}).config() \
+        == sgd.config()  # fmt: skip
+
+
 CLASSIFIER = """model C(x: f32[batch, 4]) -> y {
     y = x |> dense(8, activation=relu) |> dense(3, activation=softmax)
 }

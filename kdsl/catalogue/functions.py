@@ -219,9 +219,14 @@ OPTIMIZERS = FunctionTable(
         ),
     },
     unsupported={
+        "lr": "Keras 3 names it `learning_rate`",
+        "decay": "Keras 3 ignores it; for a decaying rate give `learning_rate` a schedule, such as ExponentialDecay",
         "weight_decay": "add a `kernel_regularizer=l2(...)` to the layers instead",
         "use_ema": "exponential moving averages of weights are not implemented",
+        "ema_momentum": "exponential moving averages of weights are not implemented",
+        "ema_overwrite_frequency": "exponential moving averages of weights are not implemented",
         "loss_scale_factor": "kdsl trains in float32; no loss scaling is needed",
+        "gradient_accumulation_steps": "gradient accumulation is not implemented; use a larger batch_size",
     },
 )
 

@@ -17,18 +17,26 @@ from kdsl.runtime.schedules import LearningRateSchedule
 
 __all__ = ["CLASSES", "SGD", "Adagrad", "Adam", "Optimizer", "RMSprop", "get", "schedules"]
 
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
+
 
 class Optimizer:
     """Keras-style: `Optimizer(learning_rate=...)`, then `apply(weights, grads)` once per step."""
 
     name = "optimizer"
 
-    def __init__(self, learning_rate, clipnorm=None, clipvalue=None, global_clipnorm=None, **hyper):
-        """`learning_rate` is a number or a schedule (`kdsl.optimizers.schedules`) of the step count."""
+    def __init__(self, learning_rate, hyper: dict, options: dict):
+        """`learning_rate` is a number or a schedule (`kdsl.optimizers.schedules`) of the step count; `hyper` holds
+        the optimizer's own arguments, `options` the other keyword arguments it was given: Keras's clipping and
+        `name`; any other is refused, as Keras refuses it (`lr`), or as kdsl has not got it (`weight_decay`)."""
+        options.pop("name", None)  # Keras's display name: it changes no number
         self.schedule = learning_rate if isinstance(learning_rate, LearningRateSchedule) else None
-        self.learning_rate = float(learning_rate(0) if self.schedule else learning_rate)
-        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
-        self.hyper = hyper
+        given = {**hyper, **options} | ({} if self.schedule else {"learning_rate": learning_rate})
+        args = dict(OPTIMIZERS.checked(FnSpec(self.name, given)).args)
+        self.learning_rate = float(learning_rate(0) if self.schedule else args.pop("learning_rate"))
+        args.pop("learning_rate", None)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = (args.pop(k) for k in CLIPPING)
+        self.hyper = args
         self.iterations = 0
         self.slots: list[dict[str, np.ndarray]] = []
 
@@ -80,8 +88,8 @@ class Optimizer:
 class SGD(Optimizer):
     name = "sgd"
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **clipping):
-        super().__init__(learning_rate, momentum=momentum, nesterov=nesterov, **clipping)
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **options):
+        super().__init__(learning_rate, {"momentum": momentum, "nesterov": nesterov}, options)
 
     def create_slots(self, weight):
         return {"momentum": np.zeros_like(weight)} if self.hyper["momentum"] else {}
@@ -95,8 +103,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     name = "adam"
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **clipping):
-        super().__init__(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad, **clipping)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **options):
+        hyper = {"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "amsgrad": amsgrad}
+        super().__init__(learning_rate, hyper, options)
 
     def create_slots(self, weight):
         slots = {"m": np.zeros_like(weight), "v": np.zeros_like(weight)}
@@ -116,8 +125,9 @@ class Adam(Optimizer):
 class RMSprop(Optimizer):
     name = "rmsprop"
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **clipping):
-        super().__init__(learning_rate, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered, **clipping)
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **options):
+        hyper = {"rho": rho, "momentum": momentum, "epsilon": epsilon, "centered": centered}
+        super().__init__(learning_rate, hyper, options)
 
     def create_slots(self, weight):
         slots = {"velocity": np.zeros_like(weight)}
@@ -137,10 +147,9 @@ class RMSprop(Optimizer):
 class Adagrad(Optimizer):
     name = "adagrad"
 
-    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **clipping):
-        super().__init__(
-            learning_rate, initial_accumulator_value=initial_accumulator_value, epsilon=epsilon, **clipping
-        )
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **options):
+        super().__init__(learning_rate, {"initial_accumulator_value": initial_accumulator_value, "epsilon": epsilon},
+                         options)  # fmt: skip
 
     def create_slots(self, weight):
         return {"accumulator": np.full_like(weight, self.hyper["initial_accumulator_value"])}
