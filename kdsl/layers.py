@@ -105,6 +105,19 @@ class Layer:
         self.name = name
         self._ir = IRLayer(name or self.kind.name, self.kind, self.config)
 
+    @property
+    def trainable(self) -> bool:
+        return self.config["trainable"]
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Freeze or unfreeze the layer and, as Keras's setter does, the layer a wrapper holds. As in Keras, it takes
+        effect at the model's next `compile()`."""
+        self.config["trainable"] = bool(value)  # the IR layer's configuration too: the same dict
+        inner = self.config.get("layer")
+        if isinstance(inner, LayerSpec):
+            self.config["layer"] = LayerSpec(inner.kind, {**inner.config, "trainable": bool(value)})
+
     def as_layer_spec(self) -> LayerSpec:
         if self.name is not None:
             raise ArgError("a layer inside a wrapper takes no `name`", hint="name the wrapper instead")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ class Model:
         if loss is None:
             raise KdslArgumentError("compile() needs a loss", hint="e.g. loss='sparse_categorical_crossentropy'")
         weights = self._trainer.compiled.weights if getattr(self, "_trainer", None) else None
-        self._trainer = Trainer(self.graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed)
+        graph = infer_shapes(self.graph)  # each layer's weights as trainable as the layer is now
+        self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed)
         if weights is not None:
             self.set_weights(weights)
 
@@ -96,13 +98,27 @@ class Model:
             raise KdslArgumentError("the model is not compiled", hint="call model.compile(optimizer, loss) first")
         return self._trainer
 
+    def _training_trainer(self):
+        """The trainer, after saying so when a layer's `trainable` changed since `compile()`, which, as in Keras,
+        only the next `compile()` takes into account."""
+        trainer = self.trainer
+        now = [i for i, p in enumerate(p for layer in infer_shapes(self.graph).layers() for p in layer.params or [])
+               if p.trainable]  # fmt: skip
+        if now != trainer.compiled.trainable:
+            warnings.warn(
+                "a layer's `trainable` changed after compile(): it takes effect at the next compile(), as in Keras",
+                stacklevel=3,
+            )
+        return trainer
+
     def fit(self, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             callbacks: Sequence = (), validation_split: float = 0.0, validation_data: Any = None,
             shuffle: bool = True, initial_epoch: int = 0, sample_weight: Any = None,
             class_weight: Any = None, steps_per_epoch: int | None = None):  # fmt: skip
         """Train up to epoch `epochs` over (x, y), from `initial_epoch` (to resume a run, the epochs it did)."""
-        return self.trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
-                                initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch)  # fmt: skip
+        trainer = self._training_trainer()
+        return trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
+                           initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch)  # fmt: skip
 
     @property
     def optimizer(self):
@@ -110,7 +126,8 @@ class Model:
 
     def train_on_batch(self, x: Any, y: Any) -> float:
         """One optimizer step on one batch; returns its loss."""
-        return self.trainer.step(self.trainer.inputs(x), self.trainer.labels(y))
+        trainer = self._training_trainer()
+        return trainer.step(trainer.inputs(x), trainer.labels(y))
 
     def predict_on_batch(self, x: Any):
         outputs = self.trainer.compiled.forward(*self.trainer.inputs(x))
@@ -226,7 +243,8 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
             continue
         if layer.name is not None and not namer.reserve(layer.name):
             raise KdslArgumentError(f"two layers are named {layer.name!r}")
-        layers[id(layer)] = IRLayer(layer.name, layer.kind, dict(layer.config))
+        # the layer's own configuration, not a copy: `layer.trainable = False` reaches the model
+        layers[id(layer)] = IRLayer(layer.name, layer.kind, layer.config)
     nodes = []
     for call in calls:
         ir_layer = layers[id(call.layer)]

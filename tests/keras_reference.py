@@ -315,13 +315,14 @@ def batch_normalization(
     training: bool = False,
     center: bool = True,
     scale: bool = True,
+    trainable: bool = True,
 ) -> tuple[Array, Array, Array]:
     """BatchNormalization; returns (y, new_moving_mean, new_moving_variance) since Keras updates them in place."""
     x = _f64(x)
     moving_mean, moving_variance = _f64(moving_mean), _f64(moving_variance)
     axis = axis % x.ndim
     reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
-    if training:
+    if training and trainable:  # batch_normalization.py (call): `if training and self.trainable`
         # keras/src/layers/normalization/batch_normalization.py (call, _moments): batch mean and biased
         # variance over all axes but `axis`; moving = moving * momentum + batch_stat * (1 - momentum).
         mean, variance = np.mean(x, axis=reduce_axes), np.var(x, axis=reduce_axes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import kdsl
@@ -122,3 +123,38 @@ def test_summary_through_print_fn():
     lines: list[str] = []
     model.summary(print_fn=lines.append)
     assert "Total params: 10 (40.00 B)" in lines[0]
+
+
+def _two_dense(wrap: bool = False):
+    inputs = kdsl.Input(shape=(3, 4))
+    first = L.TimeDistributed(L.Dense(5)) if wrap else L.Dense(5)
+    model = kdsl.Model(inputs, L.Dense(2)(first(inputs)))
+    model.compile(optimizer="sgd", loss="mse", target="numpy")
+    return model, first
+
+
+def _changed_after_one_step(model) -> list[bool]:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 3, 4)).astype(np.float32), rng.normal(size=(6, 3, 2)).astype(np.float32)
+    before = model.get_weights()
+    model.train_on_batch(x, y)
+    return [not np.array_equal(old, new) for old, new in zip(before, model.get_weights())]
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_trainable_set_after_building_freezes_at_the_next_compile(wrap):
+    """As in Keras: `layer.trainable = False` (on a wrapper: on the layer it holds too) takes effect at compile()."""
+    model, first = _two_dense(wrap)
+    first.trainable = False
+    model.compile(optimizer="sgd", loss="mse", target="numpy")
+    assert _changed_after_one_step(model) == [False, False, True, True]
+    first.trainable = True
+    model.compile(optimizer="sgd", loss="mse", target="numpy")
+    assert _changed_after_one_step(model) == [True, True, True, True]
+
+
+def test_trainable_set_after_compile_says_it_waits_for_compile():
+    model, first = _two_dense()
+    first.trainable = False
+    with pytest.warns(UserWarning, match="next compile"):
+        assert _changed_after_one_step(model) == [True, True, True, True]  # as Keras: not until compile()

@@ -494,6 +494,28 @@ def test_batch_normalization_inference(batch, dims, axis_choice, negative, cente
     assert_outputs(model.forward(x), [expected])
 
 
+@pytest.mark.parametrize("frozen", ["layer", "wrapper"])
+def test_frozen_batch_normalization_trains_as_keras_does(frozen):
+    """A BatchNormalization that is not trainable normalizes with its moving statistics in training too, and leaves
+    them as they are (Keras: `training and self.trainable`). A wrapper made with trainable=false freezes only the
+    weights inside: its BatchNormalization is still trainable itself, as in Keras, where only the setter propagates.
+    """
+    layer = "batch_normalization(trainable=false)" if frozen == "layer" else "batch_normalization()"
+    wrapped = f"time_distributed({layer}{', trainable=false' if frozen == 'wrapper' else ''})"
+    text = model_text({"x": "f32[batch, 3, 4]"}, [f"layer bn = {wrapped}", "y = bn(x)"], ["y"])
+    text += "train M { loss = mse }\n"
+    model = compile_model(load(text, "t.kd").models["M"], target="numpy")
+    assert model.state.trainable == []
+    rng = np.random.default_rng(3)
+    model.weights = [rng.uniform(0.5, 2.0, w.shape).astype(np.float32) for w in model.weights]
+    p = dict(zip(["gamma", "beta", "moving_mean", "moving_variance"], [w.copy() for w in model.weights]))
+    x = normal(rng, 5, 3, 4)
+    model.train_step([x], [np.zeros((5, 3, 4), np.float32)])
+    # TimeDistributed runs the layer once on every step folded into the batch
+    y, mean, variance = kr.batch_normalization(x.reshape(15, 4), **p, training=True, trainable=frozen == "wrapper")
+    assert_outputs([*model.outputs, *model.weights[2:]], [y.reshape(5, 3, 4), mean, variance])
+
+
 @FORWARD
 @given(
     batch=st.integers(1, 4),

@@ -36,11 +36,10 @@ def infer_node(node: Node) -> None:
     types = [value.type for value in node.inputs]
     outputs = kind.output_types(layer.config, types)
     params = kind.params(layer.config, types)
-    if not layer.config["trainable"]:
+    inner = layer.config.get("layer")  # a wrapper's layer: frozen on its own too, as Keras tracks its variables
+    if not layer.config["trainable"] or (inner is not None and not inner.config["trainable"]):
         params = [replace(p, trainable=False) for p in params]
-    if layer.params is None:
-        layer.params = params
-    elif [(p.name, p.shape) for p in layer.params] != [(p.name, p.shape) for p in params]:
+    if layer.params is not None and [(p.name, p.shape) for p in layer.params] != [(p.name, p.shape) for p in params]:
         first = ", ".join(f"{p.name}{list(p.shape)}" for p in layer.params)
         now = ", ".join(f"{p.name}{list(p.shape)}" for p in params)
         raise KdslShapeError(
@@ -48,6 +47,7 @@ def infer_node(node: Node) -> None:
             f"that needs weights {now}, but its first call made {first}",
             hint="call a shared layer only on inputs of the same feature size",
         )
+    layer.params = params  # again on a later call: `trainable` may have changed since
     masks = kind.output_masks(layer.config, [value.masked for value in node.inputs])
     for value, type_, masked in zip(node.outputs, outputs, masks, strict=True):
         value.type, value.masked = type_, masked

@@ -49,11 +49,13 @@ def embedding(ctx, config, inputs, masks, types):
 
 @rule("batch_normalization")
 def batch_normalization(ctx, config, inputs, masks, types):
-    """Batch statistics (biased variance) when training, moving statistics otherwise, as Keras."""
+    """Batch statistics (biased variance) when training, moving statistics otherwise, as Keras. A layer that is not
+    trainable runs as in inference even in training, as Keras's does (a wrapper made with `trainable=false` freezes
+    the weights of the layer inside, which itself stays trainable: in Keras only setting `trainable` propagates)."""
     b, (x,) = ctx.b, inputs
     axis = normalize_axis(ctx.layer.kind, config["axis"], x.rank)
     shaped = {name: broadcast_to_axis(b, v, axis, x.rank) for name, v in ctx.params.items()}
-    if ctx.training:
+    if ctx.training and config["trainable"]:
         axes = tuple(a for a in range(x.rank) if a != axis)
         n = b.count(x, axes=axes)
         mean = b.div(b.reduce_sum(x, axes=axes, keepdims=True), n)
