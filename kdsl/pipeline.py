@@ -66,12 +66,13 @@ def _entries(graph: Graph, inference: Lowered, training: Training | None) -> lis
     """The functions a backend exposes, with the names of their arguments and results."""
     data = [v.name for v in graph.inputs]
     params = [name for name, _, _ in inference.params]
-    entries = [Entry("forward", inference.program, [*data, *params], graph.output_names)]
+    masks = [f"mask/{name}" for name, mask in zip(graph.output_names, inference.masks) if mask is not None]
+    entries = [Entry("forward", inference.program, [*data, *params], [*graph.output_names, *masks])]
     if training is not None:
         noise = [f"{n.layer}/keep{i}" for i, n in enumerate(training.lowered.noise)]
         targets = [v.name for v in [*training.targets, *training.sample_weights]]
         results = ["loss", *graph.output_names, *(f"grad/{params[i]}" for i in training.trainable)]
-        results += [f"update/{params[i]}" for i, _ in training.lowered.updates]
+        results += [*(f"update/{params[i]}" for i, _ in training.lowered.updates), *masks]
         arguments = [*data, *targets, *params, *noise]
         entries.append(Entry("train_step", training.program, arguments, results))
     return entries

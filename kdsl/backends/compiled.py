@@ -104,6 +104,7 @@ class CompiledModel:
         self.graph, self.target = compilation.graph, compilation.target
         self.inference, self.training = compilation.inference, compilation.training
         self.outputs: list[np.ndarray] = []
+        self.masks: list[np.ndarray | None] = []
         self._grads: list = [np.zeros_like(state.host[i]) for i in state.trainable]
 
     # --- the state ---------------------------------------------------------------------------------
@@ -142,8 +143,19 @@ class CompiledModel:
 
     def forward(self, *inputs: np.ndarray) -> list[np.ndarray]:
         """Inference: the model outputs for one batch of inputs (in the graph's input order)."""
-        outputs = self.runner.run("forward", [*self._inputs(inputs), *self.state.host], self.state)
-        return [np.array(x) for x in outputs]
+        return self.forward_with_masks(*inputs)[0]
+
+    def forward_with_masks(self, *inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """The model outputs for one batch, and each output's padding mask (None where it has none)."""
+        arrays = [*self._inputs(inputs), *self.state.host]
+        results = [np.array(x) for x in self.runner.run("forward", arrays, self.state)]
+        count = len(self.graph.outputs)
+        return results[:count], self._masks(results[count:])
+
+    def _masks(self, present: list) -> list[np.ndarray | None]:
+        """The masks a program returned for the outputs that have one, as one entry per output."""
+        given = iter(present)
+        return [None if mask is None else next(given) for mask in self.inference.masks]
 
     def train_step(
         self,
@@ -157,9 +169,10 @@ class CompiledModel:
         """
         data, noise = self._step_arrays(inputs, targets, sample_weights)
         results = self.runner.run("train_step", [*data, *self.state.host, *noise], self.state)
-        n_out, n_grad = len(self.graph.outputs), len(self.state.trainable)
-        loss, rest = results[0], list(results[1:])
-        self.outputs, self._grads, updates = rest[:n_out], rest[n_out : n_out + n_grad], rest[n_out + n_grad :]
+        counts = len(self.graph.outputs), len(self.state.trainable), len(self.training.lowered.updates)
+        loss, rest = results[0], iter(results[1:])
+        self.outputs, self._grads, updates = ([next(rest) for _ in range(count)] for count in counts)
+        self.masks = self._masks(list(rest))  # each output's mask, as the metrics weigh the outputs by them
         self.runner.store_updates(self.state, [(i, u) for (i, _), u in zip(self.training.lowered.updates, updates)])
         return float(np.asarray(loss).reshape(-1)[0])
 

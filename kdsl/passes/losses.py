@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kdsl.catalogue.args import FnSpec
+from kdsl.errors import KdslUnsupportedError
 from kdsl.ir.builder import Builder
 from kdsl.ir.graph import LossTerm, ParamSpec
 from kdsl.ir.ops.reduce import Softmax
@@ -104,6 +105,22 @@ class Loss:
     probs: list[Var | None]  # per output: the probabilities a fused softmax-crossentropy computed
 
 
+def _masked(b: Builder, weights: Var | None, mask: Var, per_sample: Var, name: str) -> Var:
+    """Sample weights with an output's mask merged in as Keras's `apply_mask` merges it for sum_over_batch_size:
+    each unmasked value weighs total/valid, a masked one 0, so the mean over all values is the weighted mean over
+    the valid ones (and 0 when none is valid)."""
+    if mask.shape != per_sample.shape:
+        raise KdslUnsupportedError(
+            f"output `{name}` carries a mask of shape {mask.type} but its loss has one value per {per_sample.type}",
+            hint="a masked output takes a loss with one value per timestep, such as a crossentropy over its classes",
+        )
+    everything = tuple(range(mask.rank))
+    valid = b.reduce_sum(mask, axes=everything)
+    total = b.count(mask, axes=everything)
+    float_mask = b.mul(mask, b.div(total, b.maximum(valid, 1.0)))  # valid is a count: 0 only if every weight is 0
+    return float_mask if weights is None else b.mul(weights, float_mask)
+
+
 def total_loss(
     b: Builder,
     terms: Sequence[LossTerm],
@@ -112,21 +129,25 @@ def total_loss(
     params: Sequence[tuple[ParamSpec, Var]],
     logits_of: Callable[[Var], Var | None] = lambda output: None,
     weighted: bool = True,
+    masks: Sequence[Var | None] = (),
 ) -> Loss:
     """Σ over outputs of weight · Keras's sum_over_batch_size (Σ w·loss / number of values), plus the
-    regularizers of trainable weights. `logits_of(output)` gives the logits of a softmax output, to fuse."""
+    regularizers of trainable weights. `logits_of(output)` gives the logits of a softmax output, to fuse;
+    `masks` the padding mask of each output that has one, which weighs its timesteps as Keras's does."""
     targets, sample_weights, probs, total = [], [], [], None
-    for term, name, output in zip(terms, names, outputs, strict=True):
+    masks = list(masks) or [None] * len(outputs)
+    for term, name, output, mask in zip(terms, names, outputs, masks, strict=True):
         labels = b.var(target_type(term.loss, output.type), f"target_{name}", exact=True)
         targets.append(labels)
         per_sample, fused = per_sample_loss(b, term.loss, labels, output, logits_of(output))
         probs.append(fused)
+        weights = None
         if weighted:
             weights = b.var(per_sample.type, f"sample_weight_{name}", exact=True)
             sample_weights.append(weights)
-            per_sample_weighted = b.mul(per_sample, weights)
-        else:
-            per_sample_weighted = per_sample
+        if mask is not None:
+            weights = _masked(b, weights, mask, per_sample, name)
+        per_sample_weighted = per_sample if weights is None else b.mul(per_sample, weights)
         everything = tuple(range(per_sample.rank))
         summed = b.reduce_sum(per_sample_weighted, axes=everything)
         mean = b.div(summed, b.count(per_sample, axes=everything))

@@ -3,8 +3,9 @@
 Program inputs are, in order, the model inputs, every parameter (in Keras's `get_weights`
 order), and, when training, the dropout keep-masks the host draws for each step.
 Outputs are the model outputs, then (training) the new moving statistics of each
-BatchNormalization. Masks from `embedding(mask_zero=true)` travel beside the values they
-belong to, as float 0/1 tensors of shape (batch, timesteps).
+BatchNormalization, then the mask of each output that has one. Masks from
+`embedding(mask_zero=true)` travel beside the values they belong to, as float 0/1 tensors
+of shape (batch, timesteps); losses and metrics weigh each timestep by them, as Keras does.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ class Lowered:
     noise: list[Noise]
     outputs: list[Var]
     updates: list[tuple[int, Var]] = field(default_factory=list)  # (param index, new value) after a step
+    masks: list[Var | None] = field(default_factory=list)  # each output's padding mask, or None
 
     def rewritten(self, program: Program) -> Lowered:
         """The same lowering with its program rewritten by a pass, which may rename the program's results."""
-        outputs, values = program.outputs[: len(self.outputs)], program.outputs[len(self.outputs) :]
-        updates = [(index, value) for (index, _), value in zip(self.updates, values, strict=True)]
-        return Lowered(program, self.inputs, self.params, self.noise, outputs, updates)
+        results = iter(program.outputs)
+        outputs = [next(results) for _ in self.outputs]
+        updates = [(index, next(results)) for index, _ in self.updates]
+        masks = [None if mask is None else next(results) for mask in self.masks]
+        assert next(results, None) is None
+        return Lowered(program, self.inputs, self.params, self.noise, outputs, updates, masks)
 
 
 class _Lowering:
@@ -74,13 +79,14 @@ class _Lowering:
         for node in self.graph.nodes:
             self.lower_node(node, env, masks, layer_params[id(node.layer)])
         outputs = [env[id(v)] for v in self.graph.outputs]
+        output_masks = [masks.get(id(v)) for v in self.graph.outputs]
         index = {id(var): i for i, (_, _, var) in enumerate(params)}
         updates = [(index[id(p)], value) for p, value in self.updates]
         program = b.program(
             [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
-            [*outputs, *(value for _, value in updates)],
+            [*outputs, *(value for _, value in updates), *(m for m in output_masks if m is not None)],
         )
-        return Lowered(program, inputs, params, self.noise, outputs, updates)
+        return Lowered(program, inputs, params, self.noise, outputs, updates, output_masks)
 
     def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
         layer = node.layer

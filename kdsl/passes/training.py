@@ -19,7 +19,8 @@ class Training:
     """Program inputs: model inputs, targets, sample weights, parameters, dropout masks.
 
     Outputs: the total loss, the model outputs, the gradients of the trainable parameters
-    (in parameter order) and the new values of the non-trainable statistics.
+    (in parameter order), the new values of the non-trainable statistics and the masks of
+    the outputs that have one.
     """
 
     program: Program
@@ -48,7 +49,8 @@ def add_training(lowered: Lowered, graph: Graph, losses: Sequence[LossTerm]) -> 
     program = lowered.program
     b = Builder(eqns=program.eqns)
     params = [(spec, var) for _, spec, var in lowered.params]
-    loss = total_loss(b, losses, graph.output_names, lowered.outputs, params, lambda out: softmax_logits(program, out))
+    logits_of = lambda out: softmax_logits(program, out)  # noqa: E731
+    loss = total_loss(b, losses, graph.output_names, lowered.outputs, params, logits_of, masks=lowered.masks)
     outputs = [probs or output for probs, output in zip(loss.probs, lowered.outputs)]
     total, targets, sample_weights = loss.total, loss.targets, loss.sample_weights
     trainable = [i for i, (_, spec, _) in enumerate(lowered.params) if spec.trainable]
@@ -57,9 +59,10 @@ def add_training(lowered: Lowered, graph: Graph, losses: Sequence[LossTerm]) -> 
     grads = [g if g is not None else b.broadcast_like(0.0, w) for g, w in zip(grads, wrt)]
     n_in = len(lowered.inputs)
     updates = [value for _, value in lowered.updates]
+    masks = [m for m in lowered.masks if m is not None]
     training_program = Program(
         [*program.inputs[:n_in], *targets, *sample_weights, *program.inputs[n_in:]],
-        [total, *outputs, *grads, *updates],
+        [total, *outputs, *grads, *updates, *masks],
         b.eqns,
     )
     return Training(training_program, lowered, targets, sample_weights, trainable)

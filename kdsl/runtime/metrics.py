@@ -26,35 +26,47 @@ def resolve(metric: str | FnSpec, loss: FnSpec, output_dims: tuple, target_rank:
     return "categorical_accuracy" if target_rank == len(output_dims) else "sparse_categorical_accuracy"
 
 
-def batch_mean(name: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The metric's mean over a batch (over samples, and the sample axes Keras averages over).
+def batch_totals(name: str, y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """The metric's sum over a batch and the weight it counts for, as Keras's mean metrics add them up: each sample's
+    mean over its other axes, and one per sample; with a mask (batch, timesteps), each sample's mean of values
+    times mask, counting for its mean of the mask (so a metric averages over the valid timesteps).
 
     Accuracies count matches rather than average a float array: a few times faster, once a training step.
     """
     if name == "sparse_categorical_accuracy":
-        hits = np.argmax(y_pred, axis=-1) == y_true.reshape(y_pred.shape[:-1])
+        values = np.argmax(y_pred, axis=-1) == y_true.reshape(y_pred.shape[:-1])
     elif name == "categorical_accuracy":
-        hits = np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)
+        values = np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)
     elif name == "binary_accuracy":
-        hits = (y_pred > 0.5) == (y_true > 0.5)
+        values = ((y_pred > 0.5) == (y_true > 0.5)).mean(axis=-1)
     elif name == "mean_squared_error":
-        return float(np.square(y_true - y_pred).mean())
+        values = np.square(y_true - y_pred).mean(axis=-1)
     elif name == "mean_absolute_error":
-        return float(np.abs(y_true - y_pred).mean())
+        values = np.abs(y_true - y_pred).mean(axis=-1)
     else:
         raise ValueError(f"unknown metric {name!r}")
-    return np.count_nonzero(hits) / max(hits.size, 1)
+    samples = max(values.shape[0], 1) if values.ndim else 1
+    per_sample = max(values.size // samples, 1)
+    if mask is None:
+        total = np.count_nonzero(values) if values.dtype == bool else float(values.sum())
+        return total / per_sample, values.shape[0] if values.ndim else 1
+    weights = mask.reshape(values.shape).astype(np.float64)
+    return float((values * weights).sum()) / per_sample, float(weights.sum()) / per_sample
 
 
 class Mean:
-    """A running mean weighted by sample counts."""
+    """A running mean weighted by sample counts (or, where a mask weighs timesteps, by fractions of samples)."""
 
     def __init__(self) -> None:
         self.total, self.count = 0.0, 0
 
     def update(self, value: float, count: int) -> None:
-        self.total += value * count
+        self.add(value * count, count)
+
+    def add(self, total: float, count: float) -> None:
+        self.total += total
         self.count += count
 
     def result(self) -> float:
-        return self.total / max(self.count, 1)
+        """The mean; 0 when nothing counted (every timestep masked), as Keras's `divide_no_nan` gives."""
+        return self.total / self.count if self.count else 0.0

@@ -168,7 +168,7 @@ class Trainer:
             done = 0
             for done, (batch_inputs, batch_labels, batch_weights) in enumerate(epoch_batches(), 1):
                 loss = self.step(batch_inputs, batch_labels, batch_weights)
-                tracker.update(loss, self.compiled.outputs, batch_labels)
+                tracker.update(loss, self.compiled.outputs, batch_labels, self.compiled.masks)
                 for callback in callbacks:
                     callback.on_train_batch_end(done - 1, {"loss": loss})
                 if model.stop_training:
@@ -273,9 +273,12 @@ class Trainer:
                 weights.append(None)
                 continue
             w = np.asarray(w, np.float32)
-            if w.shape != label.shape[: var.rank]:
-                raise KdslArgumentError(f"sample_weight for `{name}` must have shape {label.shape[: var.rank]}, "
-                                        f"got {w.shape}")  # fmt: skip
+            shape = label.shape[: var.rank]
+            if w.shape == shape[:-1] and var.rank > 1:  # one weight per sample of a per-timestep loss, as Keras
+                w = np.broadcast_to(w[..., None], shape)  # expands it (squeeze_or_expand_to_same_rank)
+            if w.shape != shape:
+                expected = f"{shape} or {shape[:-1]}" if var.rank > 1 else f"{shape}"
+                raise KdslArgumentError(f"sample_weight for `{name}` must have shape {expected}, got {w.shape}")
             weights.append(w)
         return weights
 
@@ -301,9 +304,10 @@ class Trainer:
             )
         tracker = _Tracker(self.metrics, self.graph.output_names)
         for batch_inputs, batch_labels in batches:
-            outputs = self.compiled.forward(*batch_inputs)
-            loss = float(run_program(self.evaluation, [*outputs, *batch_labels, *self.compiled.weights])[0])
-            tracker.update(loss, outputs, batch_labels)
+            outputs, masks = self.compiled.forward_with_masks(*batch_inputs)
+            present = [m for m in masks if m is not None]
+            arrays = [*outputs, *batch_labels, *present, *self.compiled.weights]
+            tracker.update(float(run_program(self.evaluation, arrays)[0]), outputs, batch_labels, masks)
         return tracker.logs()
 
 
@@ -319,13 +323,14 @@ class _Tracker:
         several = len(self.names) > 1
         return [f"{n}_{m}" if several else m for n, ms in zip(self.names, self.metrics) for m, _ in ms]
 
-    def update(self, loss: float, outputs, labels) -> None:
-        count = labels[0].shape[0]
-        self.loss.update(loss, count)
+    def update(self, loss: float, outputs, labels, masks) -> None:
+        """One batch: its loss (weighing as many as the batch has samples) and each metric on its outputs, whose
+        timesteps count by the output's mask where it has one."""
+        self.loss.update(loss, labels[0].shape[0])
         keys = iter(self._keys())
-        for names, output, label in zip(self.metrics, outputs, labels):
+        for names, output, label, mask in zip(self.metrics, outputs, labels, masks):
             for _, name in names:
-                self.means[next(keys)].update(metric_fns.batch_mean(name, label, output), count)
+                self.means[next(keys)].add(*metric_fns.batch_totals(name, label, output, mask))
 
     def logs(self) -> dict[str, float]:
         return {"loss": self.loss.result(), **{k: m.result() for k, m in self.means.items()}}
@@ -386,11 +391,14 @@ def _display_name(metric: Any) -> str:
 
 
 def _evaluation_program(compiled: CompiledModel, losses: list[LossTerm]) -> Program:
-    """The total loss from outputs, targets and weights (regularizers included), for the NumPy backend."""
+    """The total loss from outputs, targets, the outputs' masks and the weights (regularizers included), for the
+    IR's interpreter."""
     lowered = compiled.inference
     b = Builder()
     outputs = [b.var(v.type, "out") for v in lowered.outputs]
+    masks = [None if m is None else b.var(m.type, "mask") for m in lowered.masks]
     weights = [b.var(var.type, "w") for _, _, var in lowered.params]
     params = [(spec, w) for (_, spec, _), w in zip(lowered.params, weights)]
-    loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, weighted=False)
-    return b.program([*outputs, *loss.targets, *weights], [loss.total])
+    loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, weighted=False, masks=masks)
+    inputs = [*outputs, *loss.targets, *(m for m in masks if m is not None), *weights]
+    return b.program(inputs, [loss.total])

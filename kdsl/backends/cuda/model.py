@@ -77,8 +77,12 @@ class CudaRunner:
         data, noise = arrays[:n_data], arrays[n_data + len(state.host) :]
         inputs = [*data, *self.device_weights(), *noise]
         results = program(inputs, bind_sizes(program.schedule.program.inputs, inputs))
-        shown = len(results) if entry == "forward" else 1 + len(self.compilation.graph.outputs)
-        return [r.copy_to_host() for r in results[:shown]] + results[shown:]
+        if entry == "forward":
+            return [r.copy_to_host() for r in results]
+        shown = 1 + len(self.compilation.graph.outputs)  # the loss and the outputs; and the masks, at the end
+        masks = len(results) - sum(mask is not None for mask in self.compilation.inference.masks)
+        host = [r.copy_to_host() for r in results[:shown]], [r.copy_to_host() for r in results[masks:]]
+        return [*host[0], *results[shown:masks], *host[1]]
 
     def _noise_count(self, entry: str) -> int:
         training = self.compilation.training
