@@ -464,14 +464,14 @@ def test_formulas_agree_with_keras():
         ("mnist_lstm", [lstm_params(28, 64), batch_norm_params(64)[0], dense_params(64, 10)], 128),
         (
             "headline",
-            [
+            [  # Keras's order of a functional model's layers: by depth, so the auxiliary head comes last
                 embedding_params(10_000, 512),
                 lstm_params(512, 32),
-                dense_params(32, 1),
                 0,
                 dense_params(37, 64),
                 dense_params(64, 64),
                 dense_params(64, 1),
+                dense_params(32, 1),
             ],
             0,
         ),

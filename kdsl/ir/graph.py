@@ -125,11 +125,40 @@ class Graph:
         return [value.name for value in self.outputs]
 
     def layers(self) -> list[Layer]:
-        """Each layer once, in the order of its first call."""
-        seen: dict[int, Layer] = {}
-        for node in self.nodes:
-            seen.setdefault(id(node.layer), node.layer)
-        return list(seen.values())
+        """Each layer once, in the order Keras lists a functional model's layers (`model.layers`, and so its weights):
+        by decreasing depth, the most layer calls between a call of the layer and an output, and at one depth in
+        the order a walk back from the outputs first reaches them (keras/src/ops/function.py, `map_graph`). Layers
+        no output depends on come last, in the order of their first call."""
+        producer = {id(value): node for node in self.nodes for value in node.outputs}
+        first_reached: dict[int, int] = {}
+        walked: list[Node] = []  # every call the outputs depend on, each after the calls it reads from
+        done: set[int] = set()
+
+        def walk(value: Value) -> None:
+            node = producer.get(id(value))
+            if node is None or id(node) in done:
+                return
+            first_reached.setdefault(id(node.layer), len(first_reached))
+            for x in node.inputs:
+                walk(x)
+            done.add(id(node))
+            walked.append(node)
+
+        for value in self.outputs:
+            walk(value)
+        node_depth: dict[int, int] = {}
+        layer_depth: dict[int, int] = {}
+        for node in reversed(walked):
+            depth = max(node_depth.get(id(node), 0), layer_depth.get(id(node.layer), 0))
+            node_depth[id(node)] = layer_depth[id(node.layer)] = depth
+            for x in node.inputs:
+                parent = producer.get(id(x))
+                if parent is not None:
+                    node_depth[id(parent)] = max(depth + 1, node_depth.get(id(parent), 0))
+        layers = {id(node.layer): node.layer for node in walked}
+        ordered = sorted(layers.values(), key=lambda layer: (-layer_depth[id(layer)], first_reached[id(layer)]))
+        unused = {id(node.layer): node.layer for node in self.nodes if id(node.layer) not in layers}
+        return ordered + list(unused.values())
 
     def param_count(self, trainable: bool | None = None) -> int:
         return sum(layer.param_count(trainable) for layer in self.layers())
