@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
 import kdsl
 from kdsl import callbacks
+from kdsl.files import npz_bytes
 from kdsl.lang import load
 
 SOURCE = """model C(x: f32[batch, 4]) -> y {
@@ -169,3 +172,38 @@ def test_a_schedule_and_weights_only_checkpoints_survive_saving(tmp_path):
     other.load_weights(tmp_path / "w2.npz")
     for a, b in zip(other.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_archive_in_the_former_weight_order_loads_by_name(tmp_path):
+    """Archives from before functional models took Keras's weight order list their weights in call order: loading
+    goes by name, and each optimizer slot follows its weight."""
+    from kdsl import layers as L
+
+    x = kdsl.Input(shape=(4,))
+    model = kdsl.Model(x, [L.Dense(2, name="a")(x), L.Dense(1, name="b")(L.Dense(3, name="c")(x))])
+    model.compile(optimizer="adam", loss="mse", target="numpy")
+    rng = np.random.default_rng(0)
+    inputs, targets = rng.normal(size=(8, 4)), [rng.normal(size=(8, 2)), rng.normal(size=(8, 1))]
+    model.fit(inputs, targets, batch_size=8, verbose=0)
+    path = tmp_path / "m.kdz"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:  # rewrite it as the former order (a, c, b) had it
+        files = {name: archive.read(name) for name in archive.namelist()}
+    state = json.loads(files["state.json"])
+    assert state["param_names"][:2] == ["c/kernel", "c/bias"]
+    former = [*state["param_names"][2:4], *state["param_names"][:2], *state["param_names"][4:]]
+    slots = np.load(io.BytesIO(files["optimizer.npz"]))
+    moved = {f"{former.index(state['param_names'][int(k.split('/')[0])])}/{k.split('/', 1)[1]}": v
+             for k, v in slots.items()}  # fmt: skip
+    state["param_names"] = former
+    files["state.json"], files["optimizer.npz"] = json.dumps(state).encode(), npz_bytes(moved)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    loaded = kdsl.load_model(path)
+    for expected, actual in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(expected, actual)
+    for expected, actual in zip(model.optimizer.slots, loaded.optimizer.slots, strict=True):
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            np.testing.assert_array_equal(expected[key], actual[key])

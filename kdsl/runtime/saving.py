@@ -111,14 +111,17 @@ def restore(model: Model, saved: Saved) -> None:
         metrics=dict(zip(graph.output_names, setup["metrics"])),
         target=setup["target"],
     )
-    model.set_weights([weights[name] for name in state["param_names"]])
+    # by name: an archive written before weights came in Keras's order for functional models has another order
     trainer = model.trainer
+    names = trainer.compiled.param_names
+    model.set_weights([weights[name] for name in names])
     optimizer.iterations = state["optimizer"]["iterations"]
     optimizer.learning_rate = state["optimizer"]["learning_rate"]
-    trainable = [trainer.compiled.weights[i] for i in trainer.compiled.trainable]
-    optimizer.slots = [optimizer.create_slots(w) for w in trainable] if optimizer.iterations else []
+    trainable = [names[i] for i in trainer.compiled.trainable]
+    optimizer.slots = [optimizer.create_slots(weights[n]) for n in trainable] if optimizer.iterations else []
+    saved_order = [n for n in state["param_names"] if n in set(trainable)]  # the slots' order in the archive
     for key, value in slots.items():
         index, name = key.split("/", 1)
-        optimizer.slots[int(index)][name] = value.copy()
+        optimizer.slots[trainable.index(saved_order[int(index)])][name] = value.copy()
     trainer.rng.bit_generator.state = state["random"]["batches"]
     trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
