@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.errors import KdslArgumentError
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.ir.graph import Graph, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.lang import load_file
@@ -17,6 +17,7 @@ from kdsl.lang.format import to_kd
 from kdsl.layers import KerasTensor, Layer, LayerCall
 from kdsl.naming import LayerNamer, is_valid_name
 from kdsl.passes.infer import infer_shapes
+from kdsl.runtime.state import ModelState
 from kdsl.summary import summary
 
 
@@ -86,11 +87,31 @@ class Model:
                 metrics = {o: [*train.metrics.get(None, []), *train.metrics.get(o, [])] for o in self.output_names}
         if loss is None:
             raise KdslArgumentError("compile() needs a loss", hint="e.g. loss='sparse_categorical_crossentropy'")
-        weights = self._trainer.compiled.weights if getattr(self, "_trainer", None) else None
         graph = infer_shapes(self.graph)  # each layer's weights as trainable as the layer is now
-        self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed)
-        if weights is not None:
-            self.set_weights(weights)
+        if getattr(self, "_state", None) is None:  # compiled before its weights were asked for: drawn from `seed`
+            self._state = ModelState.initial(graph, seed)
+        state = self._state
+        state.detach()  # a device that held the weights gives them back; the new compiled model may take them
+        self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed, state=state)
+
+    @property
+    def state(self) -> ModelState:
+        """The model's weights and the generator its dropout draws from; made when first needed (at `compile()`,
+        from its seed, or when they are asked for before it, from seed 0), kept by every later `compile()`."""
+        if getattr(self, "_state", None) is None:
+            self._state = ModelState.initial(infer_shapes(self.graph))
+        return self._state
+
+    def _runnable(self):
+        """The compiled model that runs inference: the training one once compiled, else a forward pass alone,
+        compiled for the CPU when first needed and kept."""
+        if getattr(self, "_trainer", None) is not None:
+            return self._trainer.compiled
+        if getattr(self, "_inference", None) is None:
+            from kdsl.pipeline import compile_model
+
+            self._inference = compile_model(infer_shapes(self.graph), "cpu", training=False, state=self.state)
+        return self._inference
 
     @property
     def trainer(self):
@@ -130,8 +151,22 @@ class Model:
         return trainer.step(trainer.inputs(x), trainer.labels(y))
 
     def predict_on_batch(self, x: Any):
-        outputs = self.trainer.compiled.forward(*self.trainer.inputs(x))
+        """Model outputs for one batch, in one call; no `compile()` needed."""
+        from kdsl.runtime.training import model_inputs
+
+        outputs = self._runnable().forward(*model_inputs(self.graph, x))
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def __call__(self, x: Any, training: bool = False):
+        """`model(x)` on arrays: the outputs, as `predict_on_batch` gives them (inference: `training` must be False)."""
+        if training:
+            raise KdslUnsupportedError("model(x, training=True) is not supported", hint="train with fit()")
+        if any(isinstance(t, KerasTensor) for t in (x if isinstance(x, list | tuple) else [x])):
+            raise KdslUnsupportedError(
+                "calling a model on tensors of another model (nesting models) is not supported",
+                hint="build one model from the layers of both",
+            )
+        return self.predict_on_batch(x)
 
     def save_weights(self, path: str | Path) -> None:
         from kdsl.runtime.saving import save_weights
@@ -154,20 +189,23 @@ class Model:
         logs = self.trainer.evaluate(x, y, batch_size)
         return logs if return_dict else list(logs.values())
 
-    def predict(self, x: Any, batch_size: int = 32):
-        """Model outputs for x: one array, or a list when the model has several outputs."""
-        outputs = self.trainer.predict(x, batch_size)
+    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0):
+        """Model outputs for x: one array, or a list when the model has several outputs; no `compile()` needed.
+        (`verbose` is Keras's progress bar, which kdsl does not draw for predict.)"""
+        from kdsl.runtime.training import predict
+
+        outputs = predict(self._runnable(), x, batch_size)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def get_weights(self) -> list:
-        """Every weight, in Keras's order and layout."""
-        return [w.copy() for w in self.trainer.compiled.weights]
+        """Every weight, in Keras's order and layout; no `compile()` needed."""
+        return [w.copy() for w in self.state.weights]
 
     def set_weights(self, weights: Sequence) -> None:
-        current = self.trainer.compiled.weights
+        current = self.state.weights
         if len(weights) != len(current):
             raise KdslArgumentError(f"set_weights needs {len(current)} arrays, got {len(weights)}")
-        for i, (name, old, new) in enumerate(zip(self.trainer.compiled.param_names, current, weights)):
+        for i, (name, old, new) in enumerate(zip(self.state.names, current, weights)):
             new = np.asarray(new, np.float32)
             if new.shape != old.shape:
                 raise KdslArgumentError(f"weight {i} (`{name}`) must have shape {old.shape}, got {new.shape}")

@@ -80,8 +80,7 @@ def _entries(graph: Graph, inference: Lowered, training: Training | None) -> lis
 
 def new_state(compilation: Compilation, seed: int = 0) -> ModelState:
     """A state for a compiled graph: weights drawn by each layer's initializer from `seed`."""
-    trainable = [i for i, (_, spec, _) in enumerate(compilation.inference.params) if spec.trainable]
-    return ModelState.initial(compilation.graph, compilation.param_names, trainable, seed)
+    return ModelState.initial(compilation.graph, seed)
 
 
 def compile_model(
@@ -102,7 +101,12 @@ def compile_model(
 
         require_cuda()  # before importing the CUDA backend, which needs Numba's CUDA support
     compilation = compile_programs(graph, target, training, losses)
-    state = state or new_state(compilation, seed)
+    if state is None:
+        state = new_state(compilation, seed)
+    elif state.names != compilation.param_names:
+        raise ValueError(f"the state's weights {state.names} are not the model's {compilation.param_names}")
+    else:  # the model's weights, as trainable as its layers are now
+        state.trainable = [i for i, (_, spec, _) in enumerate(compilation.inference.params) if spec.trainable]
     runner: Runner
     if target == "cuda":
         from kdsl.backends.cuda.model import CudaRunner

@@ -34,16 +34,15 @@ FORMAT = 1
 
 def save_weights(model: Model, path: str | Path) -> None:
     """The weights alone, by Keras name, as `.npz`."""
-    compiled = model.trainer.compiled
-    write_atomically(path, npz_bytes(dict(zip(compiled.param_names, compiled.weights))))
+    write_atomically(path, npz_bytes(dict(zip(model.state.names, model.state.weights))))
 
 
 def load_weights(model: Model, path: str | Path) -> None:
     with np.load(path) as stored:
-        missing = [n for n in model.trainer.compiled.param_names if n not in stored]
+        missing = [n for n in model.state.names if n not in stored]
         if missing:
             raise KdslError(f"{path} has no weights for {', '.join(missing)}")
-        model.set_weights([stored[n] for n in model.trainer.compiled.param_names])
+        model.set_weights([stored[n] for n in model.state.names])
 
 
 def save_model(model: Model, path: str | Path) -> None:

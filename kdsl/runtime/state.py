@@ -38,10 +38,13 @@ class ModelState:
     mirror: Mirror | None = field(default=None, repr=False)
 
     @classmethod
-    def initial(cls, graph: Graph, names: list[str], trainable: list[int], seed: int = 0) -> ModelState:
-        """New weights drawn by each layer's initializer from `seed`; dropout then draws from the same generator."""
+    def initial(cls, graph: Graph, seed: int = 0) -> ModelState:
+        """New weights for a typed graph, drawn by each layer's initializer from `seed`; dropout then draws from the
+        same generator."""
+        specs = [(f"{layer.name}/{p.name}", p) for layer in graph.layers() for p in layer.params or []]
+        trainable = [i for i, (_, p) in enumerate(specs) if p.trainable]
         rng = np.random.default_rng(seed)
-        return cls(names, initial_weights(graph, rng), trainable, rng)
+        return cls([name for name, _ in specs], initial_weights(graph, rng), trainable, rng)
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -55,6 +58,12 @@ class ModelState:
         self.host = [np.ascontiguousarray(w, np.float32) for w in value]
         if self.mirror is not None:
             self.mirror.replaced()
+
+    def detach(self) -> None:
+        """Bring newer weights back from the device that mirrors them, and stop mirroring."""
+        if self.mirror is not None:
+            self.mirror.pull(self.host)
+            self.mirror = None
 
     def dropout_masks(self, noise: Sequence[Noise], sizes: dict[str, int]) -> list[np.ndarray]:
         """One step's dropout keep-masks, in order: Bernoulli(1 - rate), scaled by 1 / (1 - rate)."""

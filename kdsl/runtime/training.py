@@ -28,6 +28,7 @@ from kdsl.pipeline import compile_model
 from kdsl.runtime import metrics as metric_fns
 from kdsl.runtime.optimizers import Optimizer
 from kdsl.runtime.optimizers import get as get_optimizer
+from kdsl.runtime.state import ModelState
 
 Data = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 
@@ -88,11 +89,13 @@ class Trainer:
         loss_weights: Any = None,
         target: str = "cpu",
         seed: int = 0,
+        state: ModelState | None = None,
     ):
+        """`state` holds the model's weights (new ones drawn from `seed` without it)."""
         self.graph = graph
         self.losses = _loss_terms(graph, loss, loss_weights)
         self._optimizer = get_optimizer(optimizer)
-        self.compiled: CompiledModel = compile_model(graph, target=target, losses=self.losses, seed=seed)
+        self.compiled: CompiledModel = compile_model(graph, target, losses=self.losses, seed=seed, state=state)
         assert self.compiled.training is not None
         self.targets = self.compiled.training.targets
         self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
@@ -102,7 +105,7 @@ class Trainer:
     # --- data -------------------------------------------------------------------------------------
 
     def inputs(self, x: Data) -> list[np.ndarray]:
-        return as_arrays(x, [v.name for v in self.graph.inputs], [v.type for v in self.graph.inputs], "input")
+        return model_inputs(self.graph, x)
 
     def labels(self, y: Data) -> list[np.ndarray]:
         names = self.graph.output_names
@@ -284,13 +287,7 @@ class Trainer:
 
     def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
         """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches)."""
-        if _is_batches(x):
-            batch_inputs = (self.inputs(b[0] if isinstance(b, tuple) else b) for b in x)
-        else:
-            inputs = self.inputs(x)
-            batch_inputs = ([a[s : s + batch_size] for a in inputs] for s in range(0, inputs[0].shape[0], batch_size))
-        batches = [self.compiled.forward(*b) for b in batch_inputs]
-        return [np.concatenate(parts) for parts in zip(*batches)]
+        return predict(self.compiled, x, batch_size)
 
     def evaluate(self, x: Data, y: Data, batch_size: int = 32) -> dict[str, float]:
         """Loss and metrics over arrays, or over a dataset / iterable of (x, y) batches."""
@@ -309,6 +306,22 @@ class Trainer:
             arrays = [*outputs, *batch_labels, *present, *self.compiled.weights]
             tracker.update(float(run_program(self.evaluation, arrays)[0]), outputs, batch_labels, masks)
         return tracker.logs()
+
+
+def model_inputs(graph: Graph, x: Data) -> list[np.ndarray]:
+    """A model's input arrays, checked, from an array, a list or a dict by name."""
+    return as_arrays(x, [v.name for v in graph.inputs], [v.type for v in graph.inputs], "input")
+
+
+def predict(compiled: CompiledModel, x: Data, batch_size: int = 32) -> list[np.ndarray]:
+    """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches), batch by batch."""
+    if _is_batches(x):
+        batch_inputs = (model_inputs(compiled.graph, b[0] if isinstance(b, tuple) else b) for b in x)
+    else:
+        inputs = model_inputs(compiled.graph, x)
+        batch_inputs = ([a[s : s + batch_size] for a in inputs] for s in range(0, inputs[0].shape[0], batch_size))
+    batches = [compiled.forward(*b) for b in batch_inputs]
+    return [np.concatenate(parts) for parts in zip(*batches)]
 
 
 class _Tracker:
