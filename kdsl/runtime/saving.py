@@ -30,14 +30,23 @@ if TYPE_CHECKING:
     from kdsl.model import Model
 
 FORMAT = 1
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Keras's own files, which kdsl neither reads nor writes yet
+
+
+def _not_keras(path: str | Path, what: str, ours: str) -> None:
+    """Refuse a Keras file name rather than put kdsl's own format under it."""
+    if str(path).lower().endswith(KERAS_SUFFIXES):
+        raise KdslError(f"{path}: kdsl {what} its own format, not Keras's files", hint=f"use a name ending in {ours}")
 
 
 def save_weights(model: Model, path: str | Path) -> None:
     """The weights alone, by Keras name, as `.npz`."""
+    _not_keras(path, "writes weights in", "`.npz`")
     write_atomically(path, npz_bytes(dict(zip(model.state.names, model.state.weights))))
 
 
 def load_weights(model: Model, path: str | Path) -> None:
+    _not_keras(path, "reads weights in", "`.npz`")
     with np.load(path) as stored:
         missing = [n for n in model.state.names if n not in stored]
         if missing:
@@ -46,6 +55,7 @@ def load_weights(model: Model, path: str | Path) -> None:
 
 
 def save_model(model: Model, path: str | Path) -> None:
+    _not_keras(path, "saves models in", "`.kdz`")
     trainer = model.trainer
     optimizer = trainer.optimizer
     state = {
@@ -83,6 +93,7 @@ class Saved:
 
 def read_saved(path: str | Path) -> Saved:
     """The contents of a model saved by `Model.save`."""
+    _not_keras(path, "loads models from", "`.kdz`")
     with zipfile.ZipFile(path) as archive:
         state = json.loads(archive.read("state.json"))
         if state.get("format") != FORMAT:
