@@ -98,8 +98,12 @@ class Layer:
     kind: LayerKind
 
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any):
+        """Keras's arguments; `input_shape` (or `input_dim`, a shape of one axis), as Keras takes it, gives a
+        Sequential model that starts with this layer its input."""
         if name is not None and not is_valid_name(name):
             raise KdslArgumentError(f"a layer name must be a name like 'encoder', got {name!r}")
+        input_dim = kwargs.pop("input_dim", None)
+        self.input_shape = (input_dim,) if input_dim is not None else kwargs.pop("input_shape", None)
         given = [Given(value) for value in args] + [Given(value, None, key) for key, value in kwargs.items()]
         self.config = self.kind.bind(given)
         self.name = name

@@ -14,7 +14,7 @@ from kdsl.ir.graph import Graph, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.lang import load_file
 from kdsl.lang.format import to_kd
-from kdsl.layers import KerasTensor, Layer, LayerCall
+from kdsl.layers import Input, KerasTensor, Layer, LayerCall
 from kdsl.naming import LayerNamer, is_valid_name
 from kdsl.passes.infer import infer_shapes
 from kdsl.runtime.state import ModelState
@@ -94,6 +94,9 @@ class Model:
         state.detach()  # a device that held the weights gives them back; the new compiled model may take them
         self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed, state=state)
 
+    def build_from(self, x: Any) -> None:
+        """A functional model is built from its inputs; a Sequential one may wait for its first data."""
+
     @property
     def state(self) -> ModelState:
         """The model's weights and the generator its dropout draws from; made when first needed (at `compile()`,
@@ -137,6 +140,7 @@ class Model:
             shuffle: bool = True, initial_epoch: int = 0, sample_weight: Any = None,
             class_weight: Any = None, steps_per_epoch: int | None = None):  # fmt: skip
         """Train up to epoch `epochs` over (x, y), from `initial_epoch` (to resume a run, the epochs it did)."""
+        self.build_from(x)
         trainer = self._training_trainer()
         return trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
                            initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch)  # fmt: skip
@@ -147,11 +151,13 @@ class Model:
 
     def train_on_batch(self, x: Any, y: Any) -> float:
         """One optimizer step on one batch; returns its loss."""
+        self.build_from(x)
         trainer = self._training_trainer()
         return trainer.step(trainer.inputs(x), trainer.labels(y))
 
     def predict_on_batch(self, x: Any):
         """Model outputs for one batch, in one call; no `compile()` needed."""
+        self.build_from(x)
         from kdsl.runtime.training import model_inputs
 
         outputs = self._runnable().forward(*model_inputs(self.graph, x))
@@ -186,12 +192,14 @@ class Model:
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, return_dict: bool = False):
         """Loss and metrics on (x, y): a list `[loss, *metrics]` as Keras returns, or a dict."""
+        self.build_from(x)
         logs = self.trainer.evaluate(x, y, batch_size)
         return logs if return_dict else list(logs.values())
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0):
         """Model outputs for x: one array, or a list when the model has several outputs; no `compile()` needed.
         (`verbose` is Keras's progress bar, which kdsl does not draw for predict.)"""
+        self.build_from(x)
         from kdsl.runtime.training import predict
 
         outputs = predict(self._runnable(), x, batch_size)
@@ -213,39 +221,69 @@ class Model:
 
 
 class Sequential(Model):
-    """A stack of single-input, single-output layers, starting with `kdsl.Input(shape=...)`."""
+    """A stack of single-input, single-output layers. Its input comes, as in Keras, from a `kdsl.Input(shape=...)`
+    first, from the `input_shape` (or `input_dim`) of its first layer, or else from the first data it is given
+    (`fit`, `predict`, `evaluate`...): until then its layers wait, and `compile()` waits with them."""
 
     def __init__(self, layers: Sequence[KerasTensor | Layer] | None = None, name: str = "sequential"):
         self._name = name
         self._input: KerasTensor | None = None
         self._output: KerasTensor | None = None
+        self._waiting: list[Layer] = []  # layers added before the model had an input
+        self._compile_args: dict | None = None  # a compile() made before then
         self.layers: list[Layer] = []
         for layer in layers or []:
             self.add(layer)
 
     def add(self, layer: KerasTensor | Layer) -> None:
         if isinstance(layer, KerasTensor):
-            if self._input is not None:
+            if self._input is not None or self._waiting:
                 raise KdslArgumentError("a Sequential model takes one Input, first")
             self._input = self._output = layer
             return
         if not isinstance(layer, Layer):
             raise KdslArgumentError(f"Sequential.add expects a layer, got {layer!r}")
+        if self._output is None and layer.input_shape is not None and not self._waiting:
+            self._input = self._output = Input(shape=layer.input_shape)
         if self._output is None:
-            raise KdslArgumentError(
-                "a Sequential model must start with an Input",
-                hint="Sequential([kdsl.Input(shape=(28, 28)), kdsl.layers.Flatten(), ...])",
-            )
+            self._waiting.append(layer)
+            self.layers.append(layer)
+            return
         output = layer(self._output)
         if isinstance(output, list):
             raise KdslArgumentError(f"`{layer.kind.keras}` gives {len(output)} outputs; a Sequential layer gives one")
         self._output = output
         self.layers.append(layer)
 
+    def build_from(self, x: Any) -> None:
+        """Give a model without an input one shaped like the samples of `x`, as Keras builds from the first data."""
+        if self._input is not None or not isinstance(x, np.ndarray | list | tuple):
+            return  # a dataset or generator: the model's own error says what it needs
+        sample = np.asarray(x[0] if isinstance(x, list | tuple) and x else x)
+        if sample.ndim < 1:
+            raise KdslArgumentError("a Sequential model without an input shape needs arrays of samples to build from")
+        dtype = "int32" if np.issubdtype(sample.dtype, np.integer) else "float32"
+        waiting, self._waiting, self.layers = self._waiting, [], []
+        self.add(Input(shape=sample.shape[1:], dtype=dtype))
+        for layer in waiting:
+            self.add(layer)
+        if self._compile_args is not None:
+            self.compile(**self._compile_args)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        if self._input is None:  # no input yet: compile with the first data
+            self._compile_args = dict(zip(("optimizer", "loss", "metrics", "loss_weights", "target", "seed"), args))
+            self._compile_args.update(kwargs)
+            return
+        super().compile(*args, **kwargs)
+
     @property
     def graph(self) -> Graph:
         if self._input is None or self._output is None:
-            raise KdslArgumentError("this Sequential model has no Input yet")
+            raise KdslArgumentError(
+                "this Sequential model has no input shape yet",
+                hint="start it with kdsl.Input(shape=...), give its first layer input_shape=, or give it data first",
+            )
         return _graph_from_calls(self._name, [self._input], [self._output])
 
 

@@ -96,9 +96,7 @@ def test_arguments_are_checked_like_keras():
     assert L.GRU(3).config["reset_after"] is True
 
 
-def test_sequential_needs_an_input_first():
-    with pytest.raises(KdslArgumentError, match="must start with an Input"):
-        kdsl.Sequential([L.Dense(3)])
+def test_sequential_layers_give_one_output():
     with pytest.raises(KdslArgumentError, match="gives 3 outputs"):
         kdsl.Sequential([kdsl.Input(shape=(2, 3)), L.LSTM(3, return_state=True)])
 
@@ -158,3 +156,24 @@ def test_trainable_set_after_compile_says_it_waits_for_compile():
     first.trainable = False
     with pytest.warns(UserWarning, match="next compile"):
         assert _changed_after_one_step(model) == [True, True, True, True]  # as Keras: not until compile()
+
+
+@pytest.mark.parametrize("first", ["input_dim", "input_shape", "data"])
+def test_sequential_takes_its_input_as_keras_does(first):
+    """From the first layer's input_dim or input_shape, or (with neither) from the first data fit is given, after
+    a compile() that waits for it."""
+    model = kdsl.Sequential()
+    shape = {"input_dim": {"input_dim": 4}, "input_shape": {"input_shape": (4,)}, "data": {}}[first]
+    model.add(L.Dense(8, activation="relu", **shape))
+    model.add(L.Dense(3, activation="softmax"))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    history = model.fit(x, np.arange(16) % 3, epochs=2, verbose=0)
+    assert [w.shape for w in model.get_weights()] == [(4, 8), (8,), (8, 3), (3,)]
+    assert len(history.history["loss"]) == 2 and isinstance(history.history["accuracy"][0], float)
+
+
+def test_a_sequential_model_without_input_says_how_to_give_one():
+    model = kdsl.Sequential([L.Dense(2)])
+    with pytest.raises(KdslArgumentError, match="no input shape yet"):
+        model.summary()

@@ -69,4 +69,4 @@ class Mean:
 
     def result(self) -> float:
         """The mean; 0 when nothing counted (every timestep masked), as Keras's `divide_no_nan` gives."""
-        return self.total / self.count if self.count else 0.0
+        return float(self.total / self.count) if self.count else 0.0
