@@ -246,3 +246,18 @@ class RepeatVector(Layer):
     """Repeats a (batch, features) input `n` times: (batch, n, features)."""
 
     kind = LAYERS["repeat_vector"]
+
+
+def concatenate(inputs: Sequence[KerasTensor], axis: int = -1, **kwargs: Any) -> KerasTensor:
+    """Keras's functional form of `Concatenate`."""
+    return Concatenate(axis=axis, **kwargs)(inputs)
+
+
+def add(inputs: Sequence[KerasTensor], **kwargs: Any) -> KerasTensor:
+    """Keras's functional form of `Add`."""
+    return Add(**kwargs)(inputs)
+
+
+def multiply(inputs: Sequence[KerasTensor], **kwargs: Any) -> KerasTensor:
+    """Keras's functional form of `Multiply`."""
+    return Multiply(**kwargs)(inputs)
