@@ -278,6 +278,19 @@ def test_fit_takes_datasets_and_generators():
         _classifier().fit(batches(), epochs=2, verbose=0)
 
 
+def test_a_dataset_validates_every_epoch_and_steps_count_batches():
+    """validation_data as a Dataset ran once and then failed; its validation_steps and evaluate's steps take the
+    first batches, as Keras does."""
+    x, y = _blobs(40)
+    dataset = kdsl.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    model = _classifier()
+    history = model.fit(dataset, epochs=3, validation_data=dataset, validation_steps=2, verbose=0)
+    assert len(history.history["val_loss"]) == 3
+    first_two = model.evaluate(x[:20], y[:20], batch_size=10, return_dict=True)
+    assert model.evaluate(dataset, steps=2, verbose=0, return_dict=True) == first_two
+    assert history.history["val_loss"][-1] == pytest.approx(first_two["loss"])
+
+
 def test_evaluate_and_predict_take_datasets():
     model, (x, y) = _classifier(), _blobs(40)
     dataset = kdsl.data.Dataset.from_tensor_slices((x, y)).batch(16)

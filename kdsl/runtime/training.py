@@ -6,6 +6,7 @@ Bad arrays are refused before any kernel runs, with the input's name and expecte
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ import numpy as np
 from kdsl.backends.compiled import CompiledModel
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
-from kdsl.errors import KdslArgumentError
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.ir.interpret import run_program
@@ -139,11 +140,12 @@ class Trainer:
 
     def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
             shuffle=True, initial_epoch=0, callbacks=(), sample_weight=None, class_weight=None,
-            steps_per_epoch=None) -> History:  # fmt: skip
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None) -> History:  # fmt: skip
         """Train `model` (whose trainer this is) from epoch `initial_epoch` up to epoch `epochs`, as Keras does.
 
         `x` is the inputs (with targets `y`), or a `kdsl.data.Dataset` / iterable / generator of
-        `(x, y)` or `(x, y, sample_weight)` batches.
+        `(x, y)` or `(x, y, sample_weight)` batches; so is `validation_data` (`validation_steps` batches of it,
+        or all).
         """
         if _is_batches(x):
             if y is not None:
@@ -181,7 +183,15 @@ class Trainer:
                     shown = time.perf_counter()
             logs = tracker.logs()
             if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(*validation_data, batch_size=batch_size).items()})
+                if _is_batches(validation_data):
+                    scores = self.evaluate(validation_data, None, steps=validation_steps)
+                else:
+                    val_x, val_y, *weights = validation_data
+                    if weights:
+                        raise KdslUnsupportedError("validation_data with sample weights is not supported yet",
+                                                   hint="give (x, y)")  # fmt: skip
+                    scores = self.evaluate(val_x, val_y, validation_batch_size or batch_size, validation_steps)
+                logs.update({f"val_{k}": v for k, v in scores.items()})
             if verbose:
                 _progress(done, steps or done, started, logs, end="\n")
             for callback in callbacks:
@@ -289,8 +299,8 @@ class Trainer:
         """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches)."""
         return predict(self.compiled, x, batch_size)
 
-    def evaluate(self, x: Data, y: Data, batch_size: int = 32) -> dict[str, float]:
-        """Loss and metrics over arrays, or over a dataset / iterable of (x, y) batches."""
+    def evaluate(self, x: Data, y: Data, batch_size: int = 32, steps: int | None = None) -> dict[str, float]:
+        """Loss and metrics over arrays, or over a dataset / iterable of (x, y) batches (the first `steps` of them)."""
         if _is_batches(x):
             batches = ((self.inputs(bx), self.labels(by)) for bx, by, *_ in x)
         else:
@@ -300,7 +310,7 @@ class Trainer:
                 for s in range(0, inputs[0].shape[0], batch_size)
             )
         tracker = _Tracker(self.metrics, self.graph.output_names)
-        for batch_inputs, batch_labels in batches:
+        for batch_inputs, batch_labels in itertools.islice(batches, steps):
             outputs, masks = self.compiled.forward_with_masks(*batch_inputs)
             present = [m for m in masks if m is not None]
             arrays = [*outputs, *batch_labels, *present, *self.compiled.weights]
