@@ -73,6 +73,7 @@ def _entries(graph: Graph, inference: Lowered, training: Training | None) -> lis
         targets = [v.name for v in [*training.targets, *training.sample_weights]]
         results = ["loss", *graph.output_names, *(f"grad/{params[i]}" for i in training.trainable)]
         results += [*(f"update/{params[i]}" for i, _ in training.lowered.updates), *masks]
+        results += [f"loss/{name}" for name in graph.output_names] if len(graph.outputs) > 1 else []
         arguments = [*data, *targets, *params, *noise]
         entries.append(Entry("train_step", training.program, arguments, results))
     return entries

@@ -50,3 +50,35 @@ def test_to_categorical_follows_keras():
     assert keras.utils.to_categorical(np.zeros((2, 5), int), num_classes=4).shape == (2, 5, 4)
     with pytest.raises(KdslArgumentError, match=r"\[0, 2\)"):
         keras.utils.to_categorical([0, 3], num_classes=2)
+
+
+def _two_outputs():
+    x = keras.Input(shape=(4,), name="x")
+    model = keras.Model(x, [keras.layers.Dense(3, activation="softmax", name="cls")(x), keras.layers.Dense(1)(x)])
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(8, 4)).astype(np.float32), [np.arange(8) % 3, rng.normal(size=(8, 1)).astype(np.float32)]
+    return model, data
+
+
+def test_several_outputs_log_each_loss_and_evaluate_lists_them_as_keras():
+    """Keras 3 logs each output's loss before its weight (`cls_loss`) and evaluate lists
+    [loss, *output losses, *metrics by output]."""
+    model, (x, (ids, values)) = _two_outputs()
+    model.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy", "mse"], metrics=[["accuracy"], ["mae"]],
+                  loss_weights=[1.0, 0.5], target="numpy")  # fmt: skip
+    probs, predicted = (p.astype(np.float64) for p in model.predict(x))
+    crossentropy = -np.log(probs[np.arange(8), ids]).mean()
+    squared = np.square(values - predicted).mean()
+    accuracy = np.mean(probs.argmax(-1) == ids)
+    absolute = np.abs(values - predicted).mean()
+    expected = [crossentropy + 0.5 * squared, crossentropy, squared, accuracy, absolute]
+    np.testing.assert_allclose(model.evaluate(x, [ids, values], batch_size=8), expected, rtol=1e-5)
+    history = model.fit(x, [ids, values], batch_size=8, verbose=0)
+    assert list(history.history) == ["loss", "cls_loss", "dense_loss", "cls_accuracy", "dense_mae"]
+    np.testing.assert_allclose([v[0] for v in history.history.values()], expected, rtol=1e-5)
+
+
+def test_a_flat_metrics_list_for_several_outputs_is_refused_as_keras_refuses_it():
+    model, _ = _two_outputs()
+    with pytest.raises(KdslArgumentError, match="a list per output or a dict"):
+        model.compile(optimizer="sgd", loss="mse", metrics=["mae"])

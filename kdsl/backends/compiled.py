@@ -105,6 +105,7 @@ class CompiledModel:
         self.inference, self.training = compilation.inference, compilation.training
         self.outputs: list[np.ndarray] = []
         self.masks: list[np.ndarray | None] = []
+        self.output_losses: list[float] = []
         self._grads: list = [np.zeros_like(state.host[i]) for i in state.trainable]
 
     # --- the state ---------------------------------------------------------------------------------
@@ -169,10 +170,12 @@ class CompiledModel:
         """
         data, noise = self._step_arrays(inputs, targets, sample_weights)
         results = self.runner.run("train_step", [*data, *self.state.host, *noise], self.state)
-        counts = len(self.graph.outputs), len(self.state.trainable), len(self.training.lowered.updates)
+        masked = sum(mask is not None for mask in self.inference.masks)
+        counts = len(self.graph.outputs), len(self.state.trainable), len(self.training.lowered.updates), masked
         loss, rest = results[0], iter(results[1:])
-        self.outputs, self._grads, updates = ([next(rest) for _ in range(count)] for count in counts)
-        self.masks = self._masks(list(rest))  # each output's mask, as the metrics weigh the outputs by them
+        self.outputs, self._grads, updates, masks = ([next(rest) for _ in range(count)] for count in counts)
+        self.masks = self._masks(masks)  # each output's mask, as the metrics weigh the outputs by them
+        self.output_losses = [float(np.asarray(value).reshape(-1)[0]) for value in rest]  # with several outputs
         self.runner.store_updates(self.state, [(i, u) for (i, _), u in zip(self.training.lowered.updates, updates)])
         return float(np.asarray(loss).reshape(-1)[0])
 

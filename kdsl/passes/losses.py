@@ -103,6 +103,7 @@ class Loss:
     targets: list[Var]  # one per output
     sample_weights: list[Var]  # one per output, shaped like its per-sample loss; empty when unweighted
     probs: list[Var | None]  # per output: the probabilities a fused softmax-crossentropy computed
+    per_output: list[Var]  # each output's loss before its loss weight, as Keras logs `<output>_loss`
 
 
 def _masked(b: Builder, weights: Var | None, mask: Var, per_sample: Var, name: str) -> Var:
@@ -134,7 +135,7 @@ def total_loss(
     """Σ over outputs of weight · Keras's sum_over_batch_size (Σ w·loss / number of values), plus the
     regularizers of trainable weights. `logits_of(output)` gives the logits of a softmax output, to fuse;
     `masks` the padding mask of each output that has one, which weighs its timesteps as Keras's does."""
-    targets, sample_weights, probs, total = [], [], [], None
+    targets, sample_weights, probs, per_output, total = [], [], [], [], None
     masks = list(masks) or [None] * len(outputs)
     for term, name, output, mask in zip(terms, names, outputs, masks, strict=True):
         labels = b.var(target_type(term.loss, output.type), f"target_{name}", exact=True)
@@ -151,9 +152,10 @@ def total_loss(
         everything = tuple(range(per_sample.rank))
         summed = b.reduce_sum(per_sample_weighted, axes=everything)
         mean = b.div(summed, b.count(per_sample, axes=everything))
+        per_output.append(mean)
         scaled = b.mul(mean, term.weight) if term.weight != 1.0 else mean
         total = scaled if total is None else b.add(total, scaled)
     for spec, var in params:
         if spec.regularizer is not None and spec.trainable:
             total = b.add(total, regularization(b, spec.regularizer, var))
-    return Loss(total, targets, sample_weights, probs)
+    return Loss(total, targets, sample_weights, probs, per_output)

@@ -19,8 +19,8 @@ class Training:
     """Program inputs: model inputs, targets, sample weights, parameters, dropout masks.
 
     Outputs: the total loss, the model outputs, the gradients of the trainable parameters
-    (in parameter order), the new values of the non-trainable statistics and the masks of
-    the outputs that have one.
+    (in parameter order), the new values of the non-trainable statistics, the masks of the
+    outputs that have one and, with several outputs, each one's loss before its loss weight.
     """
 
     program: Program
@@ -60,9 +60,10 @@ def add_training(lowered: Lowered, graph: Graph, losses: Sequence[LossTerm]) -> 
     n_in = len(lowered.inputs)
     updates = [value for _, value in lowered.updates]
     masks = [m for m in lowered.masks if m is not None]
+    output_losses = loss.per_output if len(outputs) > 1 else []
     training_program = Program(
         [*program.inputs[:n_in], *targets, *sample_weights, *program.inputs[n_in:]],
-        [total, *outputs, *grads, *updates, *masks],
+        [total, *outputs, *grads, *updates, *masks, *output_losses],
         b.eqns,
     )
     return Training(training_program, lowered, targets, sample_weights, trainable)

@@ -173,7 +173,8 @@ class Trainer:
             done = 0
             for done, (batch_inputs, batch_labels, batch_weights) in enumerate(epoch_batches(), 1):
                 loss = self.step(batch_inputs, batch_labels, batch_weights)
-                tracker.update(loss, self.compiled.outputs, batch_labels, self.compiled.masks)
+                compiled = self.compiled
+                tracker.update(loss, compiled.outputs, batch_labels, compiled.masks, compiled.output_losses)
                 for callback in callbacks:
                     callback.on_train_batch_end(done - 1, {"loss": loss})
                 if model.stop_training:
@@ -313,8 +314,10 @@ class Trainer:
         for batch_inputs, batch_labels in itertools.islice(batches, steps):
             outputs, masks = self.compiled.forward_with_masks(*batch_inputs)
             present = [m for m in masks if m is not None]
-            arrays = [*outputs, *batch_labels, *present, *self.compiled.weights]
-            tracker.update(float(run_program(self.evaluation, arrays)[0]), outputs, batch_labels, masks)
+            loss, *output_losses = run_program(
+                self.evaluation, [*outputs, *batch_labels, *present, *self.compiled.weights]
+            )
+            tracker.update(float(loss), outputs, batch_labels, masks, [float(v) for v in output_losses])
         return tracker.logs()
 
 
@@ -340,23 +343,28 @@ class _Tracker:
     def __init__(self, metrics: list[list[tuple[str, str]]], names: list[str]):
         self.metrics, self.names = metrics, names
         self.loss = metric_fns.Mean()
+        # with several outputs, each one's own loss, as Keras logs `<output>_loss`
+        self.output_losses = {f"{n}_loss": metric_fns.Mean() for n in names} if len(names) > 1 else {}
         self.means = {key: metric_fns.Mean() for key in self._keys()}
 
     def _keys(self) -> list[str]:
         several = len(self.names) > 1
         return [f"{n}_{m}" if several else m for n, ms in zip(self.names, self.metrics) for m, _ in ms]
 
-    def update(self, loss: float, outputs, labels, masks) -> None:
-        """One batch: its loss (weighing as many as the batch has samples) and each metric on its outputs, whose
-        timesteps count by the output's mask where it has one."""
+    def update(self, loss: float, outputs, labels, masks, output_losses: Sequence[float] = ()) -> None:
+        """One batch: its loss and each output's (weighing as many as the batch has samples), and each metric on
+        its outputs, whose timesteps count by the output's mask where it has one."""
         self.loss.update(loss, labels[0].shape[0])
+        for mean, value in zip(self.output_losses.values(), output_losses, strict=bool(self.output_losses)):
+            mean.update(value, labels[0].shape[0])
         keys = iter(self._keys())
         for names, output, label, mask in zip(self.metrics, outputs, labels, masks):
             for _, name in names:
                 self.means[next(keys)].add(*metric_fns.batch_totals(name, label, output, mask))
 
     def logs(self) -> dict[str, float]:
-        return {"loss": self.loss.result(), **{k: m.result() for k, m in self.means.items()}}
+        means = {**self.output_losses, **self.means}
+        return {"loss": self.loss.result(), **{k: m.result() for k, m in means.items()}}
 
 
 def _is_batches(x: Any) -> bool:
@@ -399,9 +407,16 @@ def _metrics(graph: Graph, losses: list[LossTerm], metrics: Any, target_types) -
     """Per output, (log name, metric function name) pairs."""
     names = graph.output_names
     if isinstance(metrics, Mapping):
-        chosen = [list(metrics.get(n, [])) for n in names]
-    else:
-        chosen = [list(metrics or [])] * len(names)
+        chosen = [list(metrics.get(n) or []) for n in names]
+    elif len(names) == 1:
+        chosen = [list(metrics or [])]
+    elif all(m is None or isinstance(m, list | tuple) for m in metrics or []) and len(metrics or []) in (0, len(names)):
+        chosen = [list(m or []) for m in metrics] if metrics else [[] for _ in names]
+    else:  # Keras refuses a flat list for several outputs too
+        raise KdslArgumentError(
+            f"`metrics` for a model with outputs {names} is a list per output or a dict by output name",
+            hint=f"e.g. metrics={{{names[0]!r}: ['accuracy']}}",
+        )
     return [
         [(_display_name(m), metric_fns.resolve(m, term.loss, output.type.dims, t.rank)) for m in ms]
         for ms, term, output, t in zip(chosen, losses, graph.outputs, target_types)
@@ -424,4 +439,4 @@ def _evaluation_program(compiled: CompiledModel, losses: list[LossTerm]) -> Prog
     params = [(spec, w) for (_, spec, _), w in zip(lowered.params, weights)]
     loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, weighted=False, masks=masks)
     inputs = [*outputs, *loss.targets, *(m for m in masks if m is not None), *weights]
-    return b.program(inputs, [loss.total])
+    return b.program(inputs, [loss.total, *(loss.per_output if len(outputs) > 1 else [])])

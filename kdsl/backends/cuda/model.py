@@ -79,8 +79,10 @@ class CudaRunner:
         results = program(inputs, bind_sizes(program.schedule.program.inputs, inputs))
         if entry == "forward":
             return [r.copy_to_host() for r in results]
-        shown = 1 + len(self.compilation.graph.outputs)  # the loss and the outputs; and the masks, at the end
+        outputs = len(self.compilation.graph.outputs)
+        shown = 1 + outputs  # the loss and the outputs; and at the end the masks and the outputs' own losses
         masks = len(results) - sum(mask is not None for mask in self.compilation.inference.masks)
+        masks -= outputs if outputs > 1 else 0
         host = [r.copy_to_host() for r in results[:shown]], [r.copy_to_host() for r in results[masks:]]
         return [*host[0], *results[shown:masks], *host[1]]
 
