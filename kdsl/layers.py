@@ -92,6 +92,14 @@ def Input(
     return KerasTensor(TensorType(DTYPE_ALIASES[dtype], tuple(dims)), name=name)
 
 
+def set_trainable(config: dict[str, Any], value: bool) -> None:
+    """Freeze or unfreeze a layer's configuration and, as Keras's setter does, that of the layer a wrapper holds."""
+    config["trainable"] = bool(value)
+    inner = config.get("layer")
+    if isinstance(inner, LayerSpec):
+        config["layer"] = LayerSpec(inner.kind, {**inner.config, "trainable": bool(value)})
+
+
 class Layer:
     """A configured layer; call it on KerasTensors. Calling one instance again shares its weights."""
 
@@ -115,12 +123,8 @@ class Layer:
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        """Freeze or unfreeze the layer and, as Keras's setter does, the layer a wrapper holds. As in Keras, it takes
-        effect at the model's next `compile()`."""
-        self.config["trainable"] = bool(value)  # the IR layer's configuration too: the same dict
-        inner = self.config.get("layer")
-        if isinstance(inner, LayerSpec):
-            self.config["layer"] = LayerSpec(inner.kind, {**inner.config, "trainable": bool(value)})
+        """Freeze or unfreeze the layer. As in Keras, it takes effect at the model's next `compile()`."""
+        set_trainable(self.config, value)  # the IR layer's configuration too: the same dict
 
     def as_layer_spec(self) -> LayerSpec:
         if self.name is not None:

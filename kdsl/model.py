@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError, did_you_mean
 from kdsl.ir.graph import Graph, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.lang import load_file
@@ -56,6 +56,35 @@ class Model:
 
     def count_params(self) -> int:
         return self.graph.param_count()
+
+    @property
+    def layers(self) -> list:
+        """The layers in Keras's order, each with its weights as the model holds them (the inputs' InputLayers
+        among them, where Keras lists them)."""
+        from kdsl.model_layers import model_layers
+
+        return model_layers(self, inputs=True)
+
+    def get_layer(self, name: str | None = None, index: int | None = None):
+        """A layer by name, or by its index in `layers`, as Keras's."""
+        layers = self.layers
+        if index is not None:
+            return layers[index]
+        found = next((layer for layer in layers if layer.name == name), None)
+        if found is None:
+            names = [layer.name for layer in layers]
+            raise KdslArgumentError(
+                f"no layer named {name!r}", hint=did_you_mean(str(name), names) or f"layers: {names}"
+            )
+        return found
+
+    @property
+    def inputs(self) -> list[KerasTensor]:
+        return [KerasTensor(value.type, value.masked, name=value.name) for value in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[KerasTensor]:
+        return [KerasTensor(value.type, value.masked, name=value.name) for value in self.graph.outputs]
 
     def summary(self, print_fn: Callable[[str], object] | None = None) -> None:
         """Print the Keras summary table (or hand it to `print_fn`)."""
@@ -241,7 +270,6 @@ class Sequential(Model):
         self._output: KerasTensor | None = None
         self._waiting: list[Layer] = []  # layers added before the model had an input
         self._compile_args: dict | None = None  # a compile() made before then
-        self.layers: list[Layer] = []
         for layer in layers or []:
             self.add(layer)
 
@@ -257,13 +285,11 @@ class Sequential(Model):
             self._input = self._output = Input(shape=layer.input_shape)
         if self._output is None:
             self._waiting.append(layer)
-            self.layers.append(layer)
             return
         output = layer(self._output)
         if isinstance(output, list):
             raise KdslArgumentError(f"`{layer.kind.keras}` gives {len(output)} outputs; a Sequential layer gives one")
         self._output = output
-        self.layers.append(layer)
 
     def build_from(self, x: Any) -> None:
         """Give a model without an input one shaped like the samples of `x`, as Keras builds from the first data."""
@@ -273,12 +299,22 @@ class Sequential(Model):
         if sample.ndim < 1:
             raise KdslArgumentError("a Sequential model without an input shape needs arrays of samples to build from")
         dtype = "int32" if np.issubdtype(sample.dtype, np.integer) else "float32"
-        waiting, self._waiting, self.layers = self._waiting, [], []
+        waiting, self._waiting = self._waiting, []
         self.add(Input(shape=sample.shape[1:], dtype=dtype))
         for layer in waiting:
             self.add(layer)
         if self._compile_args is not None:
             self.compile(**self._compile_args)
+
+    @property
+    def layers(self) -> list:
+        """The layers, as Keras lists a Sequential model's: without its InputLayer; before the model has an input,
+        the layers waiting for it."""
+        if self._input is None:
+            return list(self._waiting)
+        from kdsl.model_layers import model_layers
+
+        return model_layers(self, inputs=False)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         if self._input is None:  # no input yet: compile with the first data

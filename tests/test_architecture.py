@@ -27,8 +27,8 @@ LAYERS = [
      "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics"],
     ["kdsl.backends"],
     ["kdsl.pipeline", "kdsl.explain", "kdsl.devices"],
-    ["kdsl.runtime", "kdsl.model", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses", "kdsl.metrics",
-     "kdsl.models", "kdsl.utils"],
+    ["kdsl.runtime", "kdsl.model", "kdsl.model_layers", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses",
+     "kdsl.metrics", "kdsl.models", "kdsl.utils"],
     ["kdsl.cli", "kdsl"],
 ]  # fmt: skip
 

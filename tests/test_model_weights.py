@@ -9,7 +9,7 @@ import pytest
 
 import kdsl
 from kdsl import layers as L
-from kdsl.errors import KdslUnsupportedError
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 
 
 def _mlp():
@@ -74,3 +74,31 @@ def test_calling_a_model_on_tensors_is_refused():
     model = _mlp()
     with pytest.raises(KdslUnsupportedError, match="nesting"):
         model(kdsl.Input(shape=(4,)))
+
+
+def test_layers_are_listed_as_keras_lists_them_and_carry_the_models_weights():
+    """The functional model of test_keras_layer_order's `headline`: Keras 3 lists `input_layer, embedding, lstm,
+    input_layer_1, concatenate, dense_1, dense_2, dense` (InputLayers where their depth puts them)."""
+    words, extra = kdsl.Input(shape=(7,), dtype="int32"), kdsl.Input(shape=(5,))
+    code = L.LSTM(6)(L.Embedding(20, 8)(words))
+    aux = L.Dense(1)(code)
+    model = kdsl.Model([words, extra], [L.Dense(1)(L.Dense(4)(L.concatenate([code, extra]))), aux])
+    names = [layer.name for layer in model.layers]
+    assert names == ["input_layer", "embedding", "lstm", "input_layer_1", "concatenate", "dense_1", "dense_2", "dense"]
+    lstm = model.get_layer("lstm")
+    assert repr(lstm) == "<LSTM name=lstm, built=True>" and model.get_layer(index=2) is not None
+    assert lstm.kernel.shape == (8, 24) and [w.shape for w in lstm.get_weights()] == [(8, 24), (6, 24), (24,)]
+    lstm.set_weights([np.ones((8, 24)), np.zeros((6, 24)), np.full(24, 0.5)])
+    np.testing.assert_array_equal(model.get_weights()[1], np.ones((8, 24), np.float32))
+    assert [t.shape for t in model.inputs] == [(None, 7), (None, 5)] and len(model.outputs) == 2
+    with pytest.raises(KdslArgumentError, match="did you mean `lstm`"):
+        model.get_layer("lsmt")
+
+
+def test_a_layer_frozen_through_the_model_stays_at_the_next_compile():
+    model = _mlp()
+    model.get_layer(index=1).trainable = False
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    before = model.get_weights()
+    model.fit(X, np.arange(6) % 3, verbose=0)
+    assert [np.array_equal(a, b) for a, b in zip(before, model.get_weights())] == [True, True, False, False]

@@ -124,40 +124,51 @@ class Graph:
     def output_names(self) -> list[str]:
         return [value.name for value in self.outputs]
 
-    def layers(self) -> list[Layer]:
-        """Each layer once, in the order Keras lists a functional model's layers (`model.layers`, and so its weights):
-        by decreasing depth, the most layer calls between a call of the layer and an output, and at one depth in
-        the order a walk back from the outputs first reaches them (keras/src/ops/function.py, `map_graph`). Layers
-        no output depends on come last, in the order of their first call."""
+    def operations(self) -> list[Layer | Value]:
+        """The layers the outputs depend on, and the model inputs (Keras's InputLayers), in the order Keras lists a
+        functional model's layers (`model.layers`, and so its weights): by decreasing depth, the most layer calls
+        between an operation and an output, and at one depth in the order a walk back from the outputs first
+        reaches them (keras/src/ops/function.py, `map_graph`)."""
         producer = {id(value): node for node in self.nodes for value in node.outputs}
         first_reached: dict[int, int] = {}
-        walked: list[Node] = []  # every call the outputs depend on, each after the calls it reads from
+        walked: list[Node | Value] = []  # every call (or input) the outputs depend on, after those it reads from
         done: set[int] = set()
 
         def walk(value: Value) -> None:
             node = producer.get(id(value))
-            if node is None or id(node) in done:
+            step = node if node is not None else value
+            if id(step) in done:
                 return
-            first_reached.setdefault(id(node.layer), len(first_reached))
-            for x in node.inputs:
+            first_reached.setdefault(id(node.layer if node is not None else value), len(first_reached))
+            for x in node.inputs if node is not None else ():
                 walk(x)
-            done.add(id(node))
-            walked.append(node)
+            done.add(id(step))
+            walked.append(step)
 
         for value in self.outputs:
             walk(value)
-        node_depth: dict[int, int] = {}
-        layer_depth: dict[int, int] = {}
-        for node in reversed(walked):
-            depth = max(node_depth.get(id(node), 0), layer_depth.get(id(node.layer), 0))
-            node_depth[id(node)] = layer_depth[id(node.layer)] = depth
-            for x in node.inputs:
-                parent = producer.get(id(x))
-                if parent is not None:
-                    node_depth[id(parent)] = max(depth + 1, node_depth.get(id(parent), 0))
-        layers = {id(node.layer): node.layer for node in walked}
-        ordered = sorted(layers.values(), key=lambda layer: (-layer_depth[id(layer)], first_reached[id(layer)]))
-        unused = {id(node.layer): node.layer for node in self.nodes if id(node.layer) not in layers}
+        depth_of: dict[int, int] = {}  # by call or input
+        operation_depth: dict[int, int] = {}
+        operations: dict[int, Layer | Value] = {}
+        for step in reversed(walked):
+            operation = step.layer if isinstance(step, Node) else step
+            depth = max(depth_of.get(id(step), 0), operation_depth.get(id(operation), 0))
+            depth_of[id(step)] = operation_depth[id(operation)] = depth
+            operations[id(operation)] = operation
+            for x in step.inputs if isinstance(step, Node) else ():
+                parent = producer.get(id(x), x)
+                depth_of[id(parent)] = max(depth + 1, depth_of.get(id(parent), 0))
+        for value in self.inputs:  # an input no output depends on: at depth 0, first among them, as in Keras
+            if id(value) not in operations:
+                operations[id(value)], operation_depth[id(value)], first_reached[id(value)] = value, 0, -1
+        return sorted(operations.values(), key=lambda op: (-operation_depth[id(op)], first_reached[id(op)]))
+
+    def layers(self) -> list[Layer]:
+        """Each layer once, in Keras's order (see `operations`); layers no output depends on come last, in the
+        order of their first call."""
+        ordered = [op for op in self.operations() if isinstance(op, Layer)]
+        seen = {id(layer) for layer in ordered}
+        unused = {id(node.layer): node.layer for node in self.nodes if id(node.layer) not in seen}
         return ordered + list(unused.values())
 
     def param_count(self, trainable: bool | None = None) -> int:
