@@ -104,6 +104,7 @@ class Layer:
     """A configured layer; call it on KerasTensors. Calling one instance again shares its weights."""
 
     kind: LayerKind
+    default_name: str | None = None  # what an unnamed layer is called, numbered, if not its kind's name
 
     def __init__(self, *args: Any, name: str | None = None, **kwargs: Any):
         """Keras's arguments; `input_shape` (or `input_dim`, a shape of one axis), as Keras takes it, gives a
@@ -214,6 +215,50 @@ class GRU(Layer):
     """Gated recurrent unit, gates in Keras order z, r, h; `reset_after=True` by default, as in Keras."""
 
     kind = LAYERS["gru"]
+
+
+class Cell:
+    """A recurrent cell for `RNN(cell)`, with the arguments of its layer that belong to the cell."""
+
+    layer: type[Layer]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+
+class SimpleRNNCell(Cell):
+    layer = SimpleRNN
+
+
+class LSTMCell(Cell):
+    layer = LSTM
+
+
+class GRUCell(Cell):
+    layer = GRU
+
+
+class RNN(Layer):
+    """Keras's generic recurrent layer around a built-in cell: `RNN(LSTMCell(64))` is `LSTM(64)`, with the same
+    weights and numbers, compiled to the same fused time loop (Keras's own runs the cell step by step)."""
+
+    default_name = "rnn"
+
+    def __init__(self, cell: Cell, *args: Any, name: str | None = None, **kwargs: Any):
+        if isinstance(cell, list | tuple):
+            raise KdslUnsupportedError(
+                "RNN over a list of cells (StackedRNNCells) is not supported",
+                hint="stack recurrent layers instead: LSTM(..., return_sequences=True) then LSTM(...)",
+            )
+        if not isinstance(cell, Cell):
+            raise KdslUnsupportedError(
+                f"RNN takes SimpleRNNCell, LSTMCell or GRUCell, got {type(cell).__name__}",
+                hint="cells of your own are not supported yet",
+            )
+        if args:
+            raise KdslArgumentError("RNN's arguments after the cell are given by name, as return_sequences=True")
+        self.kind = cell.layer.kind
+        super().__init__(*cell.args, name=name, **cell.kwargs, **kwargs)
 
 
 class Bidirectional(Layer):

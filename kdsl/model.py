@@ -371,7 +371,7 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
     for call in calls:
         ir_layer = layers[id(call.layer)]
         if ir_layer.name is None:
-            ir_layer.name = namer.next(ir_layer.kind.name)
+            ir_layer.name = namer.next(call.layer.default_name or ir_layer.kind.name)
         outputs_of_call = [Value(ir_layer.name) for _ in call.outputs]
         for tensor, value in zip(call.outputs, outputs_of_call):
             values[id(tensor)] = value

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kdsl as keras
-from kdsl.errors import KdslArgumentError
+from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.layers import Add, Concatenate, Multiply
 
 
@@ -82,3 +82,38 @@ def test_a_flat_metrics_list_for_several_outputs_is_refused_as_keras_refuses_it(
     model, _ = _two_outputs()
     with pytest.raises(KdslArgumentError, match="a list per output or a dict"):
         model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+
+
+@pytest.mark.parametrize("cell, layer", [("LSTMCell", "LSTM"), ("GRUCell", "GRU"), ("SimpleRNNCell", "SimpleRNN")])
+def test_rnn_of_a_cell_trains_as_the_layer_and_compiles_to_its_time_loop(cell, layer):
+    """RNN(LSTMCell(n)) given an LSTM model's weights and trained one epoch on the same batches ends with the same
+    weights; its time loop is the layer's fused one."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(24, 6, 3)).astype(np.float32), np.arange(24) % 2
+
+    def model(recurrent):
+        inputs = keras.Input(shape=(6, 3))
+        built = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(recurrent(inputs)))
+        built.compile(optimizer="adam", loss="sparse_categorical_crossentropy", target="cpu")
+        return built
+
+    plain = model(getattr(keras.layers, layer)(5, dropout=0.0))
+    generic = model(keras.layers.RNN(getattr(keras.layers, cell)(5)))
+    generic.set_weights(plain.get_weights())
+    for built in (plain, generic):
+        built.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for expected, actual in zip(plain.get_weights(), generic.get_weights(), strict=True):
+        np.testing.assert_array_equal(expected, actual)
+    assert generic.get_layer("rnn").get_weights()[0].shape == (3, plain.get_weights()[0].shape[1])
+    from kdsl.explain import explain
+    from kdsl.pipeline import compile_programs
+
+    report = explain(compile_programs(generic.graph, "cpu", training=False), batch=8)
+    assert f"rnn ({layer})" in report and "one compiled time loop" in report
+
+
+def test_rnn_refuses_what_it_cannot_compile():
+    with pytest.raises(KdslUnsupportedError, match="StackedRNNCells"):
+        keras.layers.RNN([keras.layers.LSTMCell(3), keras.layers.LSTMCell(3)])
+    with pytest.raises(KdslUnsupportedError, match="SimpleRNNCell, LSTMCell or GRUCell"):
+        keras.layers.RNN(object())
