@@ -221,3 +221,36 @@ def test_keras_file_names_are_refused_not_filled_with_our_format(tmp_path, name)
     with pytest.raises(KdslError, match="not Keras's files"):
         save(tmp_path / name)
     assert not (tmp_path / name).exists()
+
+
+def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files in `directory`: TFRecord frames (length, its CRC, data, CRC) of Events."""
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def test_tensorboard_writes_the_scalars_keras_writes(tmp_path):
+    pytest.importorskip("tensorboardX")
+    model, (x, y) = _model(), _data(64)
+    board = callbacks.TensorBoard(str(tmp_path / "logs"), update_freq=2)
+    history = model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, callbacks=[board], verbose=0)
+    train, validation = _scalars(tmp_path / "logs" / "train"), _scalars(tmp_path / "logs" / "validation")
+    assert [v for _, v in train["epoch_loss"]] == pytest.approx(history.history["loss"])
+    assert [v for _, v in validation["epoch_loss"]] == pytest.approx(history.history["val_loss"])
+    assert [step for step, _ in train["epoch_loss"]] == [0, 1] and "epoch_learning_rate" in train
+    assert [step for step, _ in train["batch_loss"]] == [2, 4, 6]  # every second of 2 x 3 batches, counted from 1
+
+
+def test_tensorboard_refuses_what_it_does_not_write():
+    with pytest.raises(kdsl.KdslError, match="histogram_freq"):
+        callbacks.TensorBoard(histogram_freq=1)

@@ -1,4 +1,5 @@
-"""Keras's callbacks: checkpoints, early stopping, learning-rate control, NaN guard and CSV / JSON-lines logs.
+"""Keras's callbacks: checkpoints, early stopping, learning-rate control, NaN guard, CSV / JSON-lines logs and
+TensorBoard's scalars.
 
 A callback sees the model and the epoch's logs (`loss`, metrics, `val_*`); setting
 `model.stop_training` ends `fit` after the current epoch (or batch, for TerminateOnNaN).
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kdsl.errors import KdslArgumentError, KdslError, KdslUnsupportedError
 from kdsl.files import write_atomically
 
 
@@ -208,3 +210,54 @@ class JSONLinesLogger(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.lines.append(json.dumps({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}))
         write_atomically(self.filename, "\n".join(self.lines) + "\n")
+
+
+class TensorBoard(Callback):
+    """Scalar summaries TensorBoard reads, as Keras writes them: `epoch_<name>` for the loss, each metric and the
+    learning rate at each epoch in `log_dir/train` (validation's in `log_dir/validation`), and, with `update_freq`
+    "batch" or N, `batch_<name>` every N batches, the epoch's running means so far. Through tensorboardX, the
+    optional extra `pip install 'kdsl[tensorboard]'`. Histograms, images, profiling and embeddings are refused;
+    the model's graph is not written (`write_graph`, on by default in Keras, writes nothing here)."""
+
+    def __init__(self, log_dir: str = "logs", histogram_freq: int = 0, write_graph: bool = True,
+                 write_images: bool = False, write_steps_per_second: bool = False, update_freq: str | int = "epoch",
+                 profile_batch: int = 0, embeddings_freq: int = 0, embeddings_metadata: Any = None):  # fmt: skip
+        refused = {"histogram_freq": histogram_freq, "write_images": write_images, "profile_batch": profile_batch,
+                   "write_steps_per_second": write_steps_per_second, "embeddings_freq": embeddings_freq,
+                   "embeddings_metadata": embeddings_metadata}  # fmt: skip
+        for name, value in refused.items():
+            if value:
+                raise KdslUnsupportedError(f"TensorBoard({name}=...) is not supported", hint=f"leave out `{name}`")
+        if update_freq != "epoch" and update_freq != "batch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise KdslArgumentError(f'update_freq is "epoch", "batch" or a number of batches, got {update_freq!r}')
+        self.log_dir, self.update_freq = log_dir, 1 if update_freq == "batch" else update_freq
+        self.batches = 0
+        self.writers: dict[str, Any] = {}
+
+    def on_train_begin(self, logs=None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise KdslError("the TensorBoard callback writes through tensorboardX, which is not installed",
+                            hint="pip install 'kdsl[tensorboard]'") from None  # fmt: skip
+        self.writers = {part: SummaryWriter(os.path.join(self.log_dir, part)) for part in ("train", "validation")}
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.update_freq != "epoch" and self.batches % self.update_freq == 0:
+            for name, value in (logs or {}).items():
+                self.writers["train"].add_scalar(f"batch_{name}", float(value), self.batches)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = self.model.optimizer.learning_rate
+        for name, value in logs.items():
+            writer, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            self.writers[writer].add_scalar(f"epoch_{tag}", float(value), epoch)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()

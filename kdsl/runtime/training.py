@@ -175,8 +175,9 @@ class Trainer:
                 loss = self.step(batch_inputs, batch_labels, batch_weights)
                 compiled = self.compiled
                 tracker.update(loss, compiled.outputs, batch_labels, compiled.masks, compiled.output_losses)
+                batch_logs = tracker.logs() if callbacks else {}  # the epoch's means so far, as Keras gives them
                 for callback in callbacks:
-                    callback.on_train_batch_end(done - 1, {"loss": loss})
+                    callback.on_train_batch_end(done - 1, batch_logs)
                 if model.stop_training:
                     break
                 if verbose == 1 and time.perf_counter() - shown > 0.1:  # redraw the bar ten times a second
