@@ -367,9 +367,12 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
             raise KdslArgumentError(f"two layers are named {layer.name!r}")
         # the layer's own configuration, not a copy: `layer.trainable = False` reaches the model
         layers[id(layer)] = IRLayer(layer.name, layer.kind, layer.config)
-    nodes = []
+    nodes, named = [], set()
     for call in calls:
         ir_layer = layers[id(call.layer)]
+        if id(ir_layer) not in named:
+            named.add(id(ir_layer))
+            namer.wrapped(ir_layer.config)
         if ir_layer.name is None:
             ir_layer.name = namer.next(call.layer.default_name or ir_layer.kind.name)
         outputs_of_call = [Value(ir_layer.name) for _ in call.outputs]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 KEYWORDS = frozenset({"model", "train", "layer", "true", "false", "none", "True", "False", "None"})
 
@@ -30,6 +32,14 @@ class LayerNamer:
         self.counts[base] = int(name.rsplit("_", 1)[1]) + 1 if name != base else 1
         self.taken.add(name)
         return name
+
+    def wrapped(self, config: Mapping[str, Any]) -> None:
+        """Use up the name of the layer a wrapper holds (and of any it holds in turn): Keras names that layer when
+        it is made, before the wrapper, so the next `dense` after a `TimeDistributed(Dense(...))` is `dense_1`."""
+        inner = config.get("layer")
+        if inner is not None and hasattr(inner, "kind"):
+            self.wrapped(inner.config)
+            self.next(inner.kind.name)
 
     def reserve(self, name: str) -> bool:
         """Claim a name given by the user; False when it is already taken."""

@@ -224,6 +224,7 @@ class _ModelBuilder:
         layer_name = result.name or name
         if not self.namer.reserve(layer_name):
             raise KdslNameError(f"layer name `{layer_name}` is used twice", decl.name.span)
+        self.namer.wrapped(result.spec.config)
         self.shared[name] = Layer(layer_name, result.spec.kind, dict(result.spec.config), decl.span)
 
     def assign(self, statement: ast.Assign) -> None:
@@ -370,6 +371,7 @@ class _ModelBuilder:
             return _Unapplied(LayerSpec(kind, config), name, call.span)
         if name is not None and not self.namer.reserve(name):
             raise KdslNameError(f"layer name `{name}` is used twice", call.span)
+        self.namer.wrapped(config)
         layer = Layer(name or self.namer.next(kind.name), kind, config, call.span)
         return self.apply(layer, inputs, call.span, states)
 
