@@ -168,17 +168,13 @@ class Model:
             callbacks: Sequence = (), validation_split: float = 0.0, validation_data: Any = None,
             shuffle: bool = True, initial_epoch: int = 0, sample_weight: Any = None,
             class_weight: Any = None, steps_per_epoch: int | None = None, validation_steps: int | None = None,
-            validation_batch_size: int | None = None, validation_freq: int = 1):  # fmt: skip
+            validation_batch_size: int | None = None, validation_freq: int | Sequence[int] = 1):  # fmt: skip
         """Train up to epoch `epochs` over (x, y), from `initial_epoch` (to resume a run, the epochs it did)."""
         self.build_from(x)
-        if validation_freq != 1:
-            raise KdslUnsupportedError(
-                "fit(validation_freq=...) is not supported yet", hint="validation runs each epoch"
-            )
         trainer = self._training_trainer()
         return trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
                            initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch, validation_steps,
-                           validation_batch_size)  # fmt: skip
+                           validation_batch_size, validation_freq)  # fmt: skip
 
     @property
     def optimizer(self):
@@ -229,10 +225,8 @@ class Model:
                  sample_weight: Any = None, steps: int | None = None, return_dict: bool = False):  # fmt: skip
         """Loss and metrics on (x, y): a list `[loss, *metrics]` as Keras returns, or a dict; over the first `steps`
         batches of a dataset when given. (`verbose` is Keras's progress bar, which kdsl does not draw here.)"""
-        if sample_weight is not None:
-            raise KdslUnsupportedError("evaluate(sample_weight=...) is not supported yet", hint="leave it out")
         self.build_from(x)
-        logs = self.trainer.evaluate(x, y, batch_size, steps)
+        logs = self.trainer.evaluate(x, y, batch_size, steps, sample_weight)
         return logs if return_dict else list(logs.values())
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0):

@@ -334,3 +334,28 @@ def test_metric_means_match_keras_per_sample_definitions(batch, width, seed):
     for name, (target, per_sample) in expected.items():
         total, count = metrics.batch_totals(name, target, y_pred, None)
         assert count == batch and total == pytest.approx(np.sum(per_sample), rel=1e-5), name
+
+
+def test_evaluate_weighs_the_loss_by_sample_weight_as_keras():
+    """Keras: sum over the batch of loss·weight / batch size; metrics count every sample (weighted_metrics aside)."""
+    model, (x, y) = _classifier(), _blobs(40)
+    weights = np.random.default_rng(3).uniform(0, 2, 40).astype(np.float32)
+    probs = model.predict(x).astype(np.float64)
+    crossentropy = -np.log(probs[np.arange(40), y])
+    logs = model.evaluate(x, y, batch_size=40, sample_weight=weights, return_dict=True)
+    assert logs["loss"] == pytest.approx(np.mean(crossentropy * weights), rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == y))
+    batches = kdsl.data.Dataset.from_tensor_slices((x, y, weights)).batch(40)
+    assert model.evaluate(batches, return_dict=True)["loss"] == pytest.approx(logs["loss"], rel=1e-6)
+
+
+def test_validation_freq_and_a_weighted_validation_split():
+    model, (x, y) = _classifier(), _blobs(40)
+    weights = np.linspace(0.5, 1.5, 40).astype(np.float32)
+    history = model.fit(x, y, epochs=4, batch_size=10, validation_split=0.25, sample_weight=weights,
+                        validation_freq=2, verbose=0)  # fmt: skip
+    assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2  # after epochs 2 and 4
+    held_out = model.evaluate(x[30:], y[30:], sample_weight=weights[30:], return_dict=True)
+    assert history.history["val_loss"][-1] == pytest.approx(held_out["loss"], rel=1e-6)
+    history = model.fit(x, y, epochs=3, validation_data=(x[:10], y[:10]), validation_freq=[1, 3], verbose=0)
+    assert len(history.history["val_loss"]) == 2

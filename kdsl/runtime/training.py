@@ -18,7 +18,7 @@ import numpy as np
 from kdsl.backends.compiled import CompiledModel
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
-from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.errors import KdslArgumentError
 from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.ir.interpret import run_program
@@ -99,6 +99,7 @@ class Trainer:
         self.compiled: CompiledModel = compile_model(graph, target, losses=self.losses, seed=seed, state=state)
         assert self.compiled.training is not None
         self.targets = self.compiled.training.targets
+        self.targets_weights = self.compiled.training.sample_weights
         self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
         self.rng = np.random.default_rng(seed)
         self.evaluation = _evaluation_program(self.compiled, self.losses)
@@ -140,13 +141,16 @@ class Trainer:
 
     def fit(self, model, x, y, batch_size=32, epochs=1, verbose=1, validation_split=0.0, validation_data=None,
             shuffle=True, initial_epoch=0, callbacks=(), sample_weight=None, class_weight=None,
-            steps_per_epoch=None, validation_steps=None, validation_batch_size=None) -> History:  # fmt: skip
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None,
+            validation_freq=1) -> History:  # fmt: skip
         """Train `model` (whose trainer this is) from epoch `initial_epoch` up to epoch `epochs`, as Keras does.
 
         `x` is the inputs (with targets `y`), or a `kdsl.data.Dataset` / iterable / generator of
         `(x, y)` or `(x, y, sample_weight)` batches; so is `validation_data` (`validation_steps` batches of it,
-        or all).
+        or all), evaluated every `validation_freq` epochs (a number), or after the epochs it lists (from 1).
         """
+        if isinstance(validation_freq, int) and validation_freq < 1:
+            raise KdslArgumentError(f"validation_freq must be at least 1, got {validation_freq}")
         if _is_batches(x):
             if y is not None:
                 raise KdslArgumentError("with a dataset or generator of batches, give no separate `y`")
@@ -184,15 +188,16 @@ class Trainer:
                     _progress(done, steps, started, tracker.logs(), end="\r")
                     shown = time.perf_counter()
             logs = tracker.logs()
-            if validation_data is not None:
+            due = (
+                (epoch + 1) % validation_freq == 0 if isinstance(validation_freq, int) else epoch + 1 in validation_freq
+            )
+            if validation_data is not None and due:
                 if _is_batches(validation_data):
                     scores = self.evaluate(validation_data, None, steps=validation_steps)
                 else:
                     val_x, val_y, *weights = validation_data
-                    if weights:
-                        raise KdslUnsupportedError("validation_data with sample weights is not supported yet",
-                                                   hint="give (x, y)")  # fmt: skip
-                    scores = self.evaluate(val_x, val_y, validation_batch_size or batch_size, validation_steps)
+                    scores = self.evaluate(val_x, val_y, validation_batch_size or batch_size, validation_steps,
+                                           weights[0] if weights else None)  # fmt: skip
                 logs.update({f"val_{k}": v for k, v in scores.items()})
             if verbose:
                 _progress(done, steps or done, started, logs, end="\n")
@@ -216,6 +221,10 @@ class Trainer:
         if validation_split and validation_data is None:  # Keras takes the last samples, before shuffling
             cut = int(count * (1 - validation_split))
             validation_data = ([a[cut:] for a in inputs], [a[cut:] for a in labels])
+            if sample_weight is not None:  # their sample weights go with them (class weights only train)
+                given = self.sample_weights(sample_weight, None, labels)
+                named = {n: w[cut:] for n, w in zip(self.graph.output_names, given) if w is not None}
+                validation_data = (*validation_data, named)
             inputs, labels, count = [a[:cut] for a in inputs], [a[:cut] for a in labels], cut
             weights = [w if w is None else w[:cut] for w in weights]
 
@@ -301,25 +310,40 @@ class Trainer:
         """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches)."""
         return predict(self.compiled, x, batch_size)
 
-    def evaluate(self, x: Data, y: Data, batch_size: int = 32, steps: int | None = None) -> dict[str, float]:
-        """Loss and metrics over arrays, or over a dataset / iterable of (x, y) batches (the first `steps` of them)."""
-        if _is_batches(x):
-            batches = ((self.inputs(bx), self.labels(by)) for bx, by, *_ in x)
-        else:
-            inputs, labels = self.inputs(x), self.labels(y)
-            batches = (
-                ([a[s : s + batch_size] for a in inputs], [a[s : s + batch_size] for a in labels])
-                for s in range(0, inputs[0].shape[0], batch_size)
-            )
+    def evaluate(
+        self, x: Data, y: Data, batch_size: int = 32, steps: int | None = None, sample_weight: Any = None
+    ) -> dict[str, float]:
+        """Loss and metrics over arrays, or over a dataset / iterable of (x, y[, sample_weight]) batches (the first
+        `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample."""
         tracker = _Tracker(self.metrics, self.graph.output_names)
-        for batch_inputs, batch_labels in itertools.islice(batches, steps):
-            outputs, masks = self.compiled.forward_with_masks(*batch_inputs)
+        for inputs, labels, weights in itertools.islice(
+            self._evaluation_batches(x, y, batch_size, sample_weight), steps
+        ):
+            outputs, masks = self.compiled.forward_with_masks(*inputs)
             present = [m for m in masks if m is not None]
-            loss, *output_losses = run_program(
-                self.evaluation, [*outputs, *batch_labels, *present, *self.compiled.weights]
-            )
-            tracker.update(float(loss), outputs, batch_labels, masks, [float(v) for v in output_losses])
+            weights = self._all_weights(weights, labels)
+            arrays = [*outputs, *labels, *weights, *present, *self.compiled.weights]
+            loss, *output_losses = run_program(self.evaluation, arrays)
+            tracker.update(float(loss), outputs, labels, masks, [float(v) for v in output_losses])
         return tracker.logs()
+
+    def _evaluation_batches(self, x: Data, y: Data, batch_size: int, sample_weight: Any):
+        """(inputs, labels, sample weights per output or None) for each batch to evaluate."""
+        if _is_batches(x):
+            for bx, by, *rest in x:
+                labels = self.labels(by)
+                yield self.inputs(bx), labels, self.sample_weights(rest[0] if rest else None, None, labels)
+            return
+        inputs, labels = self.inputs(x), self.labels(y)
+        weights = self.sample_weights(sample_weight, None, labels)
+        for s in range(0, inputs[0].shape[0], batch_size):
+            cut = slice(s, s + batch_size)
+            yield [a[cut] for a in inputs], [a[cut] for a in labels], [w if w is None else w[cut] for w in weights]
+
+    def _all_weights(self, weights: list, labels: list[np.ndarray]) -> list[np.ndarray]:
+        """Each output's sample weights, ones where none were given, shaped like its per-sample loss."""
+        shapes = [[t for _, t in zip(var.shape, label.shape)] for var, label in zip(self.targets_weights, labels)]
+        return [np.ones(shape, np.float32) if w is None else w for w, shape in zip(weights, shapes)]
 
 
 def model_inputs(graph: Graph, x: Data) -> list[np.ndarray]:
@@ -430,14 +454,14 @@ def _display_name(metric: Any) -> str:
 
 
 def _evaluation_program(compiled: CompiledModel, losses: list[LossTerm]) -> Program:
-    """The total loss from outputs, targets, the outputs' masks and the weights (regularizers included), for the
-    IR's interpreter."""
+    """The total loss (regularizers included) from outputs, targets, sample weights, the outputs' masks and the
+    weights, for the IR's interpreter."""
     lowered = compiled.inference
     b = Builder()
     outputs = [b.var(v.type, "out") for v in lowered.outputs]
     masks = [None if m is None else b.var(m.type, "mask") for m in lowered.masks]
     weights = [b.var(var.type, "w") for _, _, var in lowered.params]
     params = [(spec, w) for (_, spec, _), w in zip(lowered.params, weights)]
-    loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, weighted=False, masks=masks)
-    inputs = [*outputs, *loss.targets, *(m for m in masks if m is not None), *weights]
+    loss = total_loss(b, losses, compiled.graph.output_names, outputs, params, masks=masks)
+    inputs = [*outputs, *loss.targets, *loss.sample_weights, *(m for m in masks if m is not None), *weights]
     return b.program(inputs, [loss.total, *(loss.per_output if len(outputs) > 1 else [])])
