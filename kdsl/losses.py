@@ -1,4 +1,5 @@
-"""Keras's loss classes, for `compile(loss=...)`: `kdsl.losses.SparseCategoricalCrossentropy(from_logits=True)`.
+"""Keras's loss classes and functions, for `compile(loss=...)`: `kdsl.losses.SparseCategoricalCrossentropy(
+from_logits=True)`, `kdsl.losses.mean_squared_error`.
 
 Each is the checked name and arguments of a loss kdsl computes in its training program; an argument kdsl does
 not take (`reduction` other than Keras's default, `ignore_class`, ...) is refused, never ignored.
@@ -8,9 +9,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
+
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES, METRICS, FunctionTable
 from kdsl.errors import KdslArgumentError
+from kdsl.ir.builder import Builder
+from kdsl.ir.interpret import run_program
+from kdsl.ir.types import TensorType
+from kdsl.passes.losses import per_sample_loss, target_type
 
 __all__ = [
     "BinaryCrossentropy",
@@ -18,6 +25,13 @@ __all__ = [
     "MeanAbsoluteError",
     "MeanSquaredError",
     "SparseCategoricalCrossentropy",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "mae",
+    "mean_absolute_error",
+    "mean_squared_error",
+    "mse",
+    "sparse_categorical_crossentropy",
 ]
 
 
@@ -68,3 +82,37 @@ class SparseCategoricalCrossentropy(Loss):
 
 class Metric(KerasFunction):
     table = METRICS
+
+
+class LossFunction(FnSpec):
+    """A Keras loss function, such as `kdsl.losses.mean_squared_error`: given to `compile()` it is that loss;
+    called, it gives each sample's loss as kdsl's training program computes it (Keras's definition)."""
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "args", {})
+
+    def __call__(self, y_true: Any, y_pred: Any, **arguments: Any) -> np.ndarray:
+        spec = LOSSES.checked(FnSpec(self.name, arguments))
+        predicted = np.asarray(y_pred, np.float32)
+        sparse = spec.name == "sparse_categorical_crossentropy"
+        labels = np.asarray(y_true, np.int32 if sparse else np.float32)
+        b = Builder()
+        p = b.var(TensorType("f32", predicted.shape), "y_pred")
+        t = b.var(target_type(spec, p.type), "y_true")
+        if labels.shape != t.shape:
+            raise KdslArgumentError(f"`{self.name}` takes y_true of shape {t.shape} for y_pred {predicted.shape}, "
+                                    f"got {labels.shape}")  # fmt: skip
+        loss, _ = per_sample_loss(b, spec, t, p, None)
+        return run_program(b.program([t, p], [loss]), [labels, predicted])[0]
+
+    def __repr__(self) -> str:
+        return f"<loss function {self.name}>"
+
+
+mean_squared_error = LossFunction("mean_squared_error")
+mean_absolute_error = LossFunction("mean_absolute_error")
+binary_crossentropy = LossFunction("binary_crossentropy")
+categorical_crossentropy = LossFunction("categorical_crossentropy")
+sparse_categorical_crossentropy = LossFunction("sparse_categorical_crossentropy")
+mse, mae = mean_squared_error, mean_absolute_error

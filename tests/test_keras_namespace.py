@@ -117,3 +117,29 @@ def test_rnn_refuses_what_it_cannot_compile():
         keras.layers.RNN([keras.layers.LSTMCell(3), keras.layers.LSTMCell(3)])
     with pytest.raises(KdslUnsupportedError, match="SimpleRNNCell, LSTMCell or GRUCell"):
         keras.layers.RNN(object())
+
+
+@pytest.mark.parametrize(
+    "name, arguments",
+    [("mean_squared_error", {}), ("mean_absolute_error", {}), ("binary_crossentropy", {"label_smoothing": 0.1}),
+     ("categorical_crossentropy", {"from_logits": True}), ("sparse_categorical_crossentropy", {})],
+)  # fmt: skip
+def test_loss_functions_compute_keras_per_sample_losses_and_compile_as_their_names(name, arguments):
+    import keras_reference as kr
+
+    rng = np.random.default_rng(4)
+    y_pred = rng.uniform(0.05, 0.95, (5, 4)).astype(np.float32)
+    if name == "sparse_categorical_crossentropy":
+        y_pred /= y_pred.sum(-1, keepdims=True)
+        y_true = rng.integers(0, 4, 5)
+    elif name == "categorical_crossentropy":
+        y_true = np.eye(4)[rng.integers(0, 4, 5)]
+    else:
+        y_true = rng.uniform(0, 1, (5, 4))
+    function = getattr(keras.losses, name)
+    expected = getattr(kr, name)(y_true, y_pred, **arguments)
+    np.testing.assert_allclose(function(y_true, y_pred, **arguments), expected, rtol=1e-5, atol=1e-6)
+    x = keras.Input(shape=(4,))
+    model = keras.Model(x, keras.layers.Dense(4)(x))
+    model.compile(optimizer="sgd", loss=function, target="numpy")
+    assert model.trainer.losses[0].loss.name == name
