@@ -11,6 +11,7 @@ a device (`cuda`, see `kdsl.backends.cuda.model`).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -105,6 +106,9 @@ class CompiledModel:
         self.inference, self.training = compilation.inference, compilation.training
         self.outputs: list[np.ndarray] = []
         self.masks: list[np.ndarray | None] = []
+        # one call at a time: a compiled entry computes in buffers it keeps for the next call, so two threads
+        # predicting at once would read each other's values
+        self._running = threading.Lock()
         self.output_losses: list[float] = []
         self._grads: list = [np.zeros_like(state.host[i]) for i in state.trainable]
 
@@ -149,7 +153,8 @@ class CompiledModel:
     def forward_with_masks(self, *inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """The model outputs for one batch, and each output's padding mask (None where it has none)."""
         arrays = [*self._inputs(inputs), *self.state.host]
-        results = [np.array(x) for x in self.runner.run("forward", arrays, self.state)]
+        with self._running:  # the results copied out of the entry's buffers before another call reuses them
+            results = [np.array(x) for x in self.runner.run("forward", arrays, self.state)]
         count = len(self.graph.outputs)
         return results[:count], self._masks(results[count:])
 
@@ -169,7 +174,8 @@ class CompiledModel:
         `sample_weights` (one per output, or None for all ones) weigh each sample's loss, as in Keras.
         """
         data, noise = self._step_arrays(inputs, targets, sample_weights)
-        results = self.runner.run("train_step", [*data, *self.state.host, *noise], self.state)
+        with self._running:
+            results = self.runner.run("train_step", [*data, *self.state.host, *noise], self.state)
         masked = sum(mask is not None for mask in self.inference.masks)
         counts = len(self.graph.outputs), len(self.state.trainable), len(self.training.lowered.updates), masked
         loss, rest = results[0], iter(results[1:])
