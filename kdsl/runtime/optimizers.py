@@ -161,6 +161,7 @@ class Adagrad(Optimizer):
 
 
 CLASSES = {cls.name: cls for cls in (SGD, Adam, RMSprop, Adagrad)}
+SLOT_NAMES = sorted({name for cls in CLASSES.values() for name in cls.slot_names})  # every slot any optimizer keeps
 
 
 def get(spec: Optimizer | FnSpec | str) -> Optimizer:

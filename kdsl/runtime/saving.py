@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.graph import Graph
 from kdsl.lang import load
 from kdsl.lang.format import to_kd
-from kdsl.runtime.optimizers import CLASSES
+from kdsl.runtime.optimizers import CLASSES, SLOT_NAMES
 from kdsl.runtime.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -81,32 +83,136 @@ def save_model(model: Model, path: str | Path) -> None:
     write_atomically(path, out.getvalue())
 
 
+TEXT_LIMIT = 16 << 20  # bytes of `model.kd` or `state.json` read at most
+ARRAY_OVERHEAD = 4096  # bytes an .npz spends on each array besides its data, at most
+SLOTS_PER_WEIGHT = 3  # the most optimizer slots a weight has (RMSprop's)
+DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError, UnicodeDecodeError, OSError,
+          EOFError, zipfile.BadZipFile, zlib.error)  # fmt: skip
+
+
 @dataclass
 class Saved:
-    """What a `.kdz` archive holds: the model's graph, its state, weights and optimizer slots."""
+    """What a `.kdz` archive holds, checked: the model's graph, its state, weights (by name, float32, each of its
+    weight's shape) and optimizer slots (by `index/slot`, each of its weight's shape)."""
 
     graph: Graph
     state: dict
-    weights: Mapping[str, np.ndarray]
-    slots: Mapping[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    slots: dict[str, np.ndarray]
 
 
 def read_saved(path: str | Path) -> Saved:
-    """The contents of a model saved by `Model.save`."""
+    """The contents of a model saved by `Model.save`. A file kdsl did not write, or one damaged, is refused with a
+    `KdslError` naming it and what is wrong, before any of it reaches a kernel."""
     _not_keras(path, "loads models from", "`.kdz`")
+    try:
+        return _read(path)
+    except KdslError:
+        raise
+    except DAMAGE as error:
+        raise KdslError(f"{path}: not a model kdsl saved, or damaged ({type(error).__name__}: {error})") from None
+
+
+def _read(path: str | Path) -> Saved:
     with zipfile.ZipFile(path) as archive:
-        state = json.loads(archive.read("state.json"))
-        if state.get("format") != FORMAT:
-            raise KdslError(f"{path}: unknown format {state.get('format')!r}")
-        source = archive.read("model.kd").decode()
-        weights = np.load(io.BytesIO(archive.read("weights.npz")))
-        slots = np.load(io.BytesIO(archive.read("optimizer.npz")))
-    return Saved(load(source, f"{path}:model.kd").models[state["model"]], state, weights, slots)
+        state = json.loads(_member(archive, path, "state.json", TEXT_LIMIT))
+        _check_state(path, state)
+        graph = load(_member(archive, path, "model.kd", TEXT_LIMIT).decode(), f"{path}:model.kd").models.get(
+            state["model"]
+        )
+        if graph is None:
+            raise KdslError(f"{path}: model.kd holds no model `{state['model']}`")
+        specs = {f"{layer.name}/{p.name}": p for layer in graph.layers() for p in layer.params or []}
+        shapes = {name: spec.shape for name, spec in specs.items()}
+        if sorted(state["param_names"]) != sorted(shapes):
+            raise KdslError(f"{path}: state.json names weights {state['param_names']}, the model has {list(shapes)}")
+        data = sum(4 * math.prod(shape) + ARRAY_OVERHEAD for shape in shapes.values()) + ARRAY_OVERHEAD
+        weights = _arrays(_member(archive, path, "weights.npz", data), path, "weights.npz", shapes)
+        if set(weights) != set(shapes):
+            raise KdslError(f"{path}: weights.npz lacks {sorted(set(shapes) - set(weights))}")
+        # a slot's index counts the trainable weights in the saved order
+        trainable = [shapes[n] for n in state["param_names"] if specs[n].trainable]
+        slot_shapes = {f"{i}/{slot}": shape for i, shape in enumerate(trainable) for slot in SLOT_NAMES}
+        slots = _arrays(_member(archive, path, "optimizer.npz", SLOTS_PER_WEIGHT * data), path, "optimizer.npz",
+                        slot_shapes)  # fmt: skip
+    return Saved(graph, state, weights, slots)
+
+
+def _member(archive: zipfile.ZipFile, path: str | Path, name: str, limit: int) -> bytes:
+    """A member of the archive, refused before it is read when it would unpack to more than `limit` bytes."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise KdslError(f"{path}: no `{name}` in the archive",
+                        hint="a .kdz holds model.kd, state.json, weights.npz and optimizer.npz") from None  # fmt: skip
+    if info.file_size > limit:
+        raise KdslError(f"{path}: `{name}` would unpack to {info.file_size:,} bytes, more than its {limit:,} at most")
+    return archive.read(name)
+
+
+def _arrays(data: bytes, path: str | Path, member: str, shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """The arrays of an .npz member, each named as `shapes` names it, of float type and of that shape (float32)."""
+    arrays = {}
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        for key in npz.files:
+            if key not in shapes:
+                raise KdslError(f"{path}: {member} holds an array `{key}` the model has no place for")
+            size = npz.zip.getinfo(f"{key}.npy").file_size
+            if size > 4 * math.prod(shapes[key]) + ARRAY_OVERHEAD:
+                raise KdslError(f"{path}: {member}'s `{key}` would unpack to {size:,} bytes")
+            array = npz[key]
+            if array.dtype.kind != "f" or array.shape != tuple(shapes[key]):
+                raise KdslError(f"{path}: {member}'s `{key}` is {array.dtype}{list(array.shape)}, "
+                                f"the model needs float32{list(shapes[key])}")  # fmt: skip
+            arrays[key] = array.astype(np.float32)
+    return arrays
+
+
+def _check_state(path: str | Path, state: Any) -> None:
+    """state.json's fields of the types `restore` reads them as."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise KdslError(f"{path}: state.json {what}")
+
+    need(isinstance(state, dict) and state.get("format") == FORMAT, f"is not format {FORMAT}")
+    need(isinstance(state.get("model"), str), "names no model")
+    names = state.get("param_names")
+    need(isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names),
+         "has no list of weight names")  # fmt: skip
+    setup = state.get("compile")
+    need(isinstance(setup, dict) and isinstance(setup.get("losses"), list) and isinstance(setup.get("metrics"), list)
+         and isinstance(setup.get("optimizer"), dict) and setup.get("target") in ("numpy", "cpu", "cuda"),
+         "has no compile settings")  # fmt: skip
+    for loss in setup["losses"]:
+        need(isinstance(loss, dict) and isinstance(loss.get("name"), str) and isinstance(loss.get("args"), dict)
+             and _number(loss.get("weight")), "has a malformed loss")  # fmt: skip
+    need(all(isinstance(m, list) and all(isinstance(x, str) for x in m) for m in setup["metrics"]), "has bad metrics")
+    optimizer = state.get("optimizer")
+    need(isinstance(optimizer, dict) and isinstance(optimizer.get("iterations"), int)
+         and not isinstance(optimizer.get("iterations"), bool) and optimizer["iterations"] >= 0
+         and _number(optimizer.get("learning_rate")), "has no optimizer step and learning rate")  # fmt: skip
+    random = state.get("random")
+    need(isinstance(random, dict) and all(isinstance(random.get(k), dict) for k in ("batches", "dropout")),
+         "has no random state")  # fmt: skip
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def restore(model: Model, saved: Saved) -> None:
     """Compile `model` (built from `saved.graph`) as it was saved, and bring back its weights, optimizer state and
     random state, so training goes on where it stopped."""
+    try:
+        _restore(model, saved)
+    except KdslError:
+        raise
+    except DAMAGE as error:
+        raise KdslError(f"the saved model's settings are damaged ({type(error).__name__}: {error})") from None
+
+
+def _restore(model: Model, saved: Saved) -> None:
     state, weights, slots, graph = saved.state, saved.weights, saved.slots, saved.graph
     setup = state["compile"]
     optimizer_config = dict(setup["optimizer"])
@@ -126,12 +232,17 @@ def restore(model: Model, saved: Saved) -> None:
     names = trainer.compiled.param_names
     model.set_weights([weights[name] for name in names])
     optimizer.iterations = state["optimizer"]["iterations"]
-    optimizer.learning_rate = state["optimizer"]["learning_rate"]
+    optimizer.learning_rate = float(state["optimizer"]["learning_rate"])
     trainable = [names[i] for i in trainer.compiled.trainable]
     optimizer.slots = [optimizer.create_slots(weights[n]) for n in trainable] if optimizer.iterations else []
     saved_order = [n for n in state["param_names"] if n in set(trainable)]  # the slots' order in the archive
     for key, value in slots.items():
         index, name = key.split("/", 1)
-        optimizer.slots[trainable.index(saved_order[int(index)])][name] = value.copy()
+        if int(index) >= len(saved_order) or name not in optimizer.slot_names or not optimizer.slots:
+            raise KdslError(f"the saved optimizer has a slot `{key}` that {optimizer.name} has no place for")
+        slot = optimizer.slots[trainable.index(saved_order[int(index)])]
+        if name not in slot:
+            raise KdslError(f"the saved optimizer has a slot `{key}` that {optimizer.name} does not keep")
+        slot[name] = value.copy()
     trainer.rng.bit_generator.state = state["random"]["batches"]
     trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
