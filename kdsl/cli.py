@@ -225,7 +225,9 @@ def _train(args: argparse.Namespace) -> int:
     model = Model.from_graph(graph)
     model.compile(seed=args.seed, target=args.target)
     recipe = graph.train
-    model.fit(x, y, batch_size=args.batch_size or recipe.batch_size, epochs=args.epochs or recipe.epochs,
+    batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
+    epochs = recipe.epochs if args.epochs is None else args.epochs  # --epochs 0 trains nothing, as Keras's fit
+    model.fit(x, y, batch_size=batch_size, epochs=epochs,
               validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
     logs = model.evaluate(x_test, y_test, batch_size=256, return_dict=True)
     print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))

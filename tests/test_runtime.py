@@ -359,3 +359,36 @@ def test_validation_freq_and_a_weighted_validation_split():
     assert history.history["val_loss"][-1] == pytest.approx(held_out["loss"], rel=1e-6)
     history = model.fit(x, y, epochs=3, validation_data=(x[:10], y[:10]), validation_freq=[1, 3], verbose=0)
     assert len(history.history["val_loss"]) == 2
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, x, y: m.fit(x, y, batch_size=-5, verbose=0), "batch_size"),
+        (lambda m, x, y: m.fit(x, y, batch_size=0, verbose=0), "batch_size"),
+        (lambda m, x, y: m.fit(x, y, validation_split=1.0, verbose=0), "validation_split"),
+        (lambda m, x, y: m.fit(x, y, validation_split=2.0, verbose=0), "validation_split"),
+        (lambda m, x, y: m.fit(x, y, epochs=-2, verbose=0), "epochs"),
+        (lambda m, x, y: m.evaluate(x, y, batch_size=-5), "batch_size"),
+        (lambda m, x, y: m.predict(x, batch_size=0), "batch_size"),
+        (lambda m, x, y: m.fit(x, y + 2**32, verbose=0), "beyond int32"),
+        (lambda m, x, y: m.fit(x.astype(np.complex64), y, verbose=0), "must hold numbers"),
+        (lambda m, x, y: m.fit(x.astype(str), y, verbose=0), "must hold numbers"),
+        (lambda m, x, y: m.fit(x, y, sample_weight=np.full(len(y), np.nan), verbose=0), "NaN"),
+        (lambda m, x, y: m.fit(x, y, class_weight={0: float("nan")}, verbose=0), "NaN"),
+    ],
+)
+def test_training_on_nothing_or_on_bad_numbers_is_refused(call, message):
+    """Each once trained on no batch and reported success, or went on with numbers it had changed."""
+    model, (x, y) = _classifier(), _blobs(20)
+    with pytest.raises(KdslArgumentError, match=message):
+        call(model, x, y)
+
+
+def test_token_ids_beyond_the_embedding_are_refused_up_front():
+    model = kdsl.Model.from_graph(load("""model T(ids: i32[batch, 4]) -> y {
+        y = ids |> embedding(10, 3) |> flatten |> dense(2, activation=softmax) }
+    train T { loss = sparse_categorical_crossentropy }""", "t.kd").models["T"])  # fmt: skip
+    model.compile(target="numpy")
+    with pytest.raises(KdslArgumentError, match=r"ids 0\.\.9"):
+        model.predict(np.full((2, 4), 10, np.int32))

@@ -66,9 +66,13 @@ def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], wha
             raise KdslArgumentError(f"{what} `{name}` must have shape {shown}, got {array.shape}")
         if array.shape[0] == 0:
             raise KdslArgumentError(f"{what} `{name}` is empty")
+        if array.dtype.kind not in "biuf":  # strings, bytes, objects, complex numbers
+            raise KdslArgumentError(f"{what} `{name}` must hold numbers, got {array.dtype}")
         if type.dtype == "i32":
             if not np.issubdtype(array.dtype, np.integer):
                 raise KdslArgumentError(f"{what} `{name}` must hold integers (i32), got {array.dtype}")
+            if array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max:
+                raise KdslArgumentError(f"{what} `{name}` holds integers beyond int32: [{array.min()}, {array.max()}]")
             array = array.astype(np.int32)
         else:
             array = array.astype(np.float32)
@@ -149,8 +153,13 @@ class Trainer:
         `(x, y)` or `(x, y, sample_weight)` batches; so is `validation_data` (`validation_steps` batches of it,
         or all), evaluated every `validation_freq` epochs (a number), or after the epochs it lists (from 1).
         """
-        if isinstance(validation_freq, int) and validation_freq < 1:
-            raise KdslArgumentError(f"validation_freq must be at least 1, got {validation_freq}")
+        _counts(batch_size=batch_size, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size)  # fmt: skip
+        _counts(least=0, epochs=epochs, initial_epoch=initial_epoch)
+        if isinstance(validation_freq, int):
+            _counts(validation_freq=validation_freq)
+        if not (isinstance(validation_split, int | float) and 0 <= validation_split < 1):
+            raise KdslArgumentError(f"validation_split is a fraction in [0, 1), got {validation_split!r}")
         if _is_batches(x):
             if y is not None:
                 raise KdslArgumentError("with a dataset or generator of batches, give no separate `y`")
@@ -284,6 +293,8 @@ class Trainer:
             for label, weight in class_weight.items():
                 if 0 <= int(label) < len(table):
                     table[int(label)] = weight
+            if not np.isfinite(table).all():
+                raise KdslArgumentError("class_weight holds NaN or infinite weights")
             sample_weight = table[ids]
         if sample_weight is None:
             return [None] * len(names)
@@ -297,6 +308,8 @@ class Trainer:
                 weights.append(None)
                 continue
             w = np.asarray(w, np.float32)
+            if not np.isfinite(w).all():
+                raise KdslArgumentError(f"sample_weight for `{name}` holds NaN or infinite weights")
             shape = label.shape[: var.rank]
             if w.shape == shape[:-1] and var.rank > 1:  # one weight per sample of a per-timestep loss, as Keras
                 w = np.broadcast_to(w[..., None], shape)  # expands it (squeeze_or_expand_to_same_rank)
@@ -315,6 +328,7 @@ class Trainer:
     ) -> dict[str, float]:
         """Loss and metrics over arrays, or over a dataset / iterable of (x, y[, sample_weight]) batches (the first
         `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample."""
+        _counts(batch_size=batch_size, steps=steps)
         tracker = _Tracker(self.metrics, self.graph.output_names)
         for inputs, labels, weights in itertools.islice(
             self._evaluation_batches(x, y, batch_size, sample_weight), steps
@@ -346,13 +360,32 @@ class Trainer:
         return [np.ones(shape, np.float32) if w is None else w for w, shape in zip(weights, shapes)]
 
 
+def _counts(least: int = 1, **given: Any) -> None:
+    """Refuse a count (batch size, steps, epochs) that is not a whole number of at least `least`; None passes."""
+    for name, value in given.items():
+        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least):
+            raise KdslArgumentError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
+
 def model_inputs(graph: Graph, x: Data) -> list[np.ndarray]:
-    """A model's input arrays, checked, from an array, a list or a dict by name."""
-    return as_arrays(x, [v.name for v in graph.inputs], [v.type for v in graph.inputs], "input")
+    """A model's input arrays, checked, from an array, a list or a dict by name; token ids an embedding reads
+    within its table."""
+    arrays = as_arrays(x, [v.name for v in graph.inputs], [v.type for v in graph.inputs], "input")
+    for value, array in zip(graph.inputs, arrays):
+        tables = [node.layer.config["input_dim"] for node in graph.nodes
+                  if node.layer.kind.name == "embedding" and value in node.inputs]  # fmt: skip
+        for rows in tables:
+            if array.min() < 0 or array.max() >= rows:
+                raise KdslArgumentError(
+                    f"input `{value.name}` has token ids in [{array.min()}, {array.max()}], but its embedding has "
+                    f"{rows} rows (ids 0..{rows - 1})"
+                )
+    return arrays
 
 
 def predict(compiled: CompiledModel, x: Data, batch_size: int = 32) -> list[np.ndarray]:
     """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches), batch by batch."""
+    _counts(batch_size=batch_size)
     if _is_batches(x):
         batch_inputs = (model_inputs(compiled.graph, b[0] if isinstance(b, tuple) else b) for b in x)
     else:
