@@ -147,3 +147,16 @@ def test_installed_console_script_runs(examples):
     )
     assert result.returncode == 0
     assert "Total params: 164,106" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [(["train", "examples/mnist_mlp.kd", "--data", "mnsit"], "did you mean `mnist`"),
+     (["train", "examples/mnist_mlp.kd", "--data", "missing.npz"], "no file missing.npz"),
+     (["evaluate", "missing.kdz"], "no such file"),
+     (["evaluate", "examples/mnist_mlp.kd"], "train it first")],
+)  # fmt: skip
+def test_a_new_users_mistakes_get_a_message_not_an_internal_error(capsys, argv, expected):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "internal error" not in err

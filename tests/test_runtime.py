@@ -392,3 +392,17 @@ def test_token_ids_beyond_the_embedding_are_refused_up_front():
     model.compile(target="numpy")
     with pytest.raises(KdslArgumentError, match=r"ids 0\.\.9"):
         model.predict(np.full((2, 4), 10, np.int32))
+
+
+@pytest.mark.parametrize(
+    "loss, labels, hint",
+    [("categorical_crossentropy", np.arange(4) % 3, "sparse_categorical_crossentropy"),
+     ("sparse_categorical_crossentropy", np.eye(3)[np.arange(4) % 3], "categorical_crossentropy")],
+)  # fmt: skip
+def test_labels_of_the_other_crossentropy_get_a_hint(loss, labels, hint):
+    x = kdsl.Input(shape=(4,))
+    model = kdsl.Model(x, kdsl.layers.Dense(3, activation="softmax")(x))
+    model.compile(optimizer="sgd", loss=loss, target="numpy")
+    with pytest.raises(KdslArgumentError) as error:
+        model.fit(np.ones((4, 4), np.float32), labels, verbose=0)
+    assert hint in error.value.hint

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from kdsl.datasets import fashion_mnist, mnist, mnist_small
-from kdsl.errors import KdslError
+from kdsl.errors import KdslError, did_you_mean
 
 NAMED = {"mnist": mnist, "fashion_mnist": fashion_mnist, "mnist_small": mnist_small}
 
@@ -22,8 +22,13 @@ def load(name_or_path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
             if missing:
                 raise KdslError(f"{name_or_path} has no {', '.join(missing)}")
             splits = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
+    elif Path(name_or_path).suffix == ".npz":
+        raise KdslError(
+            f"no file {name_or_path}", hint="give the path of an .npz holding x_train, y_train, x_test, y_test"
+        )
     else:
-        raise KdslError(f"no dataset {name_or_path!r}", hint=f"use one of {', '.join(NAMED)} or a path to an .npz")
+        hint = did_you_mean(name_or_path, list(NAMED)) or f"use one of {', '.join(NAMED)} or a path to an .npz"
+        raise KdslError(f"no dataset {name_or_path!r}", hint=hint)
     return tuple((_scaled(x), y) for x, y in splits)  # type: ignore[return-value]
 
 

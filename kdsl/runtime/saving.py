@@ -105,6 +105,11 @@ def read_saved(path: str | Path) -> Saved:
     """The contents of a model saved by `Model.save`. A file kdsl did not write, or one damaged, is refused with a
     `KdslError` naming it and what is wrong, before any of it reaches a kernel."""
     _not_keras(path, "loads models from", "`.kdz`")
+    if not Path(path).is_file():
+        raise KdslError(f"{path}: no such file")
+    if str(path).endswith(".kd"):
+        raise KdslError(f"{path} is a model's source, not a saved model",
+                        hint=f"train it first (kdsl train {path}), then give the .kdz it saves")  # fmt: skip
     try:
         return _read(path)
     except KdslError:

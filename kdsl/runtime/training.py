@@ -20,7 +20,7 @@ from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.builder import Builder
-from kdsl.ir.graph import Graph, LossTerm
+from kdsl.ir.graph import Graph, LossTerm, Value
 from kdsl.ir.interpret import run_program
 from kdsl.ir.program import Program
 from kdsl.ir.types import TensorType
@@ -122,7 +122,7 @@ class Trainer:
             given = {names[0]: y}
         else:
             given = dict(zip(names, y))
-        for name, var, output in zip(names, self.targets, self.graph.outputs):
+        for name, var, output, loss in zip(names, self.targets, self.graph.outputs, self.losses):
             array = np.asarray(given.get(name)) if name in given else None
             if array is None:
                 raise KdslArgumentError(f"no target given for output `{name}`")
@@ -130,7 +130,11 @@ class Trainer:
                 array = array[..., 0]  # Keras accepts sparse labels shaped (batch, 1)
             if var.type.dtype == "f32" and array.ndim == var.rank - 1 and var.shape[-1] == 1:
                 array = array[..., None]
-            (array,) = as_arrays(array, [name], [var.type], "target")
+            try:
+                (array,) = as_arrays(array, [name], [var.type], "target")
+            except KdslArgumentError as error:
+                error.hint = error.hint or _label_hint(loss.loss.name, array, output)
+                raise
             if var.type.dtype == "i32":
                 classes = output.type.dims[-1]
                 if array.min() < 0 or array.max() >= classes:
@@ -358,6 +362,20 @@ class Trainer:
         """Each output's sample weights, ones where none were given, shaped like its per-sample loss."""
         shapes = [[t for _, t in zip(var.shape, label.shape)] for var, label in zip(self.targets_weights, labels)]
         return [np.ones(shape, np.float32) if w is None else w for w, shape in zip(weights, shapes)]
+
+
+def _label_hint(loss: str, labels: np.ndarray, output: Value) -> str | None:
+    """What to do when labels look like the other kind of crossentropy's."""
+    classes = output.type.dims[-1]
+    if (
+        loss == "categorical_crossentropy"
+        and np.issubdtype(labels.dtype, np.integer)
+        and labels.ndim == output.type.rank - 1
+    ):
+        return "these look like class ids: use sparse_categorical_crossentropy, or one-hot them (to_categorical)"
+    if loss == "sparse_categorical_crossentropy" and labels.ndim == output.type.rank and labels.shape[-1] == classes:
+        return "these look like one-hot rows: use categorical_crossentropy, or give class ids (labels.argmax(-1))"
+    return None
 
 
 def _counts(least: int = 1, **given: Any) -> None:
