@@ -83,7 +83,7 @@ def Input(
     for position, dim in enumerate(tuple(shape), start=1):
         if dim is None:
             dims.append(f"d{position}")
-        elif (isinstance(dim, str) and dim.isidentifier() and dim != BATCH) or (
+        elif (isinstance(dim, str) and dim.isascii() and dim.isidentifier() and dim != BATCH) or (
             isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
         ):
             dims.append(dim)

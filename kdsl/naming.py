@@ -10,8 +10,9 @@ KEYWORDS = frozenset({"model", "train", "layer", "true", "false", "none", "True"
 
 
 def is_valid_name(name: object) -> bool:
-    """Whether `name` can name a model, input or layer in `.kd` text."""
-    return isinstance(name, str) and name.isidentifier() and name not in KEYWORDS
+    """Whether `name` can name a model, input or layer in `.kd` text (ASCII, as the grammar's names are: what is
+    saved as `.kd` must load back)."""
+    return isinstance(name, str) and name.isascii() and name.isidentifier() and name not in KEYWORDS
 
 
 class LayerNamer:

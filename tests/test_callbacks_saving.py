@@ -11,6 +11,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kdsl
 from kdsl import callbacks
@@ -254,3 +256,31 @@ def test_tensorboard_writes_the_scalars_keras_writes(tmp_path):
 def test_tensorboard_refuses_what_it_does_not_write():
     with pytest.raises(kdsl.KdslError, match="histogram_freq"):
         callbacks.TensorBoard(histogram_freq=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    names=st.lists(
+        st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True), st.text(max_size=8)),
+        min_size=3,
+        max_size=3,
+    ),
+    rate=st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
+def test_whatever_is_saved_loads(tmp_path_factory, names, rate):
+    """Names and settings kdsl accepts save and load back; the others are refused when given, never at loading."""
+    from kdsl import layers as L
+    from kdsl.errors import KdslArgumentError
+
+    model_name, input_name, layer_name = names
+    try:
+        x = kdsl.Input(shape=(3,), name=input_name)
+        model = kdsl.Model(x, L.Dense(2, name=layer_name)(x), name=model_name)
+        model.compile(optimizer=kdsl.optimizers.SGD(rate), loss="mse", target="numpy")
+    except KdslArgumentError:
+        return
+    path = tmp_path_factory.mktemp("saved") / "m.kdz"
+    model.save(path)
+    loaded = kdsl.load_model(path)
+    assert (loaded.name, loaded.input_names, loaded.optimizer.learning_rate) == (model_name, [input_name], rate)
+    assert [layer.name for layer in loaded.layers][1:] == [layer_name]

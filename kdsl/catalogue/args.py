@@ -7,6 +7,7 @@ order, and names the argument at fault (with a did-you-mean for unknown keywords
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,8 +162,11 @@ def positive_int(value: Any) -> int:
 
 
 def number(value: Any) -> float:
+    """A finite number: what kdsl saves must parse back, and no setting means anything at infinity or NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArgError(f"expected a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ArgError(f"expected a finite number, got {value!r}")
     return float(value)
 
 
