@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="instead of the train block's")
     train.add_argument("--batch-size", type=int, help="instead of the train block's")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                       help="0: silent; 1: a progress bar (off a terminal, its last line); 2: a line per epoch")  # fmt: skip
     train.add_argument("--target", choices=["cpu", "cuda", "numpy"], default="cpu", help="the backend to train on")
     train.add_argument("--out", help="where to save the trained model (default: MODEL.kdz)")
     train.set_defaults(run=_train)
@@ -227,7 +229,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe = graph.train
     batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
     epochs = recipe.epochs if args.epochs is None else args.epochs  # --epochs 0 trains nothing, as Keras's fit
-    model.fit(x, y, batch_size=batch_size, epochs=epochs,
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=args.verbose,
               validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
     logs = model.evaluate(x_test, y_test, batch_size=256, return_dict=True)
     print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))

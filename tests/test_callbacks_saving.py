@@ -284,3 +284,11 @@ def test_whatever_is_saved_loads(tmp_path_factory, names, rate):
     loaded = kdsl.load_model(path)
     assert (loaded.name, loaded.input_names, loaded.optimizer.learning_rate) == (model_name, [input_name], rate)
     assert [layer.name for layer in loaded.layers][1:] == [layer_name]
+
+
+def test_the_progress_bar_is_one_line_an_epoch_off_a_terminal(capsys):
+    """Captured output is no terminal: no redraws with carriage returns, one line an epoch, as Keras's bar."""
+    model, (x, y) = _model(), _data(64)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=1)
+    out = capsys.readouterr().out
+    assert "\r" not in out and out.count("/16 [") == 2

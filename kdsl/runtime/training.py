@@ -173,6 +173,7 @@ class Trainer:
                 x, y, batch_size, shuffle, validation_split, validation_data, sample_weight, class_weight
             )
         history = History(params={"epochs": epochs, "steps": steps, "verbose": verbose})
+        redraw = sys.stdout.isatty()
         callbacks = list(callbacks)
         model.stop_training = False
         for callback in callbacks:
@@ -197,7 +198,8 @@ class Trainer:
                     callback.on_train_batch_end(done - 1, batch_logs)
                 if model.stop_training:
                     break
-                if verbose == 1 and time.perf_counter() - shown > 0.1:  # redraw the bar ten times a second
+                # redraw the bar ten times a second, on a terminal only: in a log file each redraw would be a line
+                if verbose == 1 and redraw and time.perf_counter() - shown > 0.1:
                     _progress(done, steps, started, tracker.logs(), end="\r")
                     shown = time.perf_counter()
             logs = tracker.logs()
