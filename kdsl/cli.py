@@ -88,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="instead of the train block's")
     train.add_argument("--batch-size", type=int, help="instead of the train block's")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
-                       help="0: silent; 1: a progress bar (off a terminal, its last line); 2: a line per epoch")  # fmt: skip
+    verbosity = "0: silent; 1: a progress bar (its last line off a terminal); 2: a line an epoch"
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help=verbosity)
     train.add_argument("--target", choices=["cpu", "cuda", "numpy"], default="cpu", help="the backend to train on")
     train.add_argument("--out", help="where to save the trained model (default: MODEL.kdz)")
     train.set_defaults(run=_train)
