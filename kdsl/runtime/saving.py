@@ -87,6 +87,7 @@ TEXT_LIMIT = 16 << 20  # bytes of `model.kd` or `state.json` read at most
 ARRAY_OVERHEAD = 4096  # bytes an .npz spends on each array besides its data, at most
 SLOTS_PER_WEIGHT = 3  # the most optimizer slots a weight has (RMSprop's)
 DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError, UnicodeDecodeError, OSError,
+          OverflowError,
           EOFError, zipfile.BadZipFile, zlib.error)  # fmt: skip
 
 
@@ -99,6 +100,7 @@ class Saved:
     state: dict
     weights: dict[str, np.ndarray]
     slots: dict[str, np.ndarray]
+    path: str
 
 
 def read_saved(path: str | Path) -> Saved:
@@ -140,7 +142,7 @@ def _read(path: str | Path) -> Saved:
         slot_shapes = {f"{i}/{slot}": shape for i, shape in enumerate(trainable) for slot in SLOT_NAMES}
         slots = _arrays(_member(archive, path, "optimizer.npz", SLOTS_PER_WEIGHT * data), path, "optimizer.npz",
                         slot_shapes)  # fmt: skip
-    return Saved(graph, state, weights, slots)
+    return Saved(graph, state, weights, slots, str(path))
 
 
 def _member(archive: zipfile.ZipFile, path: str | Path, name: str, limit: int) -> bytes:
@@ -211,10 +213,10 @@ def restore(model: Model, saved: Saved) -> None:
     random state, so training goes on where it stopped."""
     try:
         _restore(model, saved)
-    except KdslError:
-        raise
+    except KdslError as error:
+        raise KdslError(f"{saved.path}: {error.message}", hint=error.hint) from None
     except DAMAGE as error:
-        raise KdslError(f"the saved model's settings are damaged ({type(error).__name__}: {error})") from None
+        raise KdslError(f"{saved.path}: its settings are damaged ({type(error).__name__}: {error})") from None
 
 
 def _restore(model: Model, saved: Saved) -> None:
