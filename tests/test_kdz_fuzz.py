@@ -145,3 +145,20 @@ def test_a_zip_bomb_member_is_refused_before_it_is_read(saved, tmp_path):
     assert path.stat().st_size < 1 << 20
     with pytest.raises(KdslError, match="would unpack to"):
         kdsl.load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a zip", None, {"dense/kernel": np.zeros(3, np.float32)}, {"dense/kernel": np.array(["a"])}]
+)
+def test_a_bad_weights_file_is_refused_with_its_name(tmp_path, content):
+    x = kdsl.Input(shape=(4,))
+    model = kdsl.Model(x, kdsl.layers.Dense(2)(x))
+    path = tmp_path / "w.npz"
+    if content is None:
+        path = tmp_path / "missing.npz"
+    elif isinstance(content, dict):
+        path.write_bytes(npz_bytes(content))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(KdslError, match=str(path)):
+        model.load_weights(path)

@@ -48,12 +48,23 @@ def save_weights(model: Model, path: str | Path) -> None:
 
 
 def load_weights(model: Model, path: str | Path) -> None:
+    """Weights by Keras name from `.npz`, each checked for its weight's shape and a float type before use."""
     _not_keras(path, "reads weights in", "`.npz`")
-    with np.load(path) as stored:
-        missing = [n for n in model.state.names if n not in stored]
-        if missing:
-            raise KdslError(f"{path} has no weights for {', '.join(missing)}")
-        model.set_weights([stored[n] for n in model.state.names])
+    if not Path(path).is_file():
+        raise KdslError(f"{path}: no such file")
+    state = model.state
+    shapes = {name: weight.shape for name, weight in zip(state.names, state.weights)}
+    try:
+        data = Path(path).read_bytes()
+        weights = _arrays(data, path, "the file", shapes)
+    except KdslError:
+        raise
+    except DAMAGE as error:
+        raise KdslError(f"{path}: not weights kdsl saved, or damaged ({type(error).__name__}: {error})") from None
+    missing = [n for n in state.names if n not in weights]
+    if missing:
+        raise KdslError(f"{path} has no weights for {', '.join(missing)}")
+    model.set_weights([weights[n] for n in state.names])
 
 
 def save_model(model: Model, path: str | Path) -> None:
