@@ -3,40 +3,146 @@ functions on disk only for code in files, so a second process imports the kernel
 
 A generated module imports the code its kernels call (`kdsl.backends.cpu.support`, the CUDA cell products)
 and names the digest of that code's files, so a change there gives the module another hash, and another
-cache entry, as a change in its own text does."""
+cache entry, as a change in its own text does.
+
+The cache only ever runs what kdsl generated. Its directory is private to the user (created 0700; one that
+another user owns or can write is refused, as SSH refuses its keys). A module is imported only when its text
+hashes to its name; otherwise (planted, edited, truncated, empty) it is written again from the source in hand.
+Numba unpickles its cache files, so those of a module are kept only when they too are the user's, writable by
+no one else, and end where a pickle ends; otherwise they are deleted and Numba compiles afresh.
+"""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
+import shutil
+import stat
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from types import ModuleType
 
+from kdsl.errors import KdslError
 from kdsl.files import write_atomically
+
+_PICKLE_STOP = b"."
 
 
 def cache_dir() -> Path:
-    """Where generated modules (and Numba's compiled kernels beside them) are kept: $KDSL_CACHE_DIR or ~/.cache/kdsl."""
-    return Path(os.environ.get("KDSL_CACHE_DIR") or Path.home() / ".cache" / "kdsl")
+    """Where generated modules (and Numba's compiled kernels beside them) are kept: $KDSL_CACHE_DIR or
+    ~/.cache/kdsl, or a private temporary folder, with a warning, when that one cannot be written."""
+    return _trusted_dir(os.environ.get("KDSL_CACHE_DIR") or str(Path.home() / ".cache" / "kdsl"))
+
+
+_FALLBACKS: dict[str, Path] = {}
+
+
+def _trusted_dir(wanted: str) -> Path:
+    if wanted in _FALLBACKS:
+        return _FALLBACKS[wanted]
+    path = Path(wanted)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(path)
+        probe = path / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        fallback = Path(tempfile.mkdtemp(prefix="kdsl-cache-"))
+        atexit.register(shutil.rmtree, fallback, True)
+        _FALLBACKS[wanted] = fallback
+        warnings.warn(
+            f"kdsl: cannot write the kernel cache {path} ({error.strerror or error}); "
+            f"using {fallback} for this run, so kernels compile again next time",
+            stacklevel=3,
+        )
+        return fallback
+    return path
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a folder whose files another user could have written."""
+    info = path.stat()
+    if _foreign(info):
+        raise KdslError(
+            f"refusing the kernel cache {path}: "
+            + ("it belongs to another user" if info.st_uid != os.getuid() else "other users can write to it"),
+            hint=f"kdsl runs the code in this folder; make it yours alone (chmod 700 {path}) "
+            "or point KDSL_CACHE_DIR at a folder that is",
+        )
+
+
+def _foreign(info: os.stat_result) -> bool:
+    """Whether another user owns, or can write, what `info` describes (POSIX permissions only)."""
+    if not hasattr(os, "getuid"):
+        return False
+    return info.st_uid != os.getuid() or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def load_module(source: str) -> ModuleType:
     """Import generated source from a file named by its hash, so Numba's disk cache finds it next time."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    path = cache_dir() / f"kdsl_{digest}.py"
-    if not path.exists():
-        write_atomically(path, source)
+    digest = _digest(source)
     name = f"kdsl_generated_{digest}"
     if name in sys.modules:
         return sys.modules[name]
+    folder = cache_dir()
+    path = folder / f"kdsl_{digest}.py"
+    rewrite = not _holds(path, digest)
+    _drop_numba_files(folder, path.stem, only_unsound=not rewrite)
+    if rewrite:
+        write_atomically(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _digest(source: str | bytes) -> str:
+    return hashlib.sha256(source.encode() if isinstance(source, str) else source).hexdigest()[:20]
+
+
+def _holds(path: Path, digest: str) -> bool:
+    """Whether `path` is the user's own file and its text is the one its name promises."""
+    try:
+        if _foreign(path.lstat()) or path.is_symlink():
+            return False
+        return _digest(path.read_bytes()) == digest
+    except OSError:
+        return False
+
+
+def _drop_numba_files(folder: Path, stem: str, only_unsound: bool) -> None:
+    """Delete the Numba cache files of module `stem`: all of them, or only those that cannot be trusted whole."""
+    pycache = folder / "__pycache__"
+    if not pycache.exists():
+        return
+    if pycache.is_symlink() or not pycache.is_dir():
+        raise KdslError(
+            f"refusing the kernel cache {folder}: its __pycache__ is not a folder of its own",
+            hint=f"remove {pycache}; Numba writes it again",
+        )
+    _check_private(pycache)
+    for file in pycache.glob(f"{stem}.*"):
+        if not only_unsound or not _sound_pickle(file):
+            file.unlink(missing_ok=True)
+
+
+def _sound_pickle(file: Path) -> bool:
+    try:
+        info = file.lstat()
+        if _foreign(info) or not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return False
+        with file.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == _PICKLE_STOP
+    except OSError:
+        return False
 
 
 def source_digest(*modules: ModuleType) -> str:
