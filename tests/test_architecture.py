@@ -18,9 +18,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kdsl"
 
 # Each module's layer: a module may import from its own layer and the ones below. The runtime's definitions
 # of weights, initializers and optimizers sit below the backends that implement them; its training loop,
-# callbacks and saving sit above the pipeline that compiles for them.
+# callbacks and saving sit above the pipeline that compiles for them. The CPU support package imports nothing of
+# kdsl (a standalone module carries a copy), so it sits at the bottom.
 LAYERS = [
-    ["kdsl.errors", "kdsl.files", "kdsl.naming"],
+    ["kdsl.errors", "kdsl.files", "kdsl.naming", "kdsl.backends.cpu.support"],
     ["kdsl.ir", "kdsl.catalogue"],
     ["kdsl.lang", "kdsl.ir.printer", "kdsl.passes", "kdsl.summary"],
     ["kdsl.runtime.state", "kdsl.runtime.initializers", "kdsl.runtime.optimizers", "kdsl.runtime.schedules",

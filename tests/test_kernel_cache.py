@@ -4,6 +4,8 @@ are rebuilt, a cache folder others can write is refused, and one that cannot be 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -102,3 +104,28 @@ def test_a_cache_that_cannot_be_written_falls_back_to_a_private_folder(tmp_path,
     with pytest.warns(UserWarning, match="cannot write the kernel cache"):
         got = _predict(blocker / "cache", monkeypatch)
     np.testing.assert_allclose(got, _reference(), rtol=1e-5, atol=1e-5)
+
+
+SGD_STEP = """
+import numpy as np
+from kdsl.runtime.update_loops import HOST_LOOPS
+w, g, m = np.ones(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
+HOST_LOOPS["sgd"]((w,), (g,), (m,), np.float32(0.25), np.float32(0), False)
+print(w[0])
+"""
+
+
+def test_an_edited_rule_is_not_run_from_a_warm_cache(tmp_path):
+    """The update loops inline `update_rules` from another file: editing it must reach the compiled loop."""
+    shutil.copytree(Path(kdsl.__file__).parent, tmp_path / "kdsl", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+
+    def step() -> float:
+        run = subprocess.run([sys.executable, "-c", SGD_STEP], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return float(run.stdout)
+
+    assert step() == 0.75
+    rules = tmp_path / "kdsl" / "runtime" / "update_rules.py"
+    rules.write_text(rules.read_text().replace("w[i] = w[i] - lr * grad\n", "w[i] = w[i] - 2 * lr * grad\n", 1))
+    assert step() == 0.5

@@ -7,7 +7,11 @@ checking it or summarizing it does not import Numba.
 import numba
 import numpy as np
 
+import kdsl
+from kdsl.backends.cpu.support.cache_keys import key_by_package
 from kdsl.runtime import update_rules as rules
+
+key_by_package(kdsl.__file__)
 
 # The rules of `kdsl.runtime.update_rules`, each in a compiled loop over the elements of every weight
 # (tuples of flat arrays): one pass and no temporaries (the NumPy expressions they replaced took a

@@ -18,7 +18,11 @@ from functools import partial
 import numpy as np
 from numba import cuda, float32
 
+import kdsl
+from kdsl.backends.cpu.support.cache_keys import key_by_package
 from kdsl.backends.cuda.launch import gemm_grid, gemm_tile, simulated
+
+key_by_package(kdsl.__file__)
 
 TILE = gemm_tile()
 

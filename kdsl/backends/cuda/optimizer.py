@@ -16,10 +16,14 @@ import math
 import numpy as np
 from numba import cuda
 
+import kdsl
+from kdsl.backends.cpu.support.cache_keys import key_by_package
 from kdsl.backends.cuda.launch import THREADS, element_grid
 from kdsl.backends.cuda.runner import zero
 from kdsl.runtime import update_rules as rules
 from kdsl.runtime.optimizers import Optimizer
+
+key_by_package(kdsl.__file__)
 
 
 @cuda.jit(device=True, inline=True)

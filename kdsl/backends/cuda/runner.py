@@ -20,6 +20,8 @@ from types import ModuleType
 import numpy as np
 from numba import cuda, typeof
 
+import kdsl
+from kdsl.backends.cpu.support.cache_keys import key_by_package
 from kdsl.backends.cuda.codegen import Launch, Schedule
 from kdsl.backends.cuda.gemm import gemm
 from kdsl.backends.cuda.launch import element_grid, persistent_grid, simulated
@@ -28,6 +30,8 @@ from kdsl.ir.ops.linalg import MatMul
 from kdsl.ir.ops.scan import Scan, step_order
 from kdsl.ir.program import Eqn, Var
 from kdsl.ir.types import concrete
+
+key_by_package(kdsl.__file__)
 
 Sizes = dict[str, int]
 

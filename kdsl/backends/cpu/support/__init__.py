@@ -5,3 +5,7 @@ threadpoolctl and SciPy where they are there), and imports its neighbours relati
 `kdsl compile -o` copies the package whole beside a standalone module. Each lists in `__all__`
 what generated code may name.
 """
+
+from .cache_keys import key_by_package
+
+key_by_package(__file__)
