@@ -42,6 +42,52 @@ def test_standalone_module_runs_without_kdsl(tmp_path, examples, capsys):
     np.testing.assert_allclose(probs, reference.forward(x)[0], rtol=1e-5, atol=1e-6)
 
 
+FORWARD = """
+import json, sys
+import numpy as np
+weights = np.load("kernels/MnistMLP.npz")
+params = json.load(open("kernels/MnistMLP.json"))["params"]
+(probs,) = module.forward(np.load("x.npy"), *(weights[p["name"]] for p in params))
+np.save(sys.argv[1], probs)
+"""
+
+BY_FILE = (
+    """
+import importlib.util
+spec = importlib.util.spec_from_file_location("model", "kernels/MnistMLP.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # neither registered in sys.modules nor its folder on sys.path
+"""
+    + FORWARD
+)
+
+BY_IMPORT = (
+    """
+import sys
+sys.path.append("kernels")
+import MnistMLP as module
+"""
+    + FORWARD
+)
+
+
+def test_standalone_module_loads_from_its_file_however_it_is_loaded(tmp_path, examples):
+    """Loaded from its file under another name, then imported, then from its file again: each run finds its
+    support package beside it and none leaves a disk cache that a later one cannot load."""
+    assert main(["compile", str(examples / "mnist_mlp.kd"), "-o", str(tmp_path / "kernels")]) == 0
+    x = np.random.default_rng(0).standard_normal((3, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for i, script in enumerate([BY_FILE, BY_IMPORT, BY_FILE]):
+        run = subprocess.run([sys.executable, "-c", script, f"{i}.npy"], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+    reference = compile_model(load_file(examples / "mnist_mlp.kd").models["MnistMLP"], target="numpy")
+    weights = np.load(tmp_path / "kernels" / "MnistMLP.npz")
+    reference.weights = [weights[name] for name in reference.param_names]
+    for i in range(3):
+        np.testing.assert_allclose(np.load(tmp_path / f"{i}.npy"), reference.forward(x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_explain_names_kernels_and_fallbacks(tmp_path, capsys):
     path = tmp_path / "m.kd"
     path.write_text(
