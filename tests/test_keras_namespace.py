@@ -143,3 +143,20 @@ def test_loss_functions_compute_keras_per_sample_losses_and_compile_as_their_nam
     model = keras.Model(x, keras.layers.Dense(4)(x))
     model.compile(optimizer="sgd", loss=function, target="numpy")
     assert model.trainer.losses[0].loss.name == name
+
+
+def test_regularizers_are_keras_s_names_and_check_their_factors():
+    """`keras.regularizers.L2(0.1)` / `l2`, `L1`, `L1L2` (zeros unless given, as Keras's), each validated."""
+    regularizers = keras.regularizers
+    assert (regularizers.l1, regularizers.l2, regularizers.l1_l2) == (
+        regularizers.L1,
+        regularizers.L2,
+        regularizers.L1L2,
+    )
+    assert regularizers.L1L2(l2=0.1).args == {"l1": 0.0, "l2": 0.1}
+    assert regularizers.L2().args == {"l2": 0.01}
+    with pytest.raises(KdslArgumentError, match="expected a number ≥ 0"):
+        regularizers.L2(-0.1)
+    x = keras.Input(shape=(3,))
+    model = keras.Model(x, keras.layers.Dense(2, kernel_regularizer=regularizers.L1(0.2))(x))
+    assert "l1(l1=0.2)" in model.to_kd()
