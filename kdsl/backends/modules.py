@@ -42,6 +42,7 @@ _FALLBACKS: dict[str, Path] = {}
 
 
 def _trusted_dir(wanted: str) -> Path:
+    """`wanted`, made and checked private and writable; else (once per process) a temporary folder of our own."""
     if wanted in _FALLBACKS:
         return _FALLBACKS[wanted]
     path = Path(wanted)
