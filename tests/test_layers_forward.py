@@ -21,7 +21,9 @@ from kdsl.backends.compiled import CompiledModel
 from kdsl.lang import load
 from kdsl.pipeline import compile_model
 
-RTOL, ATOL = 1e-5, 1e-6  # float32 backend against the float64 oracle
+# float32 backend against the float64 oracle: after cancellation over a few recurrent steps, float32 rounding of
+# terms near 1 leaves errors of a few 1e-6 on small outputs (a GRU with a linear activation: 1.9e-6)
+RTOL, ATOL = 1e-5, 5e-6
 FORWARD = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RECURRENT = settings(FORWARD, max_examples=40)  # the most argument combinations
 ACTIVATIONS = sorted(kr.ACTIVATIONS)
