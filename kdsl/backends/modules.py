@@ -38,31 +38,36 @@ def cache_dir() -> Path:
     return _trusted_dir(os.environ.get("KDSL_CACHE_DIR") or str(Path.home() / ".cache" / "kdsl"))
 
 
-_FALLBACKS: dict[str, Path] = {}
+_CHOSEN: dict[str, Path] = {}  # each wanted folder, or the temporary one standing in for it, once made and probed
 
 
 def _trusted_dir(wanted: str) -> Path:
-    """`wanted`, made and checked private and writable; else (once per process) a temporary folder of our own."""
-    if wanted in _FALLBACKS:
-        return _FALLBACKS[wanted]
-    path = Path(wanted)
+    """`wanted`, made private and probed once per process, and checked private at every call (its permissions
+    may change); a temporary folder of our own when it cannot be written."""
+    if wanted not in _CHOSEN:
+        _CHOSEN[wanted] = _writable_or_temporary(Path(wanted))
+    chosen = _CHOSEN[wanted]
+    _check_private(chosen)
+    return chosen
+
+
+def _writable_or_temporary(path: Path) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         _check_private(path)
         probe = path / f".probe.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        return path
     except OSError as error:
         fallback = Path(tempfile.mkdtemp(prefix="kdsl-cache-"))
         atexit.register(shutil.rmtree, fallback, True)
-        _FALLBACKS[wanted] = fallback
         warnings.warn(
             f"kdsl: cannot write the kernel cache {path} ({error.strerror or error}); "
             f"using {fallback} for this run, so kernels compile again next time",
-            stacklevel=3,
+            stacklevel=4,
         )
         return fallback
-    return path
 
 
 def _check_private(path: Path) -> None:
@@ -111,9 +116,8 @@ def _digest(source: str | bytes) -> str:
 def _holds(path: Path, digest: str) -> bool:
     """Whether `path` is the user's own file and its text is the one its name promises."""
     try:
-        if _foreign(path.lstat()) or path.is_symlink():
-            return False
-        return _digest(path.read_bytes()) == digest
+        info = path.lstat()
+        return not _foreign(info) and stat.S_ISREG(info.st_mode) and _digest(path.read_bytes()) == digest
     except OSError:
         return False
 
