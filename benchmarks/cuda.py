@@ -89,7 +89,7 @@ def mnist_lstm(torch, smoke: bool) -> Contest:
     graph = next(iter(load(source, "mnist_lstm.kd").models.values()))
     batch = 4 if smoke else 64
     model = kdsl.Model.from_graph(graph)
-    model.compile(target="cuda")
+    model.compile(optimizer=kdsl.optimizers.SGD(0.01), target="cuda")  # PyTorch's, not the file's train block's
     sides = {"kdsl": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}
     if torch:
         logits, params = lstm_network(torch, "cuda")

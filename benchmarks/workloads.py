@@ -104,7 +104,7 @@ def epoch_race(torch, keras, name: str, file: str, dataset, batch_size: int, net
     """
     x, y = images(dataset, held_out, fraction)
     model = kdsl.load_model_file(EXAMPLES / file)
-    model.compile()
+    model.compile(optimizer=kdsl.optimizers.SGD(0.01))  # the others' optimizer, whatever the file's train block says
     flops = flops_per_call(model.graph, batch_size, training=True) * len(x) / batch_size
     ours = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # noqa: E731
     theirs = None

@@ -106,6 +106,7 @@ class TrainSpec:
     epochs: int = 1
     validation_split: float = 0.0
     shuffle: bool = True
+    data: str | None = None  # a dataset's name, or an .npz's path relative to the .kd file
     span: Span | None = field(default=None, compare=False)
 
 

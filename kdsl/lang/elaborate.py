@@ -12,6 +12,7 @@ from typing import Any
 
 from kdsl import catalogue
 from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
+from kdsl.catalogue.datasets import dataset
 from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import (
@@ -454,6 +455,7 @@ TRAIN_SETTINGS = (
     Arg("epochs", positive_int, 1),
     Arg("validation_split", rate, 0.0),
     Arg("shuffle", boolean, True),
+    Arg("data", dataset, None),
 )
 PER_OUTPUT = ("loss", "metrics")
 

@@ -121,7 +121,7 @@ def _model_text(graph: Graph) -> str:
 
 
 def _train_text(model: str, train: TrainSpec) -> str:
-    lines = []
+    lines = [] if train.data is None else [f"data = {format_value(train.data)}"]
     for output, term in train.losses.items():
         key = "loss" if output is None else f"loss {output}"
         weight = f", weight {format_value(term.weight)}" if term.weight != 1.0 else ""
