@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from kdsl.backends.compile_status import CompileStatus, Kernel
 from kdsl.backends.cpu import support
-from kdsl.backends.cpu.codegen import generate_module
+from kdsl.backends.cpu.codegen import generate_module, module_kernels
 from kdsl.backends.cpu.policy import splits_by_rows
 from kdsl.backends.modules import load_module
 from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.interpret import bind_sizes, run_program
+from kdsl.ir.types import concrete
 from kdsl.passes.compilation import Compilation
 from kdsl.runtime.state import ModelState
 
@@ -48,6 +51,15 @@ class Runner(Protocol):
     def apply_optimizer(self, optimizer: Optimizer, state: ModelState, grads: list) -> None: ...
 
     def sync_optimizer(self, optimizer: Optimizer) -> None: ...
+
+    def entry_kernels(self, entry: str) -> list[Kernel] | None:
+        """The functions a first call of `entry` compiles, for a status line to count: none where nothing
+        compiles, None where they are not known."""
+        ...
+
+    def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
+        """Compile what a first update by `optimizer` compiles, leaving it and the state as they are."""
+        ...
 
     def source(self, parallel: bool | None) -> str: ...
 
@@ -84,6 +96,15 @@ class HostRunner:
     def sync_optimizer(self, optimizer: Optimizer) -> None:
         """The optimizer's slots are on the host already."""
 
+    def entry_kernels(self, entry: str) -> list[Kernel]:
+        """The generated module's kernels that `entry` calls; none for the IR's interpreter."""
+        if self.module is None:
+            return []
+        return module_kernels(self.module, next(e for e in self.compilation.entries if e.name == entry))
+
+    def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
+        optimizer.warm_up([state.host[i] for i in state.trainable])
+
     def source(self, parallel: bool | None = None) -> str:
         """The generated CPU module (`parallel`: threaded kernels; by default as this runner compiles them)."""
         return cpu_source(self.compilation, self.parallel if parallel is None else parallel)
@@ -109,6 +130,7 @@ class CompiledModel:
         # one call at a time: a compiled entry computes in buffers it keeps for the next call, so two threads
         # predicting at once would read each other's values
         self._running = threading.Lock()
+        self._warm: set[str] = set()  # the entries `warm_up` compiled
         self.output_losses: list[float] = []
         self._grads: list = [np.zeros_like(state.host[i]) for i in state.trainable]
 
@@ -217,17 +239,43 @@ class CompiledModel:
             weights.append(np.ones(shape, np.float32) if given is None else np.asarray(given, np.float32))
         return [*inputs, *targets, *weights], noise
 
-    def warm_up(self, batch: int = 2) -> None:
-        """Run every entry point once on zeros, so its kernels are compiled (or loaded from the disk cache)."""
+    def warm_up(
+        self,
+        entries: Sequence[str] | None = None,
+        optimizer: Optimizer | None = None,
+        verbose: bool = False,
+        summary: bool = True,
+    ) -> None:
+        """Compile what the first calls of `entries` (every entry by default) and a first update by `optimizer`
+        compile, or load it from the disk cache, so that no first step pays for it.
 
-        def zeros(type) -> np.ndarray:
-            shape = [batch if d == "batch" else 1 if isinstance(d, str) else d for d in type.dims]
-            return np.zeros(shape, np.int32 if type.dtype == "i32" else np.float32)
+        Each entry runs once on zeros and the optimizer updates zeros: the model's state and the optimizer stay
+        as they were. With `verbose`, a status line on stderr says what compiles while it takes long
+        (`CompileStatus`), and, with `summary`, a line says how long it took. Another thread calling an entry
+        meanwhile waits for the kernels.
+        """
+        with self._running:
+            entries = [e for e in entries or self.compilation.programs if e not in self._warm]
+            if not entries and optimizer is None:
+                return
+            with CompileStatus(self.graph.name, verbose, summary) as status:
+                for entry in entries:
+                    kernels = self.runner.entry_kernels(entry)
+                    if kernels != []:  # none: nothing to compile
+                        status.step(entry, kernels)
+                        self.runner.run(entry, self._zeros(entry), self.state)
+                    self._warm.add(entry)
+                if optimizer is not None:
+                    status.step(f"{optimizer.name} update", None)
+                    self.runner.warm_optimizer(optimizer, self.state)
 
-        inputs = [zeros(v.type) for v in self.graph.inputs]
-        self.forward(*inputs)
-        if self.training is not None:
-            self.train_step(inputs, [zeros(v.type) for v in self.training.targets])
+    def _zeros(self, entry: str, batch: int = 2) -> list[np.ndarray]:
+        """Zeros for each argument of `entry` (the weights too), `batch` rows of them (one for any other size)."""
+        sizes = defaultdict(lambda: 1, batch=batch)
+        return [
+            np.zeros(concrete(v.shape, sizes), np.int32 if v.type.dtype == "i32" else np.float32)
+            for v in self.compilation.programs[entry].inputs
+        ]
 
     def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.graph.inputs):

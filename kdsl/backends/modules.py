@@ -22,6 +22,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,7 @@ from kdsl.errors import KdslError
 from kdsl.files import write_atomically
 
 _PICKLE_STOP = b"."
+_LOADING = threading.Lock()  # one import at a time: a module is in sys.modules before its code has run
 
 
 def cache_dir() -> Path:
@@ -91,6 +93,11 @@ def _foreign(info: os.stat_result) -> bool:
 
 def load_module(source: str) -> ModuleType:
     """Import generated source from a file named by its hash, so Numba's disk cache finds it next time."""
+    with _LOADING:
+        return _load(source)
+
+
+def _load(source: str) -> ModuleType:
     digest = _digest(source)
     name = f"kdsl_generated_{digest}"
     if name in sys.modules:

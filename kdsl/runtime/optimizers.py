@@ -6,6 +6,7 @@ Gradient clipping (`clipnorm`, `clipvalue`, `global_clipnorm`) is applied first,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,13 @@ class Optimizer:
         from kdsl.runtime.update_loops import HOST_LOOPS  # Numba, imported when a model first trains
 
         HOST_LOOPS[self.name](flat_weights, flat_grads, *slots, *self.scalars(np.float32(self.learning_rate)))
+
+    def warm_up(self, weights: Sequence[np.ndarray]) -> None:
+        """Compile the update of weights shaped as these (Numba specializes it by their number), by a step on
+        zeros of a copy of this optimizer: this one and the weights stay as they are."""
+        spare = copy.copy(self)
+        spare.slots = []
+        spare.apply([np.zeros_like(w) for w in weights], [np.zeros_like(w) for w in weights])
 
     def clip(self, grads: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         if self.clipvalue is not None:

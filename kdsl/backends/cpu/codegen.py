@@ -9,8 +9,13 @@ under the name it is given: a standalone module imports a copy of that package b
 
 from __future__ import annotations
 
+import inspect
 import re
+from types import ModuleType
 
+from numba.core.dispatcher import Dispatcher
+
+from kdsl.backends.compile_status import Kernel
 from kdsl.backends.cpu import support
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.backends.cpu.ops import RULES
@@ -37,8 +42,25 @@ if _HERE not in sys.path:
     sys.path.append(_HERE)  # the support package lies beside this file"""
 
 
+# a kernel's parameter holding argument i of its entry is `a{i}_{identifier(name)}` (see `generate_kernel`)
+ARGUMENT = re.compile(r"a(\d+)_")
+
+
 def identifier(name: str) -> str:
     return re.sub(r"\W", "_", name)
+
+
+def module_kernels(module: ModuleType, entry: Entry) -> list[Kernel]:
+    """The compiled functions of a generated module that `entry` calls, each labelled with the layers whose
+    weights (or dropout masks) it takes, as `layer/weight` names them."""
+    kernels = []
+    for name, function in vars(module).items():
+        if name.startswith(f"_{entry.name}_") and isinstance(function, Dispatcher):
+            arguments = [ARGUMENT.match(p) for p in inspect.signature(function.py_func).parameters]
+            paths = [entry.argument_names[int(a.group(1))] for a in arguments if a]
+            layers = dict.fromkeys(path.split("/")[0] for path in paths if "/" in path)
+            kernels.append(Kernel(function, ", ".join(layers)))
+    return kernels
 
 
 def support_imports(package: str, jit: str) -> str:

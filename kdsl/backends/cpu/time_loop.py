@@ -143,7 +143,7 @@ class TimeLoops:
         for init, inner in zip(eqn.inputs[:nc], body.inputs[:nc]):
             name = self.fresh("carry")
             self.line(f"{name} = {self.allocate(inner)}")
-            self.line(f"{name}[...] = {self.rows(self.ref(init), init)}")
+            self._copy(name, self.rows(self.ref(init), init), inner)
             current.append(name)
         for outer, inner in zip(eqn.inputs[nc + nx :], body.inputs[nc + nx :]):
             self.bind(inner, self.fresh("w"))
@@ -199,7 +199,7 @@ class TimeLoops:
                     self.bind(var, swapped[k])
             self.program(body, self._plan.body(eqn))
             for destination, var in copies:
-                self.line(f"{destination}[...] = {self.ref(var)}")
+                self._copy(destination, self.ref(var), var)
             for j, total in totals:
                 self._sum_step_rows(steps_of[j], total)
             for k, name in enumerate(current):
@@ -209,7 +209,19 @@ class TimeLoops:
                     self.line(f"{name} = {self.ref(body.outputs[k])}")
         self._in_scan -= 1
         for final, name, var in zip(finals, current, eqn.outputs[:nc]):
-            self.line(f"{self.rows(final, var)}[...] = {name}")
+            self._copy(self.rows(final, var), name, var)
+
+    def _copy(self, destination: str, source: str, var: Var) -> None:
+        """`destination[...] = source`, element by element: Numba compiles an array-to-array assignment with a
+        formatter for its shape-mismatch message, seconds of compile time once per process."""
+        names = []
+        for expr in (destination, source):
+            names.append(expr if expr.isidentifier() else self.fresh("view"))
+            if names[-1] != expr:
+                self.line(f"{names[-1]} = {expr}")
+        with self.loops(var, over=names[0]) as idx:
+            at = ", ".join(idx)
+            self.line(f"{names[0]}[{at}] = {names[1]}[{at}]")
 
     def _step_rows_source(self, outer: Var) -> tuple[str, str, str]:
         """For a sequence the loop reads through rows picked at each step (`rows_in_loop`): before the loop,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from kdsl.backends.compile_status import Kernel
 from kdsl.backends.cuda.codegen import generate_module
+from kdsl.backends.cuda.launch import simulated
 from kdsl.backends.cuda.optimizer import DeviceOptimizer
 from kdsl.backends.cuda.runner import DeviceProgram, copy
 from kdsl.backends.modules import load_module
@@ -111,6 +113,13 @@ class CudaRunner:
 
     def sync_optimizer(self, optimizer: Optimizer) -> None:
         self.optimizer_state.download(optimizer)
+
+    def entry_kernels(self, entry: str) -> list[Kernel] | None:
+        """Not counted (None); none in Numba's simulator, which compiles nothing."""
+        return [] if simulated() else None
+
+    def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
+        """Nothing: the device's update kernels are compiled at the first step."""
 
     def source(self, parallel: bool | None = None) -> str:
         """The generated CUDA module (`parallel` is a CPU setting; it is ignored)."""
