@@ -5,20 +5,27 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from kdsl import catalogue, datasets
 from kdsl.catalogue.args import REQUIRED
+from kdsl.catalogue.datasets import DATASETS
 from kdsl.errors import KdslError, did_you_mean
+from kdsl.ir.graph import Graph
 from kdsl.ir.printer import print_graph
 from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
 from kdsl.lang.format import format_setting, to_kd
+from kdsl.memory import machine_memory
 from kdsl.model import Model, load_model
 from kdsl.summary import summary
+
+DEFAULT_DATA = "mnist_small"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except KdslError as error:
         print(error.render(), file=sys.stderr)
+        return 1
+    except MemoryError as error:  # refused before allocating, or NumPy's own refusal
+        print(f"kdsl: out of memory: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `kdsl ... | head`: the reader has all it wanted
         sys.stdout = None
@@ -81,10 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.set_defaults(run=_compile)
 
-    train = commands.add_parser("train", help="run a file's train block on a dataset", description=_train.__doc__)
+    train = commands.add_parser(
+        "train",
+        help="run a file's train block on a dataset",
+        description=_train.__doc__,
+        epilog=_data_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("file", metavar="FILE")
     train.add_argument("--model", help="which model of the file (needed when it defines several)")
-    train.add_argument("--data", default="mnist_small", help="mnist, fashion_mnist, mnist_small (shipped) or an .npz")
+    train.add_argument("--data", help="a dataset's name or an .npz (below); default: the train block's `data`")
     train.add_argument("--epochs", type=int, help="instead of the train block's")
     train.add_argument("--batch-size", type=int, help="instead of the train block's")
     train.add_argument("--seed", type=int, default=0)
@@ -96,11 +112,13 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, run, text in (("evaluate", _evaluate, "loss and metrics of a saved model on a dataset's test split"),
                             ("predict", _predict, "outputs of a saved model on a dataset's test split")):  # fmt: skip
-        command = commands.add_parser(name, help=text, description=run.__doc__)
+        command = commands.add_parser(name, help=text, description=run.__doc__, epilog=_data_help(),
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         command.add_argument("saved", metavar="MODEL.kdz")
-        command.add_argument("--data", default="mnist_small", help="mnist, fashion_mnist, mnist_small or an .npz")
+        command.add_argument("--data", help="a dataset's name or an .npz (below); default: the train block's `data`")
         if name == "predict":
-            command.add_argument("--out", default="predictions.npy", help="where to write the outputs (.npy)")
+            one, several = "an .npy (default predictions.npy)", "an .npz by output name (default predictions.npz)"
+            command.add_argument("--out", help=f"where to write the outputs: {one}; for several outputs, {several}")
         command.set_defaults(run=run)
 
     layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
@@ -110,17 +128,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Parse each file, resolve its names and infer every shape; report the first error of each file."""
+    """Parse each file, resolve its names, infer every shape and run the compiler's stages (no kernels are
+    compiled); report the first error of each file, and warn of a model that would not fit in memory."""
     failed = 0
     for file in args.files:
         try:
             program = load_file(file)
+            warnings = [_memory_warning(graph) for graph in program.models.values()]
         except KdslError as error:
             print(error.render(), file=sys.stderr)
             failed += 1
             continue
         models = ", ".join(f"{g.name} ({g.param_count():,} parameters)" for g in program.models.values())
         print(f"{file}: ok — {models or 'no models'}")
+        for warning in filter(None, warnings):
+            print(warning, file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -129,7 +151,21 @@ def _summary(args: argparse.Namespace) -> int:
     graph = load_file(args.file).model(args.model)
     ascii_only = args.ascii or not _can_print("┏━┃")
     print(summary(graph, ascii_only=ascii_only))
+    warning = _memory_warning(graph)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
+
+
+def _memory_warning(graph: Graph) -> str | None:
+    """What of the model would not fit in this machine's memory, said before anything is compiled."""
+    from kdsl.footprint import footprint  # the compiler's stages, without Numba
+
+    warning = footprint(graph).warning(machine_memory())
+    if warning is None:
+        return None
+    where = f"{graph.span.file}:{graph.span.line}: " if graph.span else ""
+    return f"{where}warning: model `{graph.name}`: {warning}"
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -142,6 +178,7 @@ def _compile(args: argparse.Namespace) -> int:
     from kdsl.backends.modules import cache_dir
     from kdsl.explain import explain, format_fused
     from kdsl.pipeline import compile_model, compile_programs, new_state
+    from kdsl.runtime.optimizers import get as get_optimizer
 
     if args.emit == "ast":
         print(dump(parse_file(args.file).items))
@@ -175,7 +212,10 @@ def _compile(args: argparse.Namespace) -> int:
             print(f"wrote {path}, the support package beside it, {json_name} and {npz_name}")
         if not (args.emit or args.explain or args.output):
             started = time.perf_counter()
-            compile_model(graph, target=args.target, training=training).warm_up()
+            optimizer = get_optimizer(graph.train.optimizer) if training else None  # its update loop is compiled too
+            compile_model(graph, target=args.target, training=training).warm_up(
+                optimizer=optimizer, verbose=True, summary=False
+            )
             print(
                 f"compiled {graph.name}: {', '.join(compilation.programs)} in {time.perf_counter() - started:.1f} s "
                 f"(cached in {cache_dir()})"
@@ -223,15 +263,17 @@ def _train(args: argparse.Namespace) -> int:
     graph = load_file(args.file).model(args.model)
     if graph.train is None:
         raise KdslError(f"model `{graph.name}` has no train block", hint=f"add `train {graph.name} {{ loss = ... }}`")
-    (x, y), (x_test, y_test) = datasets.load(args.data)
+    recipe = graph.train
+    losses = [recipe.losses.get(output, recipe.losses.get(None)).loss for output in graph.output_names]
+    data = _data(args.data, graph, args.file)
+    arrays = datasets.for_model(data, datasets.Signature.of(graph, losses))  # before anything compiles
     model = Model.from_graph(graph)
     model.compile(seed=args.seed, target=args.target)
-    recipe = graph.train
     batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
     epochs = recipe.epochs if args.epochs is None else args.epochs  # --epochs 0 trains nothing, as Keras's fit
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=args.verbose,
+    model.fit(arrays["x_train"], arrays["y_train"], batch_size=batch_size, epochs=epochs, verbose=args.verbose,
               validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
-    logs = model.evaluate(x_test, y_test, batch_size=256, return_dict=True)
+    logs = model.evaluate(arrays["x_test"], arrays["y_test"], batch_size=256, return_dict=True)
     print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     out = args.out or f"{graph.name}.kdz"
     model.save(out)
@@ -241,19 +283,68 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Loss and metrics of a model saved by `kdsl train` on a dataset's test split."""
-    _, (x_test, y_test) = datasets.load(args.data)
-    logs = load_model(args.saved).evaluate(x_test, y_test, batch_size=256, return_dict=True)
+    model = load_model(args.saved)
+    arrays = _test_split(model, args, ("x_test", "y_test"))
+    logs = model.evaluate(arrays["x_test"], arrays["y_test"], batch_size=256, return_dict=True)
     print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    """Outputs of a model saved by `kdsl train` on a dataset's test split, written as .npy."""
-    _, (x_test, _) = datasets.load(args.data)
-    outputs = load_model(args.saved).predict(x_test, batch_size=256)
-    np.save(args.out, outputs if isinstance(outputs, np.ndarray) else np.stack(outputs))
-    print(f"wrote {args.out}: {len(x_test)} predictions")
+    """Outputs of a model saved by `kdsl train` on a dataset's test split, as an .npy (several: an .npz by name)."""
+    model = load_model(args.saved)
+    names = model.output_names
+    suffix = ".npy" if len(names) == 1 else ".npz"
+    out = args.out or f"predictions{suffix}"
+    if not out.endswith(suffix):
+        how_many = "one output" if len(names) == 1 else f"{len(names)} outputs"
+        hint = f"--out {Path(out).with_suffix(suffix)}"
+        raise KdslError(f"`{model.name}` has {how_many}: --out is an {suffix} file", hint=hint)
+    arrays = _test_split(model, args, ("x_test",))
+    outputs = model.predict(arrays["x_test"], batch_size=256)
+    if len(names) == 1:
+        np.save(out, outputs)
+    else:
+        np.savez(out, **dict(zip(names, outputs)))
+    count = len(arrays["x_test"][model.input_names[0]])
+    print(f"wrote {out}: {count} predictions of {', '.join(names)}")
     return 0
+
+
+def _test_split(model: Model, args: argparse.Namespace, groups: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """The `groups` of the data a saved model is evaluated on, checked against it."""
+    data = _data(args.data, model.graph, None)
+    signature = datasets.Signature.of(model.graph, [term.loss for term in model.trainer.losses])
+    return datasets.for_model(data, signature, groups)
+
+
+def _data(given: str | None, graph: Graph, kd_file: str | None) -> datasets.Data:
+    """`--data`, else the train block's `data` (a path in it is relative to the .kd file), else mnist_small; one
+    line says which, and where the choice came from."""
+    setting = graph.train.data if graph.train is not None else None
+    if given is not None:
+        choice, why = given, "--data"
+    elif setting is None:
+        choice, why = DEFAULT_DATA, "the default; --data to change"
+    elif setting in datasets.NAMED or Path(setting).is_absolute():
+        choice, why = setting, "the train block's"
+    elif kd_file is not None:
+        choice, why = str(Path(kd_file).parent / setting), "the train block's"
+    else:
+        raise KdslError(
+            f"model `{graph.name}` was trained on {setting}, a path relative to the .kd file it came from",
+            hint="give the data with --data",
+        )
+    print(f"data: {choice} ({why})")
+    return datasets.load(choice)
+
+
+def _data_help() -> str:
+    """What `--data` and a train block's `data` may name, and the layout of an .npz."""
+    names = "\n".join(f"  {name:<15}{what}" for name, what in DATASETS.items())
+    layout = textwrap.fill(datasets.LAYOUT, 100)
+    choice = f"--data, else the train block's `data = ...`, else {DEFAULT_DATA}"
+    return f"data: {choice}; a dataset below or an .npz.\n{names}\n\n{layout}"
 
 
 def _layers(args: argparse.Namespace) -> int:

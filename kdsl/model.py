@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from kdsl.naming import LayerNamer, is_valid_name
 from kdsl.passes.infer import infer_shapes
 from kdsl.runtime.state import ModelState
 from kdsl.summary import summary
+
+_INFERENCE = threading.Lock()  # held while a model's forward pass alone is compiled
 
 
 class Model:
@@ -139,10 +142,11 @@ class Model:
         compiled for the CPU when first needed and kept."""
         if getattr(self, "_trainer", None) is not None:
             return self._trainer.compiled
-        if getattr(self, "_inference", None) is None:
-            from kdsl.pipeline import compile_model
+        with _INFERENCE:  # threads predicting at once share one
+            if getattr(self, "_inference", None) is None:
+                from kdsl.pipeline import compile_model
 
-            self._inference = compile_model(infer_shapes(self.graph), "cpu", training=False, state=self.state)
+                self._inference = compile_model(infer_shapes(self.graph), "cpu", training=False, state=self.state)
         return self._inference
 
     @property
@@ -184,7 +188,8 @@ class Model:
         """One optimizer step on one batch; returns its loss."""
         self.build_from(x)
         trainer = self._training_trainer()
-        return trainer.step(trainer.inputs(x), trainer.labels(y))
+        inputs = trainer.inputs(x)
+        return trainer.step(inputs, trainer.labels(y, inputs))
 
     def predict_on_batch(self, x: Any):
         """Model outputs for one batch, in one call; no `compile()` needed."""
@@ -221,21 +226,23 @@ class Model:
 
         save_model(self, path)
 
-    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int = 0,
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int | str = "auto",
                  sample_weight: Any = None, steps: int | None = None, return_dict: bool = False):  # fmt: skip
         """Loss and metrics on (x, y): a list `[loss, *metrics]` as Keras returns, or a dict; over the first `steps`
-        batches of a dataset when given. (`verbose` is Keras's progress bar, which kdsl does not draw here.)"""
+        batches of a dataset when given. `verbose` other than 0 (Keras's default "auto", 1, 2) shows a status line
+        on stderr while kernels compile; kdsl draws no progress bar here."""
         self.build_from(x)
-        logs = self.trainer.evaluate(x, y, batch_size, steps, sample_weight)
+        logs = self.trainer.evaluate(x, y, batch_size, steps, sample_weight, verbose)
         return logs if return_dict else list(logs.values())
 
-    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0):
+    def predict(self, x: Any, batch_size: int = 32, verbose: int | str = "auto"):
         """Model outputs for x: one array, or a list when the model has several outputs; no `compile()` needed.
-        (`verbose` is Keras's progress bar, which kdsl does not draw for predict.)"""
+        `verbose` other than 0 (Keras's default "auto", 1, 2) shows a status line on stderr while kernels compile;
+        kdsl draws no progress bar here."""
         self.build_from(x)
         from kdsl.runtime.training import predict
 
-        outputs = predict(self._runnable(), x, batch_size)
+        outputs = predict(self._runnable(), x, batch_size, verbose)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def get_weights(self) -> list:

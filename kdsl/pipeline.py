@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from kdsl.backends.compiled import CompiledModel, HostRunner, Runner
 from kdsl.ir.graph import Graph, LossTerm
 from kdsl.ir.program import Entry, Program
 from kdsl.passes.compilation import Compilation
@@ -29,6 +29,9 @@ from kdsl.passes.single_steps import inline_single_steps
 from kdsl.passes.training import Training, add_training, losses_per_output
 from kdsl.passes.transposes import cancel_transposes
 from kdsl.runtime.state import ModelState
+
+if TYPE_CHECKING:  # Numba loads with the backends: checking a model needs neither
+    from kdsl.backends.compiled import CompiledModel
 
 TARGETS = ("numpy", "cpu", "cuda")
 
@@ -101,6 +104,8 @@ def compile_model(
         from kdsl.devices import require_cuda
 
         require_cuda()  # before importing the CUDA backend, which needs Numba's CUDA support
+    from kdsl.backends.compiled import CompiledModel, HostRunner, Runner
+
     compilation = compile_programs(graph, target, training, losses)
     if state is None:
         state = new_state(compilation, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdsl.ir.graph import Graph, Node
+from kdsl.memory import format_bytes
 
 BOX = dict(top="┏━┳┓", head="┃┃┃", rule="┡━╇┩", row="│││", between="├─┼┤", bottom="└─┴┘")  # left, fill, joint, right
 ASCII = dict(top="+-++", head="|||", rule="+=++", row="|||", between="+-++", bottom="+-++")
@@ -22,9 +23,9 @@ def summary(graph: Graph, ascii_only: bool = False) -> str:
         rows.append(row)
     total, trainable = graph.param_count(), graph.param_count(trainable=True)
     footer = [
-        f" Total params: {total:,} ({_bytes(total)})",
-        f" Trainable params: {trainable:,} ({_bytes(trainable)})",
-        f" Non-trainable params: {total - trainable:,} ({_bytes(total - trainable)})",
+        f" Total params: {total:,} ({format_bytes(4 * total)})",
+        f" Trainable params: {trainable:,} ({format_bytes(4 * trainable)})",
+        f" Non-trainable params: {total - trainable:,} ({format_bytes(4 * (total - trainable))})",
     ]
     return "\n".join([f'Model: "{graph.name}"', _table(headers, rows, ASCII if ascii_only else BOX), *footer])
 
@@ -58,15 +59,6 @@ def _producers(graph: Graph) -> dict[int, str]:
         for index, value in enumerate(node.outputs):
             names[id(value)] = f"{node.layer.name}[{call}][{index}]"
     return names
-
-
-def _bytes(count: int) -> str:
-    size, unit = count * 4.0, "B"  # float32 parameters
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            break
-        size /= 1024
-    return f"{size:.2f} {unit}"
 
 
 def _table(headers: list[str], rows: list[list[str]], style: dict[str, str]) -> str:

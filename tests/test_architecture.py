@@ -21,13 +21,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kdsl"
 # callbacks and saving sit above the pipeline that compiles for them. The CPU support package imports nothing of
 # kdsl (a standalone module carries a copy), so it sits at the bottom.
 LAYERS = [
-    ["kdsl.errors", "kdsl.files", "kdsl.naming", "kdsl.backends.cpu.support"],
+    ["kdsl.errors", "kdsl.files", "kdsl.naming", "kdsl.memory", "kdsl.status_line", "kdsl.backends.cpu.support"],
     ["kdsl.ir", "kdsl.catalogue"],
     ["kdsl.lang", "kdsl.ir.printer", "kdsl.passes", "kdsl.summary"],
     ["kdsl.runtime.state", "kdsl.runtime.initializers", "kdsl.runtime.optimizers", "kdsl.runtime.schedules",
      "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics"],
     ["kdsl.backends"],
-    ["kdsl.pipeline", "kdsl.explain", "kdsl.devices"],
+    ["kdsl.pipeline", "kdsl.explain", "kdsl.footprint", "kdsl.devices"],
     ["kdsl.runtime", "kdsl.model", "kdsl.model_layers", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses",
      "kdsl.metrics", "kdsl.models", "kdsl.utils"],
     ["kdsl.cli", "kdsl"],

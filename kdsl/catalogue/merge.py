@@ -26,8 +26,13 @@ class Concatenate(LayerKind):
                     f"`concatenate` along axis {config['axis']} needs equal shapes elsewhere, "
                     f"got {show(first)} and {show(x)}"
                 )
-        sizes = [x.dims[axis] for x in inputs]
-        total = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))
+        symbolic = next((x.dims[axis] for x in inputs if not isinstance(x.dims[axis], int)), None)
+        if symbolic is not None:
+            raise KdslShapeError(
+                f"`concatenate` along axis {config['axis']} needs fixed sizes there, got `{symbolic}`",
+                hint="kernels place each input at a fixed offset; declare that dimension as a number",
+            )
+        total = sum(x.dims[axis] for x in inputs)
         return [first.with_dims((*first.dims[:axis], total, *first.dims[axis + 1 :]))]
 
 

@@ -30,8 +30,14 @@ def target_type(loss: FnSpec, output: TensorType) -> TensorType:
     return TensorType("f32", output.dims)
 
 
+def _per_last(b: Builder, value: float, x: Var) -> float | Var:
+    """`value` divided by the size of `x`'s last axis, counted at run time when that dim is symbolic."""
+    last = x.shape[-1]
+    return value / last if isinstance(last, int) else b.div(value, b.count(x, axes=(x.rank - 1,)))
+
+
 def _mean_last(b: Builder, x: Var) -> Var:
-    return b.mul(b.reduce_sum(x, axes=(x.rank - 1,)), 1.0 / x.shape[-1])
+    return b.mul(b.reduce_sum(x, axes=(x.rank - 1,)), _per_last(b, 1.0, x))
 
 
 def _normalized_log(b: Builder, p: Var) -> Var:
@@ -52,12 +58,12 @@ def per_sample_loss(
         sparse = name.startswith("sparse")
         if not sparse and args.get("label_smoothing", 0.0):
             smoothing = args["label_smoothing"]
-            labels = b.add(b.mul(labels, 1.0 - smoothing), smoothing / predicted.shape[-1])
+            labels = b.add(b.mul(labels, 1.0 - smoothing), _per_last(b, smoothing, predicted))
         logits = predicted if args.get("from_logits") else softmax_logits
         if logits is not None:
             probs, loss_value = b.softmax_cross_entropy(logits, labels, sparse=sparse)
             return loss_value, None if args.get("from_logits") else probs
-        target = b.one_hot(labels, classes=predicted.shape[-1]) if sparse else labels
+        target = b.one_hot(labels, predicted) if sparse else labels
         log_p = _normalized_log(b, predicted)
         return b.neg(b.reduce_sum(b.mul(target, log_p), axes=(predicted.rank - 1,))), None
     if name == "binary_crossentropy":

@@ -15,6 +15,7 @@ import numpy as np
 
 from kdsl.ir.graph import Graph
 from kdsl.ir.types import concrete
+from kdsl.memory import BYTES_PER_NUMBER, require
 from kdsl.passes.lower import Noise
 from kdsl.runtime.initializers import initial_weights
 
@@ -42,6 +43,8 @@ class ModelState:
         """New weights for a typed graph, drawn by each layer's initializer from `seed`; dropout then draws from the
         same generator."""
         specs = [(f"{layer.name}/{p.name}", p) for layer in graph.layers() for p in layer.params or []]
+        hint = "make the layers smaller"
+        require(BYTES_PER_NUMBER * graph.param_count(), f"model `{graph.name}`'s weights", hint=hint)
         trainable = [i for i, (_, p) in enumerate(specs) if p.trainable]
         rng = np.random.default_rng(seed)
         return cls([name for name, _ in specs], initial_weights(graph, rng), trainable, rng)

@@ -21,9 +21,10 @@ from kdsl.catalogue.functions import LOSSES
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm, Value
-from kdsl.ir.interpret import run_program
+from kdsl.ir.interpret import bind_sizes, run_program
 from kdsl.ir.program import Program
-from kdsl.ir.types import TensorType
+from kdsl.ir.types import TensorType, concrete
+from kdsl.memory import BYTES_PER_NUMBER, require
 from kdsl.passes.losses import total_loss
 from kdsl.pipeline import compile_model
 from kdsl.runtime import metrics as metric_fns
@@ -100,6 +101,13 @@ class Trainer:
         self.graph = graph
         self.losses = _loss_terms(graph, loss, loss_weights)
         self._optimizer = get_optimizer(optimizer)
+        slots = len(self._optimizer.create_slots(np.zeros(1, np.float32)))
+        trained = graph.param_count(trainable=True)
+        require(
+            BYTES_PER_NUMBER * (graph.param_count() + trained * (1 + slots)),
+            f"model `{graph.name}`'s weights, gradients and {self._optimizer.name} slots",
+            hint="make the layers smaller, or train with an optimizer that keeps fewer slots (sgd)",
+        )
         self.compiled: CompiledModel = compile_model(graph, target, losses=self.losses, seed=seed, state=state)
         assert self.compiled.training is not None
         self.targets = self.compiled.training.targets
@@ -113,7 +121,8 @@ class Trainer:
     def inputs(self, x: Data) -> list[np.ndarray]:
         return model_inputs(self.graph, x)
 
-    def labels(self, y: Data) -> list[np.ndarray]:
+    def labels(self, y: Data, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The targets of `y` checked against the outputs; `inputs` size the outputs' symbolic dims."""
         names = self.graph.output_names
         arrays = []
         if isinstance(y, Mapping):
@@ -136,7 +145,7 @@ class Trainer:
                 error.hint = error.hint or _label_hint(loss.loss.name, array, output)
                 raise
             if var.type.dtype == "i32":
-                classes = output.type.dims[-1]
+                (classes,) = concrete(output.type.dims[-1:], bind_sizes(self.compiled.training.lowered.inputs, inputs))
                 if array.min() < 0 or array.max() >= classes:
                     raise KdslArgumentError(
                         f"target `{name}` has class ids in [{array.min()}, {array.max()}], "
@@ -175,6 +184,9 @@ class Trainer:
         history = History(params={"epochs": epochs, "steps": steps, "verbose": verbose})
         redraw = sys.stdout.isatty()
         callbacks = list(callbacks)
+        if initial_epoch < epochs:  # compiled before any clock starts: no step, epoch or callback counts it
+            entries = ["train_step", *(["forward"] if validation_data is not None else [])]  # what the epochs run
+            self.compiled.warm_up(entries, self._optimizer, verbose=bool(verbose))
         model.stop_training = False
         for callback in callbacks:
             callback.set_model(model)
@@ -228,7 +240,8 @@ class Trainer:
     def _array_source(self, x, y, batch_size, shuffle, validation_split, validation_data, sample_weight,
                       class_weight):  # fmt: skip
         """Batches of in-memory arrays, reshuffled each epoch; holds out Keras's validation split."""
-        inputs, labels = self.inputs(x), self.labels(y)
+        inputs = self.inputs(x)
+        labels = self.labels(y, inputs)
         weights = self.sample_weights(sample_weight, class_weight, labels)
         count = inputs[0].shape[0]
         if labels[0].shape[0] != count:
@@ -268,8 +281,9 @@ class Trainer:
                 if steps_per_epoch is not None and step >= steps_per_epoch:
                     return
                 x, y, *weight = batch
-                labels = self.labels(y)
-                yield self.inputs(x), labels, self.sample_weights(weight[0] if weight else None, None, labels)
+                inputs = self.inputs(x)
+                labels = self.labels(y, inputs)
+                yield inputs, labels, self.sample_weights(weight[0] if weight else None, None, labels)
 
         steps = steps_per_epoch or (len(batches) if hasattr(batches, "__len__") else None)
         return epoch_batches, steps
@@ -325,20 +339,28 @@ class Trainer:
             weights.append(w)
         return weights
 
-    def predict(self, x: Data, batch_size: int = 32) -> list[np.ndarray]:
+    def predict(self, x: Data, batch_size: int = 32, verbose: int | str = 0) -> list[np.ndarray]:
         """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches)."""
-        return predict(self.compiled, x, batch_size)
+        return predict(self.compiled, x, batch_size, verbose)
 
     def evaluate(
-        self, x: Data, y: Data, batch_size: int = 32, steps: int | None = None, sample_weight: Any = None
+        self,
+        x: Data,
+        y: Data,
+        batch_size: int = 32,
+        steps: int | None = None,
+        sample_weight: Any = None,
+        verbose: int | str = 0,
     ) -> dict[str, float]:
         """Loss and metrics over arrays, or over a dataset / iterable of (x, y[, sample_weight]) batches (the first
-        `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample."""
+        `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample. With
+        `verbose`, a status line says what compiles (see `CompiledModel.warm_up`)."""
         _counts(batch_size=batch_size, steps=steps)
         tracker = _Tracker(self.metrics, self.graph.output_names)
         for inputs, labels, weights in itertools.islice(
             self._evaluation_batches(x, y, batch_size, sample_weight), steps
         ):
+            self.compiled.warm_up(["forward"], verbose=bool(verbose))  # once the first batch is checked
             outputs, masks = self.compiled.forward_with_masks(*inputs)
             present = [m for m in masks if m is not None]
             weights = self._all_weights(weights, labels)
@@ -351,10 +373,12 @@ class Trainer:
         """(inputs, labels, sample weights per output or None) for each batch to evaluate."""
         if _is_batches(x):
             for bx, by, *rest in x:
-                labels = self.labels(by)
-                yield self.inputs(bx), labels, self.sample_weights(rest[0] if rest else None, None, labels)
+                inputs = self.inputs(bx)
+                labels = self.labels(by, inputs)
+                yield inputs, labels, self.sample_weights(rest[0] if rest else None, None, labels)
             return
-        inputs, labels = self.inputs(x), self.labels(y)
+        inputs = self.inputs(x)
+        labels = self.labels(y, inputs)
         weights = self.sample_weights(sample_weight, None, labels)
         for s in range(0, inputs[0].shape[0], batch_size):
             cut = slice(s, s + batch_size)
@@ -403,15 +427,19 @@ def model_inputs(graph: Graph, x: Data) -> list[np.ndarray]:
     return arrays
 
 
-def predict(compiled: CompiledModel, x: Data, batch_size: int = 32) -> list[np.ndarray]:
-    """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches), batch by batch."""
+def predict(compiled: CompiledModel, x: Data, batch_size: int = 32, verbose: int | str = 0) -> list[np.ndarray]:
+    """Outputs for arrays, or for a dataset / iterable of input batches (or of (x, y) batches), batch by batch;
+    with `verbose`, a status line says what compiles (see `CompiledModel.warm_up`)."""
     _counts(batch_size=batch_size)
     if _is_batches(x):
         batch_inputs = (model_inputs(compiled.graph, b[0] if isinstance(b, tuple) else b) for b in x)
     else:
         inputs = model_inputs(compiled.graph, x)
         batch_inputs = ([a[s : s + batch_size] for a in inputs] for s in range(0, inputs[0].shape[0], batch_size))
-    batches = [compiled.forward(*b) for b in batch_inputs]
+    batches = []
+    for batch in batch_inputs:
+        compiled.warm_up(["forward"], verbose=bool(verbose))  # once the first batch is checked
+        batches.append(compiled.forward(*batch))
     return [np.concatenate(parts) for parts in zip(*batches)]
 
 

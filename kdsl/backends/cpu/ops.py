@@ -228,7 +228,7 @@ def _softmax_cross_entropy_grad(em: Emitter, eqn: Eqn) -> None:
 
 
 def _one_hot(em: Emitter, eqn: Eqn) -> None:
-    (ids,), y = eqn.inputs, eqn.out
+    ids, y = eqn.inputs[0], eqn.out
     em.line(f"{em.ref(y)}[...] = {ZERO}")
     with em.loops(ids) as idx:
         em.line(f"{em.ref(y)}[{', '.join(idx)}{', ' if idx else ''}{em.index(ids, idx)}] = np.float32(1.0)")

@@ -93,7 +93,7 @@ def _softmax_cross_entropy_grad(w: KernelWriter, eqn: Eqn) -> None:
 
 
 def _one_hot(w: KernelWriter, eqn: Eqn) -> None:
-    (ids,), y = eqn.inputs, eqn.out
+    ids, y = eqn.inputs[0], eqn.out
     idx = w.over(y.shape)
     w.line(f"{w.at(y, idx)} = {F}(1.0) if {w.at(ids, idx[:-1])} == {idx[-1]} else {F}(0.0)")
 

@@ -128,16 +128,17 @@ class NotEqual(Elementwise):
 
 
 class OneHot(Op):
-    """Class ids as rows of 0/1 over `classes`: the targets of a crossentropy on probabilities."""
+    """Class ids as rows of 0/1 over as many classes as `like` has along its last axis (known at run time when
+    symbolic): the targets of a crossentropy on probabilities `like`."""
 
     name = "one_hot"
     differentiable = False
 
-    def infer(self, attrs, ids):
-        return [TensorType("f32", (*ids.dims, attrs["classes"]))]
+    def infer(self, attrs, ids, like):
+        return [TensorType("f32", (*ids.dims, like.dims[-1]))]
 
-    def reference(self, attrs, ids):
-        return [np.eye(attrs["classes"], dtype=np.float32)[ids]]
+    def reference(self, attrs, ids, like):
+        return [np.eye(like.shape[-1], dtype=np.float32)[ids]]
 
 
 class Cast(Elementwise):

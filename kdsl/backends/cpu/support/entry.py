@@ -62,6 +62,7 @@ class EntryPoint:
         if key not in self.arenas:
             numels = [numel(dims, sizes) for dims in self.buffers]
             offsets, total = self.plan_layout(numels, self.lifetimes)
+            _require_memory(4 * total, sizes)
             arena = np.empty(total, np.float32)
             self.arenas[key] = (arena, self.carve(arena, offsets, sizes))
         return self.arenas[key][1]
@@ -92,6 +93,21 @@ class EntryPoint:
                 return self.kernel(buffers, 1, threads, limit, *arrays)
         with single_threaded_blas():  # BLAS calls on threads of the kernel's must not start threads of their own
             return self.kernel(buffers, threads, 1, limit, *arrays)
+
+
+def _require_memory(size, sizes):
+    """Refuse an arena this machine's memory cannot hold before allocating it: the system would grant the
+    allocation and kill the process when the pages are touched."""
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return
+    if size > available:
+        given = ", ".join(f"{name}={value}" for name, value in sorted(sizes.items()))
+        raise MemoryError(
+            f"a call with {given} needs {size / 2**30:.2f} GB of buffers, more than this machine's "
+            f"{available / 2**30:.2f} GB: use a smaller batch size"
+        )
 
 
 # Splitting a batch gives each thread a time loop over its rows, with single-threaded BLAS. A long
