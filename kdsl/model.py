@@ -21,6 +21,9 @@ from kdsl.passes.infer import infer_shapes
 from kdsl.runtime.state import ModelState
 from kdsl.summary import summary
 
+# Keras's `compile` arguments in its order, as a Sequential model waiting for its input keeps them
+COMPILE_ARGUMENTS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics", "run_eagerly",
+                     "steps_per_execution", "jit_compile", "auto_scale_loss")  # fmt: skip
 _INFERENCE = threading.Lock()  # held while a model's forward pass alone is compiled
 
 
@@ -99,15 +102,31 @@ class Model:
 
     # --- training (kdsl.runtime.training) ---------------------------------------------------------
 
-    def compile(self, optimizer: Any = None, loss: Any = None, metrics: Any = None, loss_weights: Any = None,
-                target: str = "cpu", seed: int = 0) -> None:  # fmt: skip
-        """Choose optimizer, loss(es) and metrics, and compile the training and inference kernels.
+    def compile(self, optimizer: Any = None, loss: Any = None, loss_weights: Any = None, metrics: Any = None,
+                weighted_metrics: Any = None, run_eagerly: bool = False, steps_per_execution: int = 1,
+                jit_compile: bool | str = "auto", auto_scale_loss: bool = True, *, target: str = "cpu",
+                seed: int = 0) -> None:  # fmt: skip
+        """Choose optimizer, loss(es) and metrics, and compile the training and inference kernels; Keras's
+        arguments in Keras's order, then kdsl's own: `target` and the `seed` new weights and dropout draw from.
 
         What is not given comes from the `.kd` file's `train` block; the optimizer defaults to
-        RMSprop without one, as in Keras.
+        RMSprop without one, as in Keras. `weighted_metrics` count each sample by its `sample_weight` (or
+        `class_weight`), as Keras's do; plain `metrics` count every sample alike. kdsl always runs compiled
+        kernels in float32, so `steps_per_execution`, `jit_compile` and `auto_scale_loss` change nothing.
         """
         from kdsl.runtime.training import Trainer
 
+        if run_eagerly:
+            raise KdslUnsupportedError(
+                "`run_eagerly=True`: kdsl runs compiled kernels",
+                hint="to step through the computation, compile with target='numpy' (the IR's NumPy interpreter)",
+            )
+        if jit_compile is False:
+            raise KdslUnsupportedError("`jit_compile=False`: kdsl always compiles", hint="leave it out, or 'auto'")
+        if not isinstance(steps_per_execution, int) or isinstance(steps_per_execution, bool) or steps_per_execution < 1:
+            raise KdslArgumentError(
+                f"steps_per_execution must be a whole number of at least 1, got {steps_per_execution!r}"
+            )
         train = self.graph.train
         if optimizer is None:
             optimizer = train.optimizer if train is not None else "rmsprop"
@@ -124,7 +143,8 @@ class Model:
             self._state = ModelState.initial(graph, seed)
         state = self._state
         state.detach()  # a device that held the weights gives them back; the new compiled model may take them
-        self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed, state=state)
+        self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed, state=state,
+                                weighted_metrics=weighted_metrics)  # fmt: skip
 
     def build_from(self, x: Any) -> None:
         """A functional model is built from its inputs; a Sequential one may wait for its first data."""
@@ -319,7 +339,7 @@ class Sequential(Model):
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         if self._input is None:  # no input yet: compile with the first data
-            self._compile_args = dict(zip(("optimizer", "loss", "metrics", "loss_weights", "target", "seed"), args))
+            self._compile_args = dict(zip(COMPILE_ARGUMENTS, args))
             self._compile_args.update(kwargs)
             return
         super().compile(*args, **kwargs)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kdsl import cli, memory
 from kdsl.errors import KdslArgumentError, KdslError, KdslShapeError
@@ -163,3 +165,35 @@ def test_a_batch_whose_buffers_cannot_fit_is_refused_before_they_are_allocated(m
     monkeypatch.setattr(entry.os, "sysconf", lambda name: 1 if name == "SC_PHYS_PAGES" else real(name))
     with pytest.raises(MemoryError, match=r"a call with batch=4093, n=3 needs .* GB of buffers"):
         model.predict(np.zeros((4093, 4, 3), np.float32), batch_size=4093)
+
+
+# --- whatever check accepts, trains ----------------------------------------------------------------------------
+
+INPUTS = {"f32[batch, n]": (5, 7), "f32[batch, 4, n]": (5, 6), "f32[batch, n, 4]": (5, 6), "f32[batch, n, 3]": (2, 4)}
+CHAINS = [
+    "activation(x, softmax)", "activation(x, relu)", "flatten(x)", "dropout(x, 0.5)", "x |> flatten |> dropout(0.5)",
+    "add(x, x)", "multiply(x, x)", "concatenate(x, x)", "concatenate(x, x, axis=1)", "batch_normalization(x)",
+    "repeat_vector(x, 3)", "lstm(x, 4, return_sequences=true)", "time_distributed(x, dense(2))",
+    "bidirectional(x, gru(3, return_sequences=true))", "x |> flatten |> activation(softmax)", "simple_rnn(x, 4)",
+]  # fmt: skip
+LOSSES = ["mse", "mae", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(INPUTS)), st.sampled_from(CHAINS), st.sampled_from(LOSSES))
+def test_what_check_accepts_trains_at_every_size(input_type, chain, loss):
+    text = f"model M(x: {input_type}) -> y {{\n    y = {chain}\n}}\ntrain M {{ loss = {loss} }}\n"
+    try:
+        graph = load(text, "m.kd").model("M")
+    except KdslError:
+        return  # refused at a line: fine
+    model = Model.from_graph(graph)
+    model.compile(seed=0, target="numpy")  # the compiler's stages and the IR's interpreter: no kernels to build
+    for n in INPUTS[input_type]:
+        shape = [3 if d == "batch" else n if d == "n" else int(d) for d in input_type[4:-1].split(", ")]
+        x = np.random.default_rng(n).random(shape, dtype=np.float32)
+        y = model.predict(x, verbose=0)
+        assert y.shape[0] == 3
+        t = np.zeros(y.shape[:-1], np.int32) if loss.startswith("sparse") else np.full(y.shape, 0.5, np.float32)
+        history = model.fit(x, t, batch_size=3, verbose=0)  # a crossentropy of zeros may be NaN, as in Keras
+        assert len(history.history["loss"]) == 1

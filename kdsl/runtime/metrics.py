@@ -26,10 +26,13 @@ def resolve(metric: str | FnSpec, loss: FnSpec, output_dims: tuple, target_rank:
     return "categorical_accuracy" if target_rank == len(output_dims) else "sparse_categorical_accuracy"
 
 
-def batch_totals(name: str, y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+def batch_totals(
+    name: str, y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None, weight: np.ndarray | None = None
+) -> tuple[float, float]:
     """The metric's sum over a batch and the weight it counts for, as Keras's mean metrics add them up: each sample's
-    mean over its other axes, and one per sample; with a mask (batch, timesteps), each sample's mean of values
-    times mask, counting for its mean of the mask (so a metric averages over the valid timesteps).
+    mean over its other axes, and one per sample; with weights (a mask (batch, timesteps), sample weights shaped
+    as the values, or their product), each sample's mean of values times weights, counting for its mean of the
+    weights (so a metric averages over the valid timesteps, and a weighted one by the samples' weights).
 
     Accuracies count matches rather than average a float array: a few times faster, once a training step.
     """
@@ -47,10 +50,12 @@ def batch_totals(name: str, y_true: np.ndarray, y_pred: np.ndarray, mask: np.nda
         raise ValueError(f"unknown metric {name!r}")
     samples = max(values.shape[0], 1) if values.ndim else 1
     per_sample = max(values.size // samples, 1)
-    if mask is None:
+    if mask is None and weight is None:
         total = np.count_nonzero(values) if values.dtype == bool else float(values.sum())
         return total / per_sample, values.shape[0] if values.ndim else 1
-    weights = mask.reshape(values.shape).astype(np.float64)
+    weights = np.ones(values.shape) if mask is None else mask.reshape(values.shape).astype(np.float64)
+    if weight is not None:
+        weights = weights * np.asarray(weight, np.float64).reshape(values.shape)
     return float((values * weights).sum()) / per_sample, float(weights.sum()) / per_sample
 
 

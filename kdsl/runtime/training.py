@@ -96,6 +96,7 @@ class Trainer:
         target: str = "cpu",
         seed: int = 0,
         state: ModelState | None = None,
+        weighted_metrics: Any = None,
     ):
         """`state` holds the model's weights (new ones drawn from `seed` without it)."""
         self.graph = graph
@@ -112,7 +113,9 @@ class Trainer:
         assert self.compiled.training is not None
         self.targets = self.compiled.training.targets
         self.targets_weights = self.compiled.training.sample_weights
-        self.metrics = _metrics(graph, self.losses, metrics, [t.type for t in self.targets])
+        target_types = [t.type for t in self.targets]
+        self.metrics = _metrics(graph, self.losses, metrics, target_types)
+        self.weighted_metrics = _metrics(graph, self.losses, weighted_metrics, target_types)
         self.rng = np.random.default_rng(seed)
         self.evaluation = _evaluation_program(self.compiled, self.losses)
 
@@ -198,13 +201,14 @@ class Trainer:
                 callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            tracker = _Tracker(self.metrics, self.graph.output_names)
+            tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names)
             started = shown = time.perf_counter()
             done = 0
             for done, (batch_inputs, batch_labels, batch_weights) in enumerate(epoch_batches(), 1):
                 loss = self.step(batch_inputs, batch_labels, batch_weights)
                 compiled = self.compiled
-                tracker.update(loss, compiled.outputs, batch_labels, compiled.masks, compiled.output_losses)
+                tracker.update(loss, compiled.outputs, batch_labels, compiled.masks, batch_weights,
+                               compiled.output_losses)  # fmt: skip
                 batch_logs = tracker.logs() if callbacks else {}  # the epoch's means so far, as Keras gives them
                 for callback in callbacks:
                     callback.on_train_batch_end(done - 1, batch_logs)
@@ -356,17 +360,16 @@ class Trainer:
         `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample. With
         `verbose`, a status line says what compiles (see `CompiledModel.warm_up`)."""
         _counts(batch_size=batch_size, steps=steps)
-        tracker = _Tracker(self.metrics, self.graph.output_names)
+        tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names)
         for inputs, labels, weights in itertools.islice(
             self._evaluation_batches(x, y, batch_size, sample_weight), steps
         ):
             self.compiled.warm_up(["forward"], verbose=bool(verbose))  # once the first batch is checked
             outputs, masks = self.compiled.forward_with_masks(*inputs)
             present = [m for m in masks if m is not None]
-            weights = self._all_weights(weights, labels)
-            arrays = [*outputs, *labels, *weights, *present, *self.compiled.weights]
+            arrays = [*outputs, *labels, *self._all_weights(weights, labels), *present, *self.compiled.weights]
             loss, *output_losses = run_program(self.evaluation, arrays)
-            tracker.update(float(loss), outputs, labels, masks, [float(v) for v in output_losses])
+            tracker.update(float(loss), outputs, labels, masks, weights, [float(v) for v in output_losses])
         return tracker.logs()
 
     def _evaluation_batches(self, x: Data, y: Data, batch_size: int, sample_weight: Any):
@@ -444,33 +447,57 @@ def predict(compiled: CompiledModel, x: Data, batch_size: int = 32, verbose: int
 
 
 class _Tracker:
-    """Epoch means of the loss and of each (output, metric)."""
+    """Epoch means of the loss and of each (output, metric): `metrics` count every sample alike, `weighted` ones
+    by the samples' weights, as Keras's `metrics` and `weighted_metrics`."""
 
-    def __init__(self, metrics: list[list[tuple[str, str]]], names: list[str]):
-        self.metrics, self.names = metrics, names
+    def __init__(self, metrics: list[list[tuple[str, str]]], weighted: list[list[tuple[str, str]]], names: list[str]):
+        self.metrics, self.weighted, self.names = metrics, weighted, names
         self.loss = metric_fns.Mean()
         # with several outputs, each one's own loss, as Keras logs `<output>_loss`
         self.output_losses = {f"{n}_loss": metric_fns.Mean() for n in names} if len(names) > 1 else {}
-        self.means = {key: metric_fns.Mean() for key in self._keys()}
+        self.keys = _metric_keys(metrics, weighted, names)
+        self.means = {key: metric_fns.Mean() for key in self.keys}
 
-    def _keys(self) -> list[str]:
-        several = len(self.names) > 1
-        return [f"{n}_{m}" if several else m for n, ms in zip(self.names, self.metrics) for m, _ in ms]
-
-    def update(self, loss: float, outputs, labels, masks, output_losses: Sequence[float] = ()) -> None:
+    def update(self, loss: float, outputs, labels, masks, weights, output_losses: Sequence[float] = ()) -> None:
         """One batch: its loss and each output's (weighing as many as the batch has samples), and each metric on
-        its outputs, whose timesteps count by the output's mask where it has one."""
+        its outputs, whose timesteps count by the output's mask where it has one, and each sample by its weight
+        (None: one) for a weighted metric."""
         self.loss.update(loss, labels[0].shape[0])
         for mean, value in zip(self.output_losses.values(), output_losses, strict=bool(self.output_losses)):
             mean.update(value, labels[0].shape[0])
-        keys = iter(self._keys())
-        for names, output, label, mask in zip(self.metrics, outputs, labels, masks):
-            for _, name in names:
-                self.means[next(keys)].add(*metric_fns.batch_totals(name, label, output, mask))
+        keys = iter(self.keys)
+        for table, weighted in ((self.metrics, False), (self.weighted, True)):
+            for names, output, label, mask, weight in zip(table, outputs, labels, masks, weights):
+                for _, name in names:
+                    totals = metric_fns.batch_totals(name, label, output, mask, weight if weighted else None)
+                    self.means[next(keys)].add(*totals)
 
     def logs(self) -> dict[str, float]:
         means = {**self.output_losses, **self.means}
         return {"loss": self.loss.result(), **{k: m.result() for k, m in means.items()}}
+
+
+def _metric_keys(metrics: list[list[tuple[str, str]]], weighted: list[list[tuple[str, str]]], names: list[str]):
+    """The names metrics are logged under, as Keras gives them: `<output>_` before each with several outputs; a
+    name taken already gets `_1`, `_2`...; a weighted metric whose name a plain one took is `weighted_<name>`."""
+    several = len(names) > 1
+    counts: dict[str, int] = {}
+
+    def unique(name: str) -> str:
+        if name not in counts:
+            counts[name] = 1
+            return name
+        counts[name] += 1
+        return f"{name}_{counts[name] - 1}"
+
+    keys = [unique(f"{n}_{m}" if several else m) for n, ms in zip(names, metrics) for m, _ in ms]
+    for n, ms in zip(names, weighted):
+        for m, _ in ms:
+            key = f"{n}_{m}" if several else m
+            keys.append(
+                unique(key) if key not in counts else unique(f"{n}_weighted_{m}" if several else f"weighted_{m}")
+            )
+    return keys
 
 
 def _is_batches(x: Any) -> bool:
