@@ -104,6 +104,25 @@ def chart(results: list[Result], path: str, machine: str) -> None:
     print(f"chart: {path}")
 
 
+def cpu_report() -> str:
+    """The CPU by model and by what LLVM (and so Numba) compiles for: `Intel Xeon ... (sapphirerapids; AVX-512)`."""
+    import llvmlite.binding as llvm
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), None)
+    features = llvm.get_host_cpu_features()
+    isa = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+    fma = ", FMA" if features.get("fma") else ""
+    return f"{model or platform.processor() or platform.machine()} ({llvm.get_host_cpu_name()}; {isa}{fma})"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return file.read().splitlines()
+    except OSError:
+        return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, a quarter of W1's and W2's epoch")
@@ -111,11 +130,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=WORKLOADS, help="run these workloads alone")
     parser.add_argument("--chart", metavar="PNG", help="draw the ratios into this file")
     parser.add_argument("--compile", action="store_true", help="also time cold and cached compiles of the examples")
+    parser.add_argument("--cpu-report", action="store_true", help="print the CPU's model and ISA, and stop")
     args = parser.parse_args()
+    if args.cpu_report:
+        print(f"cpu: {cpu_report()}")
+        return
     references = [name for name in REFERENCES if all(importlib.util.find_spec(p) for p in REFERENCES[name])]
     for name in sorted(set(REFERENCES) - set(references)):
         print(f"{name} is not installed: no {name} side (pip install {' '.join(REFERENCES[name])})")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    machine = f"{cpu_report()}, {os.cpu_count()} cores"
     packages = ["numpy", "numba", *(package for name in references for package in REFERENCES[name])]
     distributions = metadata.packages_distributions()  # "tensorflow" may come as tensorflow-cpu
     versions = ", ".join(f"{name} {metadata.version(distributions.get(name, [name])[0])}" for name in packages)

@@ -105,7 +105,7 @@ def mnist_lstm(torch, smoke: bool) -> Contest:
                 sgd.step()
 
         sides["PyTorch"] = synchronized(torch, epoch)
-    flops = flops_per_call(graph, batch, training=True) * len(x) / batch
+    flops = flops_per_call(graph, batch, training=True, target="cuda") * len(x) / batch
     return Contest(f"mnist_lstm, one epoch of {len(x)} (s)", "s", flops, 3, sides)
 
 
@@ -138,11 +138,13 @@ def recurrent(torch, layer: str, module: str, hidden: int, batch: int, steps: in
 
         steps_by_side["PyTorch"], calls_by_side["PyTorch"] = synchronized(torch, step), synchronized(torch, infer)
     shape = f"{module} hidden {hidden}, batch {batch}, {steps} steps"
-    inference = Contest(f"{shape}: inference (ms)", "ms", flops_per_call(graph, batch, False), 10, calls_by_side)
+    inference = Contest(
+        f"{shape}: inference (ms)", "ms", flops_per_call(graph, batch, False, target="cuda"), 10, calls_by_side
+    )
     if not training:
         return [inference]
-    return [Contest(f"{shape}: training step (ms)", "ms", flops_per_call(graph, batch, True), 10, steps_by_side),
-            inference]  # fmt: skip
+    training_flops = flops_per_call(graph, batch, True, target="cuda")
+    return [Contest(f"{shape}: training step (ms)", "ms", training_flops, 10, steps_by_side), inference]
 
 
 def contests(torch, smoke: bool) -> list[Contest]:
