@@ -20,6 +20,7 @@ from kdsl.catalogue import LAYERS
 from kdsl.catalogue.args import ArgError, Given
 from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.recurrent import Recurrent
+from kdsl.catalogue.stacked import StackedRNN
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError
 from kdsl.ir.graph import Layer as IRLayer
 from kdsl.ir.graph import LayerSpec, Node, Value
@@ -93,11 +94,18 @@ def Input(
 
 
 def set_trainable(config: dict[str, Any], value: bool) -> None:
-    """Freeze or unfreeze a layer's configuration and, as Keras's setter does, that of the layer a wrapper holds."""
+    """Freeze or unfreeze a layer's configuration and, as Keras's setter does, that of the layers it holds (a
+    wrapper's layer, an RNN's cells)."""
     config["trainable"] = bool(value)
     inner = config.get("layer")
     if isinstance(inner, LayerSpec):
-        config["layer"] = LayerSpec(inner.kind, {**inner.config, "trainable": bool(value)})
+        inner_config = dict(inner.config)
+        set_trainable(inner_config, value)
+        config["layer"] = LayerSpec(inner.kind, inner_config)
+    if "cells" in config:
+        config["cells"] = tuple(
+            LayerSpec(cell.kind, {**cell.config, "trainable": bool(value)}) for cell in config["cells"]
+        )
 
 
 class Layer:
@@ -151,7 +159,7 @@ class Layer:
         infer_node(node)
         call = LayerCall(self, tensors)
         call.outputs = [KerasTensor(v.type, v.masked, call, i) for i, v in enumerate(node.outputs)]
-        return call.outputs[0] if len(call.outputs) == 1 else call.outputs
+        return call.outputs[0] if len(call.outputs) == 1 else _group_states(self.kind, self.config, call.outputs)
 
     def __repr__(self) -> str:
         return f"<{self.kind.keras} name={self.name or '(auto)'}>"
@@ -217,6 +225,23 @@ class GRU(Layer):
     kind = LAYERS["gru"]
 
 
+def _group_states(kind: LayerKind, config: dict[str, Any], outputs: list[KerasTensor]) -> list[Any]:
+    """Outputs as Keras returns them: an RNN over several cells gives each cell's states as one list,
+    `[output, [h1, c1], [h2, c2]]`, and Bidirectional such an RNN's forward states, then its backward ones."""
+    inner = config.get("layer")
+    rnn, rnn_config = (inner.kind, inner.config) if isinstance(inner, LayerSpec) else (kind, config)
+    if not isinstance(rnn, StackedRNN) or not rnn_config["return_state"]:
+        return outputs
+    counts = rnn.state_counts(rnn_config)
+    directions = 2 if rnn is not kind else 1
+    grouped, rest = [], list(outputs[: len(outputs) - directions * sum(counts)])
+    states = outputs[len(rest) :]
+    for count in counts * directions:
+        grouped.append(states[:count])
+        states = states[count:]
+    return rest + grouped
+
+
 class Cell:
     """A recurrent cell for `RNN(cell)`, with the arguments of its layer that belong to the cell."""
 
@@ -224,6 +249,10 @@ class Cell:
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.args, self.kwargs = args, kwargs
+
+    def as_layer_spec(self) -> LayerSpec:
+        """The cell as its layer's configuration: a cell of `RNN([cell, cell])`."""
+        return LayerSpec(self.layer.kind, self.layer(*self.args, **self.kwargs).config)
 
 
 class SimpleRNNCell(Cell):
@@ -238,27 +267,63 @@ class GRUCell(Cell):
     layer = GRU
 
 
+class StackedRNNCells:
+    """Keras's stack of cells, for `RNN(StackedRNNCells([...]))`; `RNN([...])` is the same."""
+
+    def __init__(self, cells: Sequence[Cell], **kwargs: Any):
+        if kwargs:
+            raise KdslArgumentError("StackedRNNCells takes only its cells; give the other arguments to RNN")
+        self.cells = list(cells)
+
+
 class RNN(Layer):
-    """Keras's generic recurrent layer around a built-in cell: `RNN(LSTMCell(64))` is `LSTM(64)`, with the same
-    weights and numbers, compiled to the same fused time loop (Keras's own runs the cell step by step)."""
+    """Keras's generic recurrent layer. Around one built-in cell, `RNN(LSTMCell(64))` is `LSTM(64)`, with the same
+    weights and numbers, compiled to the same fused time loop (Keras's own runs the cell step by step). Around a
+    list of cells (or `StackedRNNCells`) it is the `stacked_rnn` layer, whose cells run one after another."""
 
     default_name = "rnn"
 
-    def __init__(self, cell: Cell, *args: Any, name: str | None = None, **kwargs: Any):
-        if isinstance(cell, list | tuple):
-            raise KdslUnsupportedError(
-                "RNN over a list of cells (StackedRNNCells) is not supported",
-                hint="stack recurrent layers instead: LSTM(..., return_sequences=True) then LSTM(...)",
-            )
-        if not isinstance(cell, Cell):
-            raise KdslUnsupportedError(
-                f"RNN takes SimpleRNNCell, LSTMCell or GRUCell, got {type(cell).__name__}",
-                hint="cells of your own are not supported yet",
-            )
+    def __init__(
+        self, cell: Cell | Sequence[Cell] | StackedRNNCells, *args: Any, name: str | None = None, **kwargs: Any
+    ):
+        cells = cell.cells if isinstance(cell, StackedRNNCells) else cell
+        if isinstance(cells, list | tuple) and len(cells) == 1:  # Keras's stack of one cell is that cell
+            cells = cells[0]
         if args:
             raise KdslArgumentError("RNN's arguments after the cell are given by name, as return_sequences=True")
-        self.kind = cell.layer.kind
-        super().__init__(*cell.args, name=name, **cell.kwargs, **kwargs)
+        if isinstance(cells, list | tuple):
+            self.kind = LAYERS["stacked_rnn"]
+            super().__init__(cells, name=name, **kwargs)
+            return
+        if not isinstance(cells, Cell):
+            raise KdslUnsupportedError(
+                f"RNN takes SimpleRNNCell, LSTMCell or GRUCell, or a list of them, got {type(cells).__name__}",
+                hint="cells of your own are not supported yet",
+            )
+        self.kind = cells.layer.kind
+        super().__init__(*cells.args, name=name, **cells.kwargs, **kwargs)
+
+    def __call__(
+        self, inputs: KerasTensor | Sequence[KerasTensor], initial_state: Sequence[Any] | None = None
+    ) -> KerasTensor | list[Any]:
+        """Over several cells, `initial_state` gives each cell's states in Keras's form: `[[h1, c1], [h2]]`."""
+        if initial_state is None or not isinstance(self.kind, StackedRNN):
+            return super().__call__(inputs, initial_state)
+        counts = self.kind.state_counts(self.config)
+        entries = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        flat = []
+        for entry, count in zip(entries, counts):
+            states = list(entry) if isinstance(entry, (list, tuple)) else [entry]
+            if len(states) != count:
+                break
+            flat += states
+        if len(entries) != len(counts) or len(flat) != sum(counts):
+            raise KdslArgumentError(
+                f"RNN over {len(counts)} cells takes one `initial_state` entry per cell, each with that cell's "
+                f"states ({', '.join(str(c) for c in counts)}), got {len(entries)} entries",
+                hint="e.g. initial_state=[[h1, c1], [h2, c2]] for two LSTM cells",
+            )
+        return super().__call__(inputs, flat)
 
 
 class Bidirectional(Layer):

@@ -115,8 +115,8 @@ def _run_rnn(
     order = range(timesteps - 1, -1, -1) if go_backwards else range(timesteps)
     # keras/src/backend/tensorflow/rnn.py: the output carried into a masked step starts as zeros, not as the
     # initial state (the JAX/NumPy scan path uses states[0] instead; they differ only for a non-zero
-    # initial_state whose first processed steps are masked).
-    prev_output = np.zeros_like(states[0])
+    # initial_state whose first processed steps are masked). Its shape is the first step's output's.
+    prev_output = np.zeros_like(step(x[:, order[0]], states)[0])
     outputs = []
     for t in order:
         output, new_states = step(x[:, t], states)
@@ -134,65 +134,36 @@ def _run_rnn(
     return [result, *states] if return_state else result
 
 
-def _prepare(
-    x: Array, mask: Array | None, initial_state: Sequence[Array] | None, units: int, n_states: int
-) -> tuple[Array, Array | None, list[Array]]:
-    x = _f64(x)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-    if initial_state is None:
-        states = [np.zeros((x.shape[0], units)) for _ in range(n_states)]
-    else:
-        states = [_f64(s) for s in initial_state]
-    return x, mask, states
+ReferenceCell = tuple[Step, list[int]]  # one step of a cell and the widths of its states
 
 
-def simple_rnn(
-    x: Array,
-    kernel: Array,
-    recurrent_kernel: Array,
-    bias: Array | None = None,
-    *,
-    activation: Activation = "tanh",
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    initial_state: Sequence[Array] | None = None,
-) -> Array | list[Array]:
-    """SimpleRNN: h_t = act(x_t W + b + h_{t-1} U) (keras/src/layers/rnn/simple_rnn.py, SimpleRNNCell.call)."""
+def simple_rnn_cell(
+    kernel: Array, recurrent_kernel: Array, bias: Array | None = None, *, activation: Activation = "tanh"
+) -> ReferenceCell:
+    """SimpleRNNCell: h_t = act(x_t W + b + h_{t-1} U) (keras/src/layers/rnn/simple_rnn.py, SimpleRNNCell.call)."""
     kernel, recurrent_kernel = _f64(kernel), _f64(recurrent_kernel)
     act = _activation(activation)
     b = 0.0 if bias is None else _f64(bias)
-    x, mask, states = _prepare(x, mask, initial_state, recurrent_kernel.shape[0], 1)
 
     def step(x_t: Array, states: list[Array]) -> tuple[Array, list[Array]]:
         h = act(x_t @ kernel + b + states[0] @ recurrent_kernel)
         return h, [h]
 
-    return _run_rnn(step, x, states, return_sequences, return_state, go_backwards, mask)
+    return step, [recurrent_kernel.shape[0]]
 
 
-def lstm(
-    x: Array,
+def lstm_cell(
     kernel: Array,
     recurrent_kernel: Array,
     bias: Array | None = None,
     *,
     activation: Activation = "tanh",
     recurrent_activation: Activation = "sigmoid",
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    initial_state: Sequence[Array] | None = None,
-) -> Array | list[Array]:
-    """LSTM with Keras gate order i, f, c, o; states are [h, c]."""
+) -> ReferenceCell:
+    """LSTMCell with Keras gate order i, f, c, o; states are [h, c]."""
     kernel, recurrent_kernel = _f64(kernel), _f64(recurrent_kernel)
     act, rec_act = _activation(activation), _activation(recurrent_activation)
     b = 0.0 if bias is None else _f64(bias)
-    units = recurrent_kernel.shape[0]
-    x, mask, states = _prepare(x, mask, initial_state, units, 2)
 
     def step(x_t: Array, states: list[Array]) -> tuple[Array, list[Array]]:
         h_tm1, c_tm1 = states
@@ -204,11 +175,10 @@ def lstm(
         h = rec_act(z_o) * act(c)
         return h, [h, c]
 
-    return _run_rnn(step, x, states, return_sequences, return_state, go_backwards, mask)
+    return step, [recurrent_kernel.shape[0]] * 2
 
 
-def gru(
-    x: Array,
+def gru_cell(
     kernel: Array,
     recurrent_kernel: Array,
     bias: Array | None = None,
@@ -216,13 +186,8 @@ def gru(
     activation: Activation = "tanh",
     recurrent_activation: Activation = "sigmoid",
     reset_after: bool = True,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    mask: Array | None = None,
-    initial_state: Sequence[Array] | None = None,
-) -> Array | list[Array]:
-    """GRU with Keras gate order z, r, h; bias is (2, 3*units) when reset_after, else (3*units,)."""
+) -> ReferenceCell:
+    """GRUCell with Keras gate order z, r, h; bias is (2, 3*units) when reset_after, else (3*units,)."""
     kernel, recurrent_kernel = _f64(kernel), _f64(recurrent_kernel)
     act, rec_act = _activation(activation), _activation(recurrent_activation)
     units = recurrent_kernel.shape[0]
@@ -232,7 +197,6 @@ def gru(
         input_bias, recurrent_bias = _f64(bias)  # keras/src/layers/rnn/gru.py: row 0 input, row 1 recurrent
     else:
         input_bias, recurrent_bias = _f64(bias), 0.0
-    x, mask, states = _prepare(x, mask, initial_state, units, 1)
     u_zr, u_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units :]
 
     def step(x_t: Array, states: list[Array]) -> tuple[Array, list[Array]]:
@@ -251,7 +215,117 @@ def gru(
         h = z * h_tm1 + (1.0 - z) * hh  # keras/src/layers/rnn/gru.py: z keeps the old state
         return h, [h]
 
+    return step, [units]
+
+
+def _layer(
+    cell: ReferenceCell,
+    x: Array,
+    return_sequences: bool,
+    return_state: bool,
+    go_backwards: bool,
+    mask: Array | None,
+    initial_state: Sequence[Array] | None,
+) -> Array | list[Array]:
+    step, widths = cell
+    x = _f64(x)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+    if initial_state is None:
+        states = [np.zeros((x.shape[0], width)) for width in widths]
+    else:
+        states = [_f64(s) for s in initial_state]
     return _run_rnn(step, x, states, return_sequences, return_state, go_backwards, mask)
+
+
+def simple_rnn(
+    x: Array,
+    kernel: Array,
+    recurrent_kernel: Array,
+    bias: Array | None = None,
+    *,
+    activation: Activation = "tanh",
+    return_sequences: bool = False,
+    return_state: bool = False,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    initial_state: Sequence[Array] | None = None,
+) -> Array | list[Array]:
+    """SimpleRNN: the SimpleRNNCell run over time."""
+    cell = simple_rnn_cell(kernel, recurrent_kernel, bias, activation=activation)
+    return _layer(cell, x, return_sequences, return_state, go_backwards, mask, initial_state)
+
+
+def lstm(
+    x: Array,
+    kernel: Array,
+    recurrent_kernel: Array,
+    bias: Array | None = None,
+    *,
+    activation: Activation = "tanh",
+    recurrent_activation: Activation = "sigmoid",
+    return_sequences: bool = False,
+    return_state: bool = False,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    initial_state: Sequence[Array] | None = None,
+) -> Array | list[Array]:
+    """LSTM: the LSTMCell run over time."""
+    cell = lstm_cell(kernel, recurrent_kernel, bias, activation=activation, recurrent_activation=recurrent_activation)
+    return _layer(cell, x, return_sequences, return_state, go_backwards, mask, initial_state)
+
+
+def gru(
+    x: Array,
+    kernel: Array,
+    recurrent_kernel: Array,
+    bias: Array | None = None,
+    *,
+    activation: Activation = "tanh",
+    recurrent_activation: Activation = "sigmoid",
+    reset_after: bool = True,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    initial_state: Sequence[Array] | None = None,
+) -> Array | list[Array]:
+    """GRU: the GRUCell run over time."""
+    cell = gru_cell(
+        kernel,
+        recurrent_kernel,
+        bias,
+        activation=activation,
+        recurrent_activation=recurrent_activation,
+        reset_after=reset_after,
+    )
+    return _layer(cell, x, return_sequences, return_state, go_backwards, mask, initial_state)
+
+
+def stacked_rnn(
+    x: Array,
+    cells: Sequence[ReferenceCell],
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    go_backwards: bool = False,
+    mask: Array | None = None,
+    initial_state: Sequence[Array] | None = None,
+) -> Array | list[Array]:
+    """RNN over a list of cells, stepped as keras/src/layers/rnn/stacked_rnn_cells.py (StackedRNNCells.call) does:
+    at each step every cell in turn, each fed the output of the one before; the output is the last cell's.
+    States are flat here, cell by cell (Keras groups them in one list per cell)."""
+
+    def step(x_t: Array, states: list[Array]) -> tuple[Array, list[Array]]:
+        new_states: list[Array] = []
+        for cell_step, widths in cells:
+            x_t, cell_states = cell_step(x_t, states[: len(widths)])
+            states = states[len(widths) :]
+            new_states += cell_states
+        return x_t, new_states
+
+    widths = [width for _, cell_widths in cells for width in cell_widths]
+    return _layer((step, widths), x, return_sequences, return_state, go_backwards, mask, initial_state)
 
 
 def bidirectional(

@@ -113,8 +113,6 @@ def test_rnn_of_a_cell_trains_as_the_layer_and_compiles_to_its_time_loop(cell, l
 
 
 def test_rnn_refuses_what_it_cannot_compile():
-    with pytest.raises(KdslUnsupportedError, match="StackedRNNCells"):
-        keras.layers.RNN([keras.layers.LSTMCell(3), keras.layers.LSTMCell(3)])
     with pytest.raises(KdslUnsupportedError, match="SimpleRNNCell, LSTMCell or GRUCell"):
         keras.layers.RNN(object())
 

@@ -15,13 +15,14 @@ from kdsl.catalogue.core import (
 )
 from kdsl.catalogue.merge import Add, Concatenate, Multiply
 from kdsl.catalogue.recurrent import GRU, LSTM, SimpleRNN
+from kdsl.catalogue.stacked import StackedRNN
 from kdsl.catalogue.wrappers import Bidirectional, TimeDistributed
 
 KINDS: tuple[LayerKind, ...] = tuple(
     kind()
     for kind in (
         Dense, Activation, Flatten, Reshape, Dropout, BatchNormalization, Embedding, SimpleRNN, LSTM, GRU,
-        Bidirectional, TimeDistributed, Concatenate, Add, Multiply, RepeatVector,
+        StackedRNN, Bidirectional, TimeDistributed, Concatenate, Add, Multiply, RepeatVector,
     )
 )  # fmt: skip
 

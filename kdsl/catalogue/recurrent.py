@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 from kdsl.catalogue.args import Arg, boolean, positive_int, rate, seed
@@ -63,30 +64,37 @@ class Recurrent(LayerKind):
     unsupported = RECURRENT_UNSUPPORTED
     max_inputs = 1  # raised to 1 + len(states) by subclasses: initial states come after the sequence
 
+    def state_units(self, config: Config) -> list[tuple[str, int]]:
+        """Each carried state's name and width, in Keras's return_state (and initial_state) order."""
+        return [(name, config["units"]) for name in self.states]
+
+    def output_units(self, config: Config) -> int:
+        return config["units"]
+
     def num_outputs(self, config: Config) -> int:
-        return 1 + (len(self.states) if config["return_state"] else 0)
+        return 1 + (len(self.state_units(config)) if config["return_state"] else 0)
 
     def output_types(self, config, inputs):
         x, *initial = inputs
         expect_float(self, x)
         expect_rank(self, x, 3, "(batch, timesteps, features)")
         fixed(self, x.dims[2], "number of input features")
-        units = config["units"]
         batch, steps = x.dims[0], x.dims[1]
-        state = TensorType("f32", (batch, units))
+        states = [(name, TensorType("f32", (batch, units))) for name, units in self.state_units(config)]
         if initial:
-            if len(initial) != len(self.states):
+            if len(initial) != len(states):
                 raise KdslShapeError(
-                    f"`{self.name}` takes {len(self.states)} initial state(s) ({', '.join(self.states)}), "
+                    f"`{self.name}` takes {len(states)} initial state(s) ({', '.join(n for n, _ in states)}), "
                     f"got {len(initial)}"
                 )
-            for name, given in zip(self.states, initial):
+            for (name, state), given in zip(states, initial):
                 if given != state:
                     raise KdslShapeError(
                         f"`{self.name}` initial state `{name}` must have shape {show(state)}, got {show(given)}"
                     )
+        units = self.output_units(config)
         output = TensorType("f32", (batch, steps, units) if config["return_sequences"] else (batch, units))
-        return [output] + ([state] * len(self.states) if config["return_state"] else [])
+        return [output] + ([state for _, state in states] if config["return_state"] else [])
 
     def params(self, config, inputs) -> list[ParamSpec]:
         features, width = inputs[0].dims[2], self.gates * config["units"]
@@ -95,7 +103,10 @@ class Recurrent(LayerKind):
             weight("recurrent_kernel", (config["units"], width), config, prefix="recurrent"),
         ]
         if config["use_bias"]:
-            params.append(weight("bias", self.bias_shape(config), config))
+            bias = weight("bias", self.bias_shape(config), config)
+            if config.get("unit_forget_bias"):
+                bias = replace(bias, forget_units=config["units"])
+            params.append(bias)
         return params
 
     def bias_shape(self, config: Config) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from kdsl.errors import KdslShapeError
 from kdsl.ir.graph import LayerSpec
 from kdsl.ir.types import TensorType
 
-RECURRENT_KINDS = ("simple_rnn", "lstm", "gru")
+RECURRENT_KINDS = ("simple_rnn", "lstm", "gru", "stacked_rnn")
 
 
 def _inner(config) -> LayerSpec:
@@ -32,7 +32,7 @@ class Bidirectional(LayerKind):
 
     def num_outputs(self, config):
         inner = _inner(config)
-        states = len(inner.kind.states) if inner.config["return_state"] else 0
+        states = inner.kind.num_outputs(inner.config) - 1
         return (1 if config["merge_mode"] else 2) + 2 * states
 
     def output_types(self, config, inputs):

@@ -29,6 +29,7 @@ class ParamSpec:
     trainable: bool = True
     initializer: FnSpec | None = None
     regularizer: FnSpec | None = None
+    forget_units: int | None = None  # an LSTM bias with `unit_forget_bias`: its second quarter starts at one
 
     @property
     def size(self) -> int:

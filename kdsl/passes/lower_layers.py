@@ -97,7 +97,7 @@ def merge(ctx, config, inputs, masks, types):
 def time_distributed(ctx, config, inputs, masks, types):
     """The inner layer's equations hold for any leading axes, so it runs on all timesteps at once."""
     inner = config["layer"]
-    if inner.kind.name in ("simple_rnn", "lstm", "gru", "bidirectional"):
+    if inner.kind.name in ("simple_rnn", "lstm", "gru", "stacked_rnn", "bidirectional"):
         raise KdslUnsupportedError(
             f"`time_distributed({inner.kind.name})` is not supported",
             ctx.layer.span,

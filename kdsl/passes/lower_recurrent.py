@@ -1,4 +1,4 @@
-"""Lowering of SimpleRNN, LSTM, GRU and Bidirectional to a `scan` over their cell.
+"""Lowering of SimpleRNN, LSTM, GRU, stacked cells (`stacked_rnn`) and Bidirectional to a `scan` over their cell.
 
 The input projection x·W + b of every timestep is one matmul before the scan (time-major,
 so step t reads a contiguous slice); only h·U and the gate math stay in the loop. A
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdsl.catalogue.stacked import cell_prefix
 from kdsl.ir.builder import Builder
 from kdsl.ir.program import Program, Var
 from kdsl.passes.layer_rules import activate, rule
@@ -166,16 +167,51 @@ def _cell_body(kind, config, carries, xs, weights, num_states, carry_output, zer
     return bb.program([*inner_carries, *inner_xs, *inner_weights.values()], [*new, output])
 
 
+def run_stacked(
+    ctx,
+    config: dict,
+    params: dict[str, Var],
+    inputs: list[Var],
+    mask: Var | None,
+    go_backwards: bool,
+    zero_output: bool,
+) -> Run:
+    """Stacked cells, each over the whole output sequence of the one before, in its own fused loop.
+
+    This is exactly Keras's per-step stacking: at step t cell k reads only cell k-1's output at step t and its
+    own states, which is what cell k-1's sequence holds at t, whichever direction they all run in. A masked
+    step keeps every cell's states whatever input it got, so an earlier cell's output there does not matter.
+    """
+    x, *initial = inputs
+    runs: list[Run] = []
+    for index, cell in enumerate(config["cells"]):
+        sequence = ctx.b.transpose(runs[-1].sequence, perm=(1, 0, 2)) if runs else x
+        prefix = cell_prefix(index)
+        own = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
+        count = len(STATES[cell.kind.name])
+        cell_initial, initial = initial[:count], initial[count:]
+        cell_inputs = [sequence, *cell_initial]
+        runs.append(run_recurrent(ctx, cell.kind.name, cell.config, own, cell_inputs, mask, go_backwards, zero_output))
+    return Run(runs[-1].sequence, runs[-1].last, [state for run in runs for state in run.states])
+
+
+def run_layer(ctx, kind: str, config: dict, params: dict[str, Var], inputs, mask, go_backwards, zero_output) -> Run:
+    """One direction of a recurrent layer: a single cell's loop, or stacked cells' loops one after another."""
+    if kind == "stacked_rnn":
+        return run_stacked(ctx, config, params, inputs, mask, go_backwards, zero_output)
+    return run_recurrent(ctx, kind, config, params, inputs, mask, go_backwards, zero_output)
+
+
 def _sequence_output(b: Builder, run: Run, reversed_time: bool) -> Var:
     """Batch-major; Keras returns a go_backwards layer's outputs in processing order, reversed time."""
     sequence = b.flip(run.sequence, axis=0) if reversed_time else run.sequence
     return b.transpose(sequence, perm=(1, 0, 2))
 
 
-@rule("simple_rnn", "lstm", "gru")
+@rule("simple_rnn", "lstm", "gru", "stacked_rnn")
 def recurrent(ctx, config, inputs, masks, types):
     kind = ctx.layer.kind.name
-    run = run_recurrent(ctx, kind, config, ctx.params, inputs, masks[0], config["go_backwards"])
+    run = run_layer(ctx, kind, config, ctx.params, inputs, masks[0], config["go_backwards"], False)
     output = _sequence_output(ctx.b, run, config["go_backwards"]) if config["return_sequences"] else run.last
     return [output, *run.states] if config["return_state"] else [output]
 
@@ -191,7 +227,7 @@ def bidirectional(ctx, config, inputs, masks, types):
         params = {k[len(prefix) :]: v for k, v in ctx.params.items() if k.startswith(prefix)}
         go_backwards = backwards != inner_config["go_backwards"]
         zero_output = inner_config["return_sequences"] and masks[0] is not None
-        run = run_recurrent(ctx, kind, inner_config, params, inputs, masks[0], go_backwards, zero_output)
+        run = run_layer(ctx, kind, inner_config, params, inputs, masks[0], go_backwards, zero_output)
         if inner_config["return_sequences"]:
             # the backward copy's output is flipped back to input order
             outputs.append(_sequence_output(b, run, go_backwards != backwards))

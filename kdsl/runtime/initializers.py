@@ -117,11 +117,9 @@ def initial_weights(graph: Graph, rng: np.random.Generator) -> list[np.ndarray]:
     """
     weights = []
     for layer in graph.layers():
-        config = layer.config["layer"].config if "layer" in layer.config else layer.config
         for spec in layer.params or []:
             value = initialize(spec.initializer, spec.shape, rng)
-            if config.get("unit_forget_bias") and spec.name.endswith("bias"):
-                units = config["units"]
-                value[units : 2 * units] = 1.0
+            if spec.forget_units:
+                value[spec.forget_units : 2 * spec.forget_units] = 1.0
             weights.append(value)
     return weights
