@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from kdsl.backends.cpu.policy import prepares_weights, splits_columns
 from kdsl.backends.cpu.support.entry import MIN_ROWS_PER_THREAD_PREPARED
-from kdsl.backends.cpu.support.loop_products import small_product_limit
+from kdsl.backends.cpu.support.loop_products import TILE_ROWS, small_product_limit
 from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL
 from kdsl.ir.graph import Layer
 from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul
@@ -116,8 +116,9 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
     if not prepares_weights(scan):
         return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
     tiles = f"packed in {PANEL}-column panels, in register tiles of up to {MAX_TILE_ROWS} rows"
-    how = "in column blocks through BLAS's unpacked kernel" if small_product_limit() else tiles
-    return f"matmul by the weight prepared before the loop, {how} -> {eqn.out.type}"
+    if small_product_limit():
+        tiles = f"in column blocks through BLAS's unpacked kernel (on up to {TILE_ROWS} rows: {tiles})"
+    return f"matmul by the weight prepared before the loop, {tiles} -> {eqn.out.type}"
 
 
 def _describe_cuda(kernel: Kernel, fused: Plan, sizes: dict[str, int]) -> str:

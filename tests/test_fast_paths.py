@@ -137,7 +137,7 @@ def test_folded_train_step_matches_numpy(pair, batch):
 def test_prepared_train_step_matches_numpy(pair, monkeypatch, limit):
     """Both preparations of a time loop's weights, whichever this machine's BLAS would pick."""
     reference, compiled = pair
-    monkeypatch.setattr(entry, "small_product_limit", lambda: limit)
+    monkeypatch.setattr(entry, "product_limit", lambda rows: limit)
     batch = 64  # 32 rows a thread: h·U is 32x128·128x512, dz·Uᵀ 32x512·512x128, both over the limit
     assert (batch // 2) * UNITS * 4 * UNITS > SMALL_PRODUCT
     ids, labels = _ids(batch, 1), np.arange(batch, dtype=np.int32) % 2
@@ -255,3 +255,12 @@ def found() -> int:
 def test_products_go_to_blas_where_one_is_found():
     """`kdsl_sgemm_found` answers for the OpenBLAS this process bound, or for none."""
     assert found() == (fastest_sgemm() is not None)
+
+
+def test_products_of_one_or_two_rows_take_the_register_tiles_whatever_the_blas(monkeypatch):
+    from kdsl.backends.cpu.support import loop_products
+
+    monkeypatch.setattr(loop_products, "small_product_limit", lambda: SMALL_PRODUCT)
+    assert [loop_products.product_limit(rows) for rows in (1, 2, 3, 64)] == [0, 0, SMALL_PRODUCT, SMALL_PRODUCT]
+    monkeypatch.setattr(loop_products, "small_product_limit", lambda: 0)
+    assert loop_products.product_limit(64) == 0

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from .blas import loaded_blas
-from .loop_products import small_product_limit
+from .loop_products import product_limit
 from .spin import LINE, load_acquire, spin_until, store_release
 
 __all__ = ["HELPER_STARTS", "EntryPoint", "run_chunks", "run_parts", "start_helpers"]  # what generated code names
@@ -83,16 +83,17 @@ class EntryPoint:
         ]
         sizes = self.symbols(arrays)
         buffers = self.arena(sizes)
-        threads, limit = numba.get_num_threads(), small_product_limit()
+        threads, batch = numba.get_num_threads(), sizes.get("batch", 1)
+        whole = product_limit(batch)  # each time loop multiplies the whole batch's rows at every step
         if not self.parallel or split is False:
-            return self.kernel(buffers, 1, 1, limit, *arrays)
-        if split is None and sizes.get("batch", 0) < self.min_rows * threads:
+            return self.kernel(buffers, 1, 1, whole, *arrays)
+        if split is None and batch < self.min_rows * threads:
             if not self.column_loops:
-                return self.kernel(buffers, 1, 1, limit, *arrays)
+                return self.kernel(buffers, 1, 1, whole, *arrays)
             with single_threaded_blas():
-                return self.kernel(buffers, 1, threads, limit, *arrays)
+                return self.kernel(buffers, 1, threads, whole, *arrays)
         with single_threaded_blas():  # BLAS calls on threads of the kernel's must not start threads of their own
-            return self.kernel(buffers, threads, 1, limit, *arrays)
+            return self.kernel(buffers, threads, 1, product_limit(-(-batch // threads)), *arrays)
 
 
 def _require_memory(size, sizes):

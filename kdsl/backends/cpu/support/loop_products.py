@@ -5,7 +5,8 @@ BLAS packs the weight into its own layout at every call, and on a few rows that 
 as the product. So the weight is prepared before the loop (`prepare_weight`):
 
 - Where BLAS multiplies small matrices without packing them (OpenBLAS's AVX-512 builds, up to
-  M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`).
+  M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`) — for products of
+  more than TILE_ROWS rows: on one or two rows the register tiles read the weight faster.
 - Elsewhere it is packed into panels of PANEL columns (`pack_panels`), which the register tiles of
   `kdsl.backends.cpu.register_tiles` multiply (`panel_product`), near the GEMM rate from 8 rows on.
 
@@ -27,6 +28,15 @@ __all__ = ["prepare_weight", "split_step_product", "step_product", "step_scratch
 
 SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
+
+
+TILE_ROWS = 2  # products of at most this many rows go to the register tiles, whatever the BLAS
+
+
+def product_limit(rows: int) -> int:
+    """The `limit` a time loop's products of `rows` rows take (0: register tiles), the same for the weight's
+    preparation and every product of one call."""
+    return small_product_limit() if rows > TILE_ROWS else 0
 
 
 @functools.cache
