@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError, did_you_mean
-from kdsl.ir.graph import Graph, Node, Value
+from kdsl.ir.graph import Graph, Nested, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
+from kdsl.ir.nesting import call_nested, check_inputs, nest
 from kdsl.lang import load_file
 from kdsl.lang.format import to_kd
 from kdsl.layers import Input, KerasTensor, Layer, LayerCall
-from kdsl.naming import LayerNamer, is_valid_name
-from kdsl.passes.infer import infer_shapes
+from kdsl.naming import LayerNamer, is_valid_name, model_name
+from kdsl.passes.infer import infer_node, infer_shapes
 from kdsl.runtime.state import ModelState
 from kdsl.summary import summary
 
@@ -34,9 +35,12 @@ class Model:
         self,
         inputs: KerasTensor | Sequence[KerasTensor],
         outputs: KerasTensor | Sequence[KerasTensor],
-        name: str = "functional",
+        name: str | None = None,
     ):
-        self._graph = _graph_from_calls(name, _as_list(inputs), _as_list(outputs))
+        self._graph = _graph_from_calls(name or model_name("functional"), _as_list(inputs), _as_list(outputs))
+
+    def __repr__(self) -> str:
+        return f"<{'Sequential' if isinstance(self, Sequential) else 'Functional'} name={self.name}>"
 
     @classmethod
     def from_graph(cls, graph: Graph) -> Model:
@@ -70,6 +74,21 @@ class Model:
         from kdsl.model_layers import model_layers
 
         return model_layers(self, inputs=True)
+
+    @property
+    def trainable(self) -> bool:
+        return getattr(self, "_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Freeze or unfreeze every layer, as Keras's setter does; it takes effect at the next `compile()` of this
+        model and of the models it is nested in, which share its layers' configurations."""
+        from kdsl.model_layers import InputLayer
+
+        self._trainable = bool(value)
+        for layer in self.layers:
+            if not isinstance(layer, InputLayer):
+                layer.trainable = value
 
     def get_layer(self, name: str | None = None, index: int | None = None):
         """A layer by name, or by its index in `layers`, as Keras's."""
@@ -140,7 +159,7 @@ class Model:
             raise KdslArgumentError("compile() needs a loss", hint="e.g. loss='sparse_categorical_crossentropy'")
         graph = infer_shapes(self.graph)  # each layer's weights as trainable as the layer is now
         if getattr(self, "_state", None) is None:  # compiled before its weights were asked for: drawn from `seed`
-            self._state = ModelState.initial(graph, seed)
+            self._state = self._new_state(seed)
         state = self._state
         state.detach()  # a device that held the weights gives them back; the new compiled model may take them
         self._trainer = Trainer(graph, optimizer, loss, metrics, loss_weights, target=target, seed=seed, state=state,
@@ -154,8 +173,23 @@ class Model:
         """The model's weights and the generator its dropout draws from; made when first needed (at `compile()`,
         from its seed, or when they are asked for before it, from seed 0), kept by every later `compile()`."""
         if getattr(self, "_state", None) is None:
-            self._state = ModelState.initial(infer_shapes(self.graph))
+            self._state = self._new_state(0)
         return self._state
+
+    def _new_state(self, seed: int) -> ModelState:
+        """New weights drawn from `seed`, but for those of nested models: the outer state holds their models' own
+        arrays, so that training either model shows in the other, as Keras's shared variables do."""
+        graph = infer_shapes(self.graph)
+        state = ModelState.initial(graph, seed)
+        for nested in graph.top_layers():
+            if isinstance(nested, Nested):
+                state.share(nested.model.state, nested.name)
+        return state
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Every weight as the model holds it, in Keras's order: writing into them changes the model."""
+        return list(self.state.weights)
 
     def _runnable(self):
         """The compiled model that runs inference: the training one once compiled, else a forward pass alone,
@@ -196,6 +230,7 @@ class Model:
         """Train up to epoch `epochs` over (x, y), from `initial_epoch` (to resume a run, the epochs it did)."""
         self.build_from(x)
         trainer = self._training_trainer()
+        self.state.sync()
         return trainer.fit(self, x, y, batch_size, epochs, verbose, validation_split, validation_data, shuffle,
                            initial_epoch, callbacks, sample_weight, class_weight, steps_per_epoch, validation_steps,
                            validation_batch_size, validation_freq)  # fmt: skip
@@ -208,6 +243,7 @@ class Model:
         """One optimizer step on one batch; returns its loss."""
         self.build_from(x)
         trainer = self._training_trainer()
+        self.state.sync()
         inputs = trainer.inputs(x)
         return trainer.step(inputs, trainer.labels(y, inputs))
 
@@ -216,19 +252,31 @@ class Model:
         self.build_from(x)
         from kdsl.runtime.training import model_inputs
 
+        self.state.sync()
         outputs = self._runnable().forward(*model_inputs(self.graph, x))
         return outputs[0] if len(outputs) == 1 else outputs
 
     def __call__(self, x: Any, training: bool = False):
-        """`model(x)` on arrays: the outputs, as `predict_on_batch` gives them (inference: `training` must be False)."""
+        """`model(x)` on arrays: the outputs, as `predict_on_batch` gives them (inference: `training` must be False).
+        On tensors of another model: the outputs as tensors, the model nested in that one as one layer, as in Keras
+        (calling it again shares its weights)."""
         if training:
             raise KdslUnsupportedError("model(x, training=True) is not supported", hint="train with fit()")
-        if any(isinstance(t, KerasTensor) for t in (x if isinstance(x, list | tuple) else [x])):
-            raise KdslUnsupportedError(
-                "calling a model on tensors of another model (nesting models) is not supported",
-                hint="build one model from the layers of both",
-            )
+        tensors = list(x) if isinstance(x, list | tuple) else [x]
+        if any(isinstance(t, KerasTensor) for t in tensors):
+            return self._call_on_tensors(_as_list(tensors))
         return self.predict_on_batch(x)
+
+    def _call_on_tensors(self, tensors: list[KerasTensor]) -> KerasTensor | list[KerasTensor]:
+        """The outputs of a call of this model on tensors: typed now, by the inner nodes on the tensors' types."""
+        nested = nest(self.graph, self.name)
+        check_inputs(nested, [t.type for t in tensors])
+        nodes, nested_call = call_nested(nested, [Value(t.name or "x", t.type, t.masked) for t in tensors])
+        for node in nodes:
+            infer_node(node)
+        call = LayerCall(self, tensors)
+        call.outputs = [KerasTensor(v.type, v.masked, call, i) for i, v in enumerate(nested_call.outputs)]
+        return call.outputs[0] if len(call.outputs) == 1 else call.outputs
 
     def save_weights(self, path: str | Path) -> None:
         from kdsl.runtime.saving import save_weights
@@ -252,7 +300,9 @@ class Model:
         batches of a dataset when given. `verbose` other than 0 (Keras's default "auto", 1, 2) shows a status line
         on stderr while kernels compile; kdsl draws no progress bar here."""
         self.build_from(x)
-        logs = self.trainer.evaluate(x, y, batch_size, steps, sample_weight, verbose)
+        trainer = self.trainer
+        self.state.sync()
+        logs = trainer.evaluate(x, y, batch_size, steps, sample_weight, verbose)
         return logs if return_dict else list(logs.values())
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int | str = "auto"):
@@ -262,6 +312,7 @@ class Model:
         self.build_from(x)
         from kdsl.runtime.training import predict
 
+        self.state.sync()
         outputs = predict(self._runnable(), x, batch_size, verbose)
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -285,8 +336,8 @@ class Sequential(Model):
     first, from the `input_shape` (or `input_dim`) of its first layer, or else from the first data it is given
     (`fit`, `predict`, `evaluate`...): until then its layers wait, and `compile()` waits with them."""
 
-    def __init__(self, layers: Sequence[KerasTensor | Layer] | None = None, name: str = "sequential"):
-        self._name = name
+    def __init__(self, layers: Sequence[KerasTensor | Layer | Model] | None = None, name: str | None = None):
+        self._name = name or model_name("sequential")
         self._input: KerasTensor | None = None
         self._output: KerasTensor | None = None
         self._waiting: list[Layer] = []  # layers added before the model had an input
@@ -294,22 +345,24 @@ class Sequential(Model):
         for layer in layers or []:
             self.add(layer)
 
-    def add(self, layer: KerasTensor | Layer) -> None:
+    def add(self, layer: KerasTensor | Layer | Model) -> None:
+        """A layer, or a model (nested as one layer), after the others; or the model's Input, first."""
         if isinstance(layer, KerasTensor):
             if self._input is not None or self._waiting:
                 raise KdslArgumentError("a Sequential model takes one Input, first")
             self._input = self._output = layer
             return
-        if not isinstance(layer, Layer):
+        if not isinstance(layer, Layer | Model):
             raise KdslArgumentError(f"Sequential.add expects a layer, got {layer!r}")
-        if self._output is None and layer.input_shape is not None and not self._waiting:
-            self._input = self._output = Input(shape=layer.input_shape)
+        if self._output is None and not self._waiting:
+            self._input = self._output = _given_input(layer)
         if self._output is None:
             self._waiting.append(layer)
             return
         output = layer(self._output)
         if isinstance(output, list):
-            raise KdslArgumentError(f"`{layer.kind.keras}` gives {len(output)} outputs; a Sequential layer gives one")
+            what = layer.name if isinstance(layer, Model) else layer.kind.keras
+            raise KdslArgumentError(f"`{what}` gives {len(output)} outputs; a Sequential layer gives one")
         self._output = output
 
     def build_from(self, x: Any) -> None:
@@ -320,12 +373,22 @@ class Sequential(Model):
         if sample.ndim < 1:
             raise KdslArgumentError("a Sequential model without an input shape needs arrays of samples to build from")
         dtype = "int32" if np.issubdtype(sample.dtype, np.integer) else "float32"
+        self._start(Input(shape=sample.shape[1:], dtype=dtype))
+
+    def _start(self, input: KerasTensor) -> None:
+        """Give the model its input, then the layers that waited for it, and make the compile() that waited."""
         waiting, self._waiting = self._waiting, []
-        self.add(Input(shape=sample.shape[1:], dtype=dtype))
+        self.add(input)
         for layer in waiting:
             self.add(layer)
         if self._compile_args is not None:
             self.compile(**self._compile_args)
+
+    def _call_on_tensors(self, tensors: list[KerasTensor]) -> KerasTensor | list[KerasTensor]:
+        """As Keras, a model still without an input takes one shaped like the first tensors it is called on."""
+        if self._input is None and len(tensors) == 1:
+            self._start(KerasTensor(tensors[0].type, tensors[0].masked))
+        return super()._call_on_tensors(tensors)
 
     @property
     def layers(self) -> list:
@@ -345,6 +408,10 @@ class Sequential(Model):
         super().compile(*args, **kwargs)
 
     @property
+    def name(self) -> str:
+        return self._name
+
+    @property
     def graph(self) -> Graph:
         if self._input is None or self._output is None:
             raise KdslArgumentError(
@@ -357,6 +424,16 @@ class Sequential(Model):
 def load_model_file(path: str | Path, name: str | None = None) -> Model:
     """The model `name` (or the only one) of a `.kd` file, with its train block."""
     return Model.from_graph(load_file(path).model(name))
+
+
+def _given_input(layer: Layer | Model) -> KerasTensor | None:
+    """The input a Sequential model gets from its first layer: its `input_shape`, or a nested model's own input."""
+    if isinstance(layer, Layer):
+        return None if layer.input_shape is None else Input(shape=layer.input_shape)
+    if isinstance(layer, Sequential) and layer._input is None:
+        return None
+    value = layer.graph.inputs[0]
+    return KerasTensor(value.type, value.masked)
 
 
 def _as_list(tensors: KerasTensor | Sequence[KerasTensor]) -> list[KerasTensor]:
@@ -380,26 +457,40 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
             raise KdslArgumentError(f"two model inputs are named {input_name!r}")
         names.add(input_name)
         values[id(tensor)] = Value(input_name, tensor.type, tensor.masked)
-    layers: dict[int, IRLayer] = {}
+    layers: dict[int, IRLayer | Nested] = {}
     for layer in (call.layer for call in calls):
         if id(layer) in layers:
             continue
         if layer.name is not None and not namer.reserve(layer.name):
             raise KdslArgumentError(f"two layers are named {layer.name!r}")
-        # the layer's own configuration, not a copy: `layer.trainable = False` reaches the model
-        layers[id(layer)] = IRLayer(layer.name, layer.kind, layer.config)
+        if isinstance(layer, Model):
+            keras = "Sequential" if isinstance(layer, Sequential) else "Functional"
+            layers[id(layer)] = nest(layer.graph, layer.name, keras, layer)
+        else:  # the layer's own configuration, not a copy: `layer.trainable = False` reaches the model
+            layers[id(layer)] = IRLayer(layer.name, layer.kind, layer.config)
+    _check_unshared(name, layers.values())
+    for nested in layers.values():
+        if isinstance(nested, Nested):  # their layers were named first, as Keras names a layer when it is made
+            namer.taken.update(layer.name for layer in nested.graph.layers())
     nodes, named = [], set()
     for call in calls:
-        ir_layer = layers[id(call.layer)]
-        if id(ir_layer) not in named:
-            named.add(id(ir_layer))
-            namer.wrapped(ir_layer.config)
-        if ir_layer.name is None:
-            ir_layer.name = namer.next(call.layer.default_name or ir_layer.kind.name)
-        outputs_of_call = [Value(ir_layer.name) for _ in call.outputs]
+        target = layers[id(call.layer)]
+        if isinstance(target, Nested):
+            inlined, nested_call = call_nested(target, [values[id(t)] for t in call.inputs])
+            nodes += inlined
+            outputs_of_call = nested_call.outputs
+            for value in outputs_of_call:
+                value.name = target.name
+        else:
+            if id(target) not in named:
+                named.add(id(target))
+                namer.wrapped(target.config)
+            if target.name is None:
+                target.name = namer.next(call.layer.default_name or target.kind.name)
+            outputs_of_call = [Value(target.name) for _ in call.outputs]
+            nodes.append(Node(target, [values[id(t)] for t in call.inputs], outputs_of_call))
         for tensor, value in zip(call.outputs, outputs_of_call):
             values[id(tensor)] = value
-        nodes.append(Node(ir_layer, [values[id(t)] for t in call.inputs], outputs_of_call))
     for tensor in outputs:
         value = values[id(tensor)]
         if value.name in names:
@@ -411,6 +502,19 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
     graph = Graph(name, [values[id(t)] for t in inputs], [values[id(t)] for t in outputs], nodes)
     graph.declared_outputs = [None] * len(outputs)
     return infer_shapes(graph)
+
+
+def _check_unshared(model: str, layers: Iterable[IRLayer | Nested]) -> None:
+    """Refuse a layer both inside a nested model and elsewhere in the model (Keras would share its weights; kdsl
+    holds a nested model's layers apart). Layers are known by their configuration, which their copies share."""
+    owners: dict[int, IRLayer | Nested] = {}
+    for owner in layers:
+        for layer in owner.layers if isinstance(owner, Nested) else [owner]:
+            if owners.setdefault(id(layer.config), owner) is not owner:
+                raise KdslUnsupportedError(
+                    f"a layer of nested model `{owner.name}` is also used elsewhere in model `{model}`",
+                    hint="call that layer only inside the nested model, or build the model from the layers alone",
+                )
 
 
 def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> list[LayerCall]:

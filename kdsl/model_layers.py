@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdsl.errors import KdslArgumentError
-from kdsl.ir.graph import Layer, Value
+from kdsl.ir.graph import Layer, Nested, Value
 from kdsl.layers import set_trainable
 
 if TYPE_CHECKING:
@@ -82,10 +82,13 @@ class ModelLayer:
         return f"<{self._layer.kind.keras} name={self.name}, built=True>"
 
 
-def model_layers(model: Model, inputs: bool) -> list[ModelLayer | InputLayer]:
-    """The model's layers in Keras's order, with its inputs where Keras lists their InputLayers when `inputs`."""
+def model_layers(model: Model, inputs: bool) -> list[ModelLayer | InputLayer | Model]:
+    """The model's layers in Keras's order, with its inputs where Keras lists their InputLayers when `inputs`; a
+    nested model is there as itself."""
     graph = model.graph
-    listed = graph.operations() if inputs else [op for op in graph.operations() if isinstance(op, Layer)]
-    layers = [ModelLayer(model, op) if isinstance(op, Layer) else InputLayer(op) for op in listed]
-    shown = {layer.name for layer in layers}
-    return layers + [ModelLayer(model, layer) for layer in graph.layers() if layer.name not in shown]
+    listed = graph.operations() if inputs else [op for op in graph.operations() if not isinstance(op, Value)]
+    listed += [op for op in graph.top_layers() if all(op is not other for other in listed)]
+    return [
+        InputLayer(op) if isinstance(op, Value) else op.model if isinstance(op, Nested) else ModelLayer(model, op)
+        for op in listed
+    ]

@@ -48,3 +48,14 @@ class LayerNamer:
             return False
         self.taken.add(name)
         return True
+
+
+_model_names: Counter[str] = Counter()
+
+
+def model_name(base: str) -> str:
+    """Keras's automatic model name: `functional`, `functional_1`, ... (and `sequential`, ...), numbered across the
+    process as Keras's `auto_name` numbers them, so that two models nested in one have different names."""
+    count = _model_names[base]
+    _model_names[base] += 1
+    return base if count == 0 else f"{base}_{count}"

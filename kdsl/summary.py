@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdsl.ir.graph import Graph, Node
+from kdsl.ir.graph import Graph, Nested, NestedCall, Node
 from kdsl.memory import format_bytes
 
 BOX = dict(top="┏━┳┓", head="┃┃┃", rule="┡━╇┩", row="│││", between="├─┼┤", bottom="└─┴┘")  # left, fill, joint, right
@@ -15,9 +15,10 @@ def summary(graph: Graph, ascii_only: bool = False) -> str:
     headers = ["Layer (type)", "Output Shape", "Param #"] + ([] if chain else ["Connected to"])
     rows = [] if chain else [[f"{v.name} (InputLayer)", v.type.keras_shape(), "0", "-"] for v in graph.inputs]
     producers = _producers(graph)
-    for layer in graph.layers():
-        calls = [node for node in graph.nodes if node.layer is layer]
-        row = [f"{layer.name} ({layer.kind.keras})", _output_shape(calls), f"{layer.param_count():,}"]
+    for layer in graph.top_layers():  # a nested model is one row, as in Keras
+        calls = [call for call in graph.calls() if call.layer is layer]
+        keras = layer.keras if isinstance(layer, Nested) else layer.kind.keras
+        row = [f"{layer.name} ({keras})", _output_shape(calls), f"{layer.param_count():,}"]
         if not chain:
             row.append(", ".join(producers[id(v)] for node in calls for v in node.inputs))
         rows.append(row)
@@ -33,16 +34,17 @@ def summary(graph: Graph, ascii_only: bool = False) -> str:
 def _is_chain(graph: Graph) -> bool:
     """A Sequential-like model: one input, each layer called once on the previous layer's only output."""
     previous = graph.inputs
-    if len(previous) != 1 or len(graph.layers()) != len(graph.nodes):
+    calls = graph.calls()
+    if len(previous) != 1 or len(graph.top_layers()) != len(calls):
         return False
-    for node in graph.nodes:
+    for node in calls:
         if node.inputs != previous or len(node.outputs) != 1:
             return False
         previous = node.outputs
     return graph.outputs == previous
 
 
-def _output_shape(calls: list[Node]) -> str:
+def _output_shape(calls: list[Node | NestedCall]) -> str:
     shapes = [[v.type.keras_shape() for v in node.outputs] for node in calls]
     if any(s != shapes[0] for s in shapes):
         return "multiple"
@@ -53,7 +55,7 @@ def _producers(graph: Graph) -> dict[int, str]:
     """Each value as Keras names it in "Connected to": `layer[call][output]`."""
     names = {id(v): f"{v.name}[0][0]" for v in graph.inputs}
     calls: dict[int, int] = {}
-    for node in graph.nodes:
+    for node in graph.calls():
         call = calls.get(id(node.layer), 0)
         calls[id(node.layer)] = call + 1
         for index, value in enumerate(node.outputs):

@@ -129,3 +129,9 @@ def test_an_edited_rule_is_not_run_from_a_warm_cache(tmp_path):
     rules = tmp_path / "kdsl" / "runtime" / "update_rules.py"
     rules.write_text(rules.read_text().replace("w[i] = w[i] - lr * grad\n", "w[i] = w[i] - 2 * lr * grad\n", 1))
     assert step() == 0.5
+
+
+def test_models_of_one_structure_share_their_kernels_whatever_their_names(cache, monkeypatch):
+    first = sorted(cache.glob("kdsl_*.py"))
+    _predict(cache, monkeypatch)  # a second model, named `functional_<n>` as Keras numbers them
+    assert sorted(cache.glob("kdsl_*.py")) == first

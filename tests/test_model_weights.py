@@ -9,7 +9,7 @@ import pytest
 
 import kdsl
 from kdsl import layers as L
-from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.errors import KdslArgumentError
 
 
 def _mlp():
@@ -68,12 +68,6 @@ def test_weights_files_round_trip_without_compile(tmp_path):
     model.load_weights(tmp_path / "w.npz")
     for expected, actual in zip(source.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(expected, actual)
-
-
-def test_calling_a_model_on_tensors_is_refused():
-    model = _mlp()
-    with pytest.raises(KdslUnsupportedError, match="nesting"):
-        model(kdsl.Input(shape=(4,)))
 
 
 def test_layers_are_listed_as_keras_lists_them_and_carry_the_models_weights():

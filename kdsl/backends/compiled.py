@@ -76,7 +76,8 @@ class HostRunner:
         self.compilation = compilation
         self.parallel = splits_by_rows(compilation.inference.program) if parallel is None else parallel
         self.split = parallel or None  # None: split a batch across threads only when it is large enough
-        self.module = load_module(self.source()) if compilation.target == "cpu" else None
+        cpu = compilation.target == "cpu"
+        self.module = load_module(cpu_source(compilation, self.parallel, named=False)) if cpu else None
 
     def run(self, entry: str, arrays: list, state: ModelState) -> list:
         if self.module is not None:
@@ -110,11 +111,20 @@ class HostRunner:
         return cpu_source(self.compilation, self.parallel if parallel is None else parallel)
 
 
-def cpu_source(compilation: Compilation, parallel: bool | None = None, support_package: str = support.__name__) -> str:
-    """The text of the CPU module of a compilation; `parallel` by default where threads pay (`splits_by_rows`)."""
+def cpu_source(
+    compilation: Compilation,
+    parallel: bool | None = None,
+    support_package: str = support.__name__,
+    named: bool = True,
+) -> str:
+    """The text of the CPU module of a compilation; `parallel` by default where threads pay (`splits_by_rows`).
+
+    Unless `named`, its text does not name the model: the kernel cache then serves every model of the same
+    structure, whatever its name (Keras numbers a process's models: `functional`, `functional_1`...).
+    """
     if parallel is None:
         parallel = splits_by_rows(compilation.inference.program)
-    title = f"Kernels of model `{compilation.graph.name}`."
+    title = f"Kernels of model `{compilation.graph.name}`." if named else "Kernels of a model."
     return generate_module(title, compilation.entries, compilation.plans, parallel, support_package)
 
 

@@ -83,11 +83,37 @@ class Layer:
 
 
 @dataclass(eq=False)
+class Nested:
+    """A model called as one layer of another (Keras's nested model). Its nodes are inlined into the outer graph,
+    each tagged with the `NestedCall` it belongs to; `layers` are the inner graph's layers in its own order, each
+    copied under the name `name/layer` (so that weight names stay unique) with the inner layer's configuration."""
+
+    name: str
+    graph: Graph
+    layers: list[Layer]
+    keras: str = "Functional"  # the class Keras shows in a summary
+    model: Any = field(default=None, repr=False)  # the `kdsl.Model` called, where it was one
+
+    def param_count(self, trainable: bool | None = None) -> int:
+        return sum(layer.param_count(trainable) for layer in self.layers)
+
+
+@dataclass(eq=False)
+class NestedCall:
+    """One call of a nested model: to the outer graph's order, one operation, as a layer call is."""
+
+    layer: Nested
+    inputs: list[Value]
+    outputs: list[Value]
+
+
+@dataclass(eq=False)
 class Node:
     layer: Layer
     inputs: list[Value]
     outputs: list[Value]
     span: Span | None = None
+    call: NestedCall | None = None  # the nested model call this node is part of
 
 
 @dataclass(frozen=True)
@@ -126,23 +152,31 @@ class Graph:
     def output_names(self) -> list[str]:
         return [value.name for value in self.outputs]
 
-    def operations(self) -> list[Layer | Value]:
-        """The layers the outputs depend on, and the model inputs (Keras's InputLayers), in the order Keras lists a
-        functional model's layers (`model.layers`, and so its weights): by decreasing depth, the most layer calls
-        between an operation and an output, and at one depth in the order a walk back from the outputs first
-        reaches them (keras/src/ops/function.py, `map_graph`)."""
-        producer = {id(value): node for node in self.nodes for value in node.outputs}
+    def calls(self) -> list[Node | NestedCall]:
+        """The nodes in order, with the nodes of each nested model call as that one call."""
+        calls: dict[int, Node | NestedCall] = {}
+        for node in self.nodes:
+            step = node.call or node
+            calls.setdefault(id(step), step)
+        return list(calls.values())
+
+    def operations(self) -> list[Layer | Nested | Value]:
+        """The layers (a nested model is one) the outputs depend on, and the model inputs (Keras's InputLayers), in
+        the order Keras lists a functional model's layers (`model.layers`, and so its weights): by decreasing depth,
+        the most layer calls between an operation and an output, and at one depth in the order a walk back from the
+        outputs first reaches them (keras/src/ops/function.py, `map_graph`)."""
+        producer = {id(value): step for step in self.calls() for value in step.outputs}
         first_reached: dict[int, int] = {}
-        walked: list[Node | Value] = []  # every call (or input) the outputs depend on, after those it reads from
+        walked: list[Node | NestedCall | Value] = []  # every call (or input) the outputs depend on, after its inputs
         done: set[int] = set()
 
         def walk(value: Value) -> None:
-            node = producer.get(id(value))
-            step = node if node is not None else value
+            call = producer.get(id(value))
+            step = call if call is not None else value
             if id(step) in done:
                 return
-            first_reached.setdefault(id(node.layer if node is not None else value), len(first_reached))
-            for x in node.inputs if node is not None else ():
+            first_reached.setdefault(id(call.layer if call is not None else value), len(first_reached))
+            for x in call.inputs if call is not None else ():
                 walk(x)
             done.add(id(step))
             walked.append(step)
@@ -151,13 +185,13 @@ class Graph:
             walk(value)
         depth_of: dict[int, int] = {}  # by call or input
         operation_depth: dict[int, int] = {}
-        operations: dict[int, Layer | Value] = {}
+        operations: dict[int, Layer | Nested | Value] = {}
         for step in reversed(walked):
-            operation = step.layer if isinstance(step, Node) else step
+            operation = step if isinstance(step, Value) else step.layer
             depth = max(depth_of.get(id(step), 0), operation_depth.get(id(operation), 0))
             depth_of[id(step)] = operation_depth[id(operation)] = depth
             operations[id(operation)] = operation
-            for x in step.inputs if isinstance(step, Node) else ():
+            for x in () if isinstance(step, Value) else step.inputs:
                 parent = producer.get(id(x), x)
                 depth_of[id(parent)] = max(depth + 1, depth_of.get(id(parent), 0))
         for value in self.inputs:  # an input no output depends on: at depth 0, first among them, as in Keras
@@ -165,13 +199,17 @@ class Graph:
                 operations[id(value)], operation_depth[id(value)], first_reached[id(value)] = value, 0, -1
         return sorted(operations.values(), key=lambda op: (-operation_depth[id(op)], first_reached[id(op)]))
 
-    def layers(self) -> list[Layer]:
-        """Each layer once, in Keras's order (see `operations`); layers no output depends on come last, in the
-        order of their first call."""
-        ordered = [op for op in self.operations() if isinstance(op, Layer)]
+    def top_layers(self) -> list[Layer | Nested]:
+        """Each layer or nested model once, in Keras's order (see `operations`); those no output depends on come
+        last, in the order of their first call."""
+        ordered = [op for op in self.operations() if not isinstance(op, Value)]
         seen = {id(layer) for layer in ordered}
-        unused = {id(node.layer): node.layer for node in self.nodes if id(node.layer) not in seen}
+        unused = {id(call.layer): call.layer for call in self.calls() if id(call.layer) not in seen}
         return ordered + list(unused.values())
+
+    def layers(self) -> list[Layer]:
+        """Each layer once, in Keras's weight order: a nested model's layers at its place, in its own order."""
+        return [layer for op in self.top_layers() for layer in (op.layers if isinstance(op, Nested) else [op])]
 
     def param_count(self, trainable: bool | None = None) -> int:
         return sum(layer.param_count(trainable) for layer in self.layers())
@@ -187,7 +225,8 @@ class Graph:
             inputs = tuple(index[id(v)] for v in node.inputs)
             for value in node.outputs:
                 index[id(value)] = len(index)
-            nodes.append((layer_names[id(node.layer)], inputs, len(node.outputs)))
+            nested = node.call.layer.name if node.call is not None else None
+            nodes.append((layer_names[id(node.layer)], inputs, len(node.outputs), nested))
         layers = tuple((layer.name, layer.kind.name, tuple(sorted(layer.config.items()))) for layer in self.layers())
         return (
             self.name,

@@ -9,6 +9,7 @@ from kdsl.catalogue.args import REQUIRED, FnSpec, format_value
 from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.functions import format_spec
 from kdsl.catalogue.recurrent import Recurrent
+from kdsl.errors import KdslUnsupportedError
 from kdsl.ir.graph import Graph, LayerSpec, TrainSpec
 from kdsl.naming import KEYWORDS, LayerNamer
 
@@ -17,6 +18,13 @@ INDENT = "    "
 
 def to_kd(graph: Graph) -> str:
     """The model (and its train block, if any) as `.kd` text."""
+    nested = sorted({node.call.layer.name for node in graph.nodes if node.call is not None})
+    if nested:
+        raise KdslUnsupportedError(
+            f"model `{graph.name}` nests model(s) {', '.join(f'`{n}`' for n in nested)}: the `.kd` language cannot "
+            "write a model that calls another yet, so it cannot be saved as `.kd` or `.kdz`",
+            hint="save_weights() / load_weights() keep its weights; or build one model from the layers of both",
+        )
     text = _model_text(graph)
     if graph.train is not None:
         text += "\n\n" + _train_text(graph.name, graph.train)

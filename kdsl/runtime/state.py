@@ -3,6 +3,14 @@ generator its dropout masks are drawn from.
 
 The compiled programs take the weights as arguments; a backend that keeps copies of its own (on a
 GPU) registers as the state's `mirror`, and is told when the host arrays may have been written.
+
+A model nested in another shares its weights with it, as Keras's models share their layers' variables: the
+outer state holds the inner state's very arrays (`share`). That is sound because nothing replaces a weight
+array once made: optimizers, moving-statistics updates, `set_weights`, loading and the `weights` setter all
+write into the arrays, and `compile()` keeps a model's state. Device copies are the one other place weights
+live: reading the weights, or `sync()` before running on the host arrays, first pulls newer values from the
+mirror of every state sharing arrays with this one, and that tells each mirror to upload again before its
+next kernel.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ class ModelState:
     trainable: list[int]  # indices of the weights that train
     rng: np.random.Generator
     mirror: Mirror | None = field(default=None, repr=False)
+    peers: list[ModelState] = field(default_factory=list, repr=False)  # states holding some of the same arrays
 
     @classmethod
     def initial(cls, graph: Graph, seed: int = 0) -> ModelState:
@@ -49,18 +58,48 @@ class ModelState:
         rng = np.random.default_rng(seed)
         return cls([name for name, _ in specs], initial_weights(graph, rng), trainable, rng)
 
+    def share(self, inner: ModelState, prefix: str) -> None:
+        """Hold `inner`'s arrays as the weights named `prefix/<inner's name>`: those of a nested model."""
+        index = {name: i for i, name in enumerate(self.names)}
+        for name, array in zip(inner.names, inner.weights):
+            self.host[index[f"{prefix}/{name}"]] = array
+        self.peers.append(inner)
+        inner.peers.append(self)
+
+    def _sharing(self) -> list[ModelState]:
+        """This state and every state that holds some of its arrays, directly or through another."""
+        found: list[ModelState] = []
+        pending = [self]
+        while pending:
+            state = pending.pop()
+            if all(state is not other for other in found):
+                found.append(state)
+                pending += state.peers
+        return found
+
     @property
     def weights(self) -> list[np.ndarray]:
         """The host arrays, up to date; the caller may write into them."""
-        if self.mirror is not None:
-            self.mirror.pull(self.host)
+        for state in self._sharing():
+            if state.mirror is not None:
+                state.mirror.pull(state.host)
         return self.host
 
     @weights.setter
     def weights(self, value: Sequence[np.ndarray]) -> None:
-        self.host = [np.ascontiguousarray(w, np.float32) for w in value]
-        if self.mirror is not None:
-            self.mirror.replaced()
+        """Written into the arrays, which other states may share."""
+        arrays = self.weights
+        if len(value) != len(arrays):
+            raise ValueError(f"expected {len(arrays)} weights, got {len(value)}")
+        for array, new in zip(arrays, value):
+            if np.shape(new) != array.shape:
+                raise ValueError(f"expected a weight of shape {array.shape}, got {np.shape(new)}")
+            array[...] = new
+
+    def sync(self) -> None:
+        """Before kernels run on the host arrays: bring in what the devices of states sharing them hold newer."""
+        if self.peers:
+            self.weights  # noqa: B018 - reading pulls the mirrors
 
     def detach(self) -> None:
         """Bring newer weights back from the device that mirrors them, and stop mirroring."""

@@ -34,7 +34,10 @@ class CudaRunner:
         cuBLAS for its products: the other side of the trade `benchmarks.cuda` measures."""
         self.compilation = compilation
         self.cuda_source, schedules = generate_module(
-            f"CUDA kernels of model `{compilation.graph.name}`.", compilation.entries, compilation.plans, persistent
+            "CUDA kernels of a model.",
+            compilation.entries,
+            compilation.plans,
+            persistent,  # cached whatever its name
         )
         self.kernels = load_module(self.cuda_source)
         self.programs = {name: DeviceProgram(self.kernels, schedule) for name, schedule in schedules.items()}
