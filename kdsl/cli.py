@@ -26,6 +26,7 @@ from kdsl.model import Model, load_model
 from kdsl.summary import summary
 
 DEFAULT_DATA = "mnist_small"
+MODEL_HELP = "which model of the file (by default the one model no other model of the file calls)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     summarize = commands.add_parser("summary", help="print the Keras-style summary table", description=_summary.__doc__)
     summarize.add_argument("file", metavar="FILE")
-    summarize.add_argument("--model", help="which model of the file (needed when it defines several)")
+    summarize.add_argument("--model", help=MODEL_HELP)
     summarize.add_argument("--ascii", action="store_true", help="draw the table with ASCII characters only")
     summarize.set_defaults(run=_summary)
 
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("file", metavar="FILE")
-    train.add_argument("--model", help="which model of the file (needed when it defines several)")
+    train.add_argument("--model", help=MODEL_HELP)
     train.add_argument("--data", help="a dataset's name or an .npz (below); default: the train block's `data`")
     train.add_argument("--epochs", type=int, help="instead of the train block's")
     train.add_argument("--batch-size", type=int, help="instead of the train block's")
@@ -186,7 +187,7 @@ def _compile(args: argparse.Namespace) -> int:
     program = load_file(args.file)
     graphs = [program.model(args.model)] if args.model or len(program.models) == 1 else list(program.models.values())
     if args.emit == "kd":
-        print("\n\n".join(to_kd(graph).rstrip() for graph in graphs))
+        print(to_kd(*graphs).rstrip())
         return 0
     if args.emit == "ptx" and args.target != "cuda":
         raise KdslError("--emit ptx shows CUDA kernels", hint="add --target cuda")

@@ -46,6 +46,9 @@ class Model:
     def from_graph(cls, graph: Graph) -> Model:
         model = cls.__new__(cls)
         model._graph = graph
+        for nested in graph.top_layers():  # a model nested in `.kd` text: one entry of `layers`, sharing weights
+            if isinstance(nested, Nested) and nested.model is None:
+                nested.model = Model.from_graph(nested.graph)
         return model
 
     @property
@@ -471,7 +474,7 @@ def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasT
     _check_unshared(name, layers.values())
     for nested in layers.values():
         if isinstance(nested, Nested):  # their layers were named first, as Keras names a layer when it is made
-            namer.taken.update(layer.name for layer in nested.graph.layers())
+            namer.avoid(layer.name for layer in nested.graph.layers())
     nodes, named = [], set()
     for call in calls:
         target = layers[id(call.layer)]

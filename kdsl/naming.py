@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 KEYWORDS = frozenset({"model", "train", "layer", "true", "false", "none", "True", "False", "None"})
@@ -20,11 +20,12 @@ class LayerNamer:
 
     def __init__(self) -> None:
         self.taken: set[str] = set()
+        self.avoided: set[str] = set()
         self.counts: Counter[str] = Counter()
 
     def peek(self, base: str) -> str:
         count = self.counts[base]
-        while (name := base if count == 0 else f"{base}_{count}") in self.taken:
+        while (name := base if count == 0 else f"{base}_{count}") in self.taken or name in self.avoided:
             count += 1
         return name
 
@@ -41,6 +42,11 @@ class LayerNamer:
         if inner is not None and hasattr(inner, "kind"):
             self.wrapped(inner.config)
             self.next(inner.kind.name)
+
+    def avoid(self, names: Iterable[str]) -> None:
+        """Skip `names` when naming layers, yet let the user give them: a nested model's layers, named when that
+        model was made (and kept apart under its name)."""
+        self.avoided.update(names)
 
     def reserve(self, name: str) -> bool:
         """Claim a name given by the user; False when it is already taken."""

@@ -194,12 +194,6 @@ def test_wrong_inputs_are_refused_at_the_call():
 
 def test_what_cannot_be_done_is_refused():
     base = _base()
-    outer = _head_on_base(base)
-    outer.compile("sgd", "mse", target="numpy")
-    with pytest.raises(KdslUnsupportedError, match="nests model"):
-        outer.save("m.kdz")
-    with pytest.raises(KdslUnsupportedError, match="nests model"):
-        outer.to_kd()
     shared = L.Dense(4, name="shared")
     i = kdsl.Input(shape=(4,))
     inner = kdsl.Model(i, shared(i), name="holder")

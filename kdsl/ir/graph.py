@@ -105,6 +105,7 @@ class NestedCall:
     layer: Nested
     inputs: list[Value]
     outputs: list[Value]
+    span: Span | None = None  # where `.kd` text calls the model
 
 
 @dataclass(eq=False)

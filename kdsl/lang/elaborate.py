@@ -3,6 +3,8 @@
 Positional arguments of a layer call are its inputs when they are tensors (`dense(h, 10)`:
 `h`) and its settings otherwise (`10` is `units`); a call with no tensor input is an
 unapplied layer, which `|>`, `layer NAME = ...` and wrappers like `bidirectional` take.
+A call of another model of the file (`code = Encoder(x)`) nests that model, as calling a
+Keras model on tensors does; models may be written in any order, but none may call itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import (
     KdslArgumentError,
+    KdslError,
     KdslNameError,
     KdslShapeError,
     KdslSyntaxError,
@@ -24,7 +27,8 @@ from kdsl.errors import (
     Span,
     did_you_mean,
 )
-from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Node, TrainSpec, Value
+from kdsl.ir.graph import Graph, Layer, LayerSpec, LossTerm, Nested, NestedCall, Node, TrainSpec, Value
+from kdsl.ir.nesting import call_nested, check_count, nest
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
 from kdsl.lang import ast
 from kdsl.lang.format import format_setting
@@ -45,13 +49,21 @@ class Program:
     models: dict[str, Graph] = field(default_factory=dict)
 
     def model(self, name: str | None = None) -> Graph:
+        """The model `name`; without one, the file's only model that no other model calls."""
         if name is None:
-            if len(self.models) != 1:
+            called = {
+                step.layer.name
+                for graph in self.models.values()
+                for step in graph.calls()
+                if isinstance(step, NestedCall)
+            }
+            uncalled = [graph for graph in self.models.values() if graph.name not in called]
+            if len(uncalled) != 1:
                 raise KdslNameError(
                     f"{self.file} defines {len(self.models)} models; say which one",
                     hint=f"models: {', '.join(self.models) or 'none'}",
                 )
-            return next(iter(self.models.values()))
+            return uncalled[0]
         if name not in self.models:
             raise KdslNameError(
                 f"{self.file} has no model `{name}`",
@@ -73,11 +85,13 @@ def elaborate(module: ast.Module) -> Program:
 
 def _elaborate(module: ast.Module) -> Program:
     program = Program(module.file)
+    models = _Models()
     for item in module.items:
         if isinstance(item, ast.ModelDef):
-            if item.name.id in program.models:
+            if item.name.id in models.defs:
                 raise KdslNameError(f"model `{item.name.id}` is defined twice", item.name.span)
-            program.models[item.name.id] = _ModelBuilder(item).build()
+            models.defs[item.name.id] = item
+    program.models = {name: models.graph(name) for name in models.defs}
     for item in module.items:
         if isinstance(item, ast.TrainDef):
             model = item.model.id
@@ -138,17 +152,67 @@ class _Unapplied:
         return self.spec
 
 
+class _Models:
+    """The models of a file, each built when first asked for (by the file, or by a model that calls it)."""
+
+    def __init__(self) -> None:
+        self.defs: dict[str, ast.ModelDef] = {}
+        self.built: dict[str, Graph] = {}
+        self.building: list[str] = []  # the models being built, each calling the next
+
+    def graph(self, name: str, span: Span | None = None) -> Graph:
+        if name in self.building:
+            cycle = " -> ".join([*self.building[self.building.index(name) :], name])
+            raise KdslArgumentError(
+                f"model `{name}` calls itself ({cycle})",
+                span,
+                hint="a model can call only models that do not call it back",
+            )
+        if name not in self.built:
+            self.building.append(name)
+            self.built[name] = _ModelBuilder(self.defs[name], self).build()
+            self.building.pop()
+        return self.built[name]
+
+
+def _called_models(model: ast.ModelDef, names: dict[str, ast.ModelDef]) -> list[str]:
+    """The models of the file that `model` calls (by name, or as a `|>` stage), in the order written."""
+    found: list[str] = []
+
+    def walk(expr: ast.Expr) -> None:
+        if isinstance(expr, ast.Call):
+            found.extend([expr.func.id] if expr.func.id in names else [])
+            for inner in [*expr.args, *(keyword.value for keyword in expr.keywords)]:
+                walk(inner)
+        elif isinstance(expr, ast.Pipe):
+            found.extend([expr.stage.id] if isinstance(expr.stage, ast.Name) and expr.stage.id in names else [])
+            walk(expr.value)
+            walk(expr.stage)
+        elif isinstance(expr, ast.ListExpr):
+            for item in expr.items:
+                walk(item)
+
+    for statement in model.body:
+        walk(statement.value)
+    return list(dict.fromkeys(found))
+
+
 class _ModelBuilder:
-    def __init__(self, model: ast.ModelDef):
+    def __init__(self, model: ast.ModelDef, models: _Models):
         self.model = model
+        self.models = models
         self.values: dict[str, Value] = {}
         self.shared: dict[str, Layer] = {}
         self.shared_used: set[str] = set()
+        self.nested: dict[str, Nested] = {}
         self.nodes: list[Node] = []
         self.namer = LayerNamer()
 
     def build(self) -> Graph:
         inputs = [self.declare_input(decl) for decl in self.model.inputs]
+        for name in _called_models(self.model, self.models.defs):  # named first, as a Keras model's layers are
+            if name not in self.models.building:
+                self.namer.avoid(layer.name for layer in self.models.graph(name).layers())
         for statement in self.model.body:
             if isinstance(statement, ast.LayerDecl):
                 self.declare_layer(statement)
@@ -215,8 +279,9 @@ class _ModelBuilder:
 
     def declare_layer(self, decl: ast.LayerDecl) -> None:
         name = decl.name.id
-        if catalogue.lookup(name) or name in self.shared or name in RESERVED:
-            raise KdslNameError(f"`{name}` is already a layer name; pick another", decl.name.span)
+        if catalogue.lookup(name) or name in self.shared or name in RESERVED or name in self.models.defs:
+            what = "model" if name in self.models.defs else "layer"
+            raise KdslNameError(f"`{name}` is already a {what} name; pick another", decl.name.span)
         result = self.evaluate(decl.value)
         if not isinstance(result, _Unapplied):
             raise KdslArgumentError(
@@ -309,7 +374,7 @@ class _ModelBuilder:
         if isinstance(stage, ast.Name):
             if stage.id in self.shared:
                 return self.apply(self.shared_call(stage.id), [value], span)
-            if catalogue.lookup(stage.id):
+            if catalogue.lookup(stage.id) or stage.id in self.models.defs:
                 return self.call(ast.Call(stage, [], [], stage.span), value)
             if stage.id in self.values:
                 raise KdslArgumentError(f"`{stage.id}` is a tensor; `|>` needs a layer on its right", stage.span)
@@ -323,9 +388,10 @@ class _ModelBuilder:
     def unknown_layer(self, name: ast.Name) -> KdslNameError:
         if name.id in self.values:
             return KdslNameError(f"`{name.id}` is a tensor, not a layer", name.span)
-        known = catalogue.spellings() + list(self.shared)
+        known = catalogue.spellings() + list(self.shared) + list(self.models.defs)
+        what = "layer or model" if len(self.models.defs) > 1 else "layer"
         return KdslNameError(
-            f"unknown layer `{name.id}`",
+            f"unknown {what} `{name.id}`",
             name.span,
             hint=did_you_mean(name.id, known) or "`kdsl layers` lists them",
         )
@@ -339,6 +405,8 @@ class _ModelBuilder:
                 inputs.extend(self.tensors(arg, hint="a declared layer's settings belong in its `layer` declaration"))
             states = self.call_keywords(call, layer.kind, allow_settings=False)
             return self.apply(layer, inputs, call.span, states)
+        if func in self.models.defs:
+            return self.call_model(call, inputs)
         kind = catalogue.lookup(func)
         if kind is None:
             raise self.unknown_layer(call.func)
@@ -376,10 +444,39 @@ class _ModelBuilder:
         layer = Layer(name or self.namer.next(kind.name), kind, config, call.span)
         return self.apply(layer, inputs, call.span, states)
 
+    def is_layer_or_model(self, name: str) -> bool:
+        return catalogue.lookup(name) is not None or name in self.shared or name in self.models.defs
+
+    def call_model(self, call: ast.Call, inputs: list[Value]) -> _Tensors:
+        """Another model of the file called on tensors: its nodes inlined here, as one nested call of it."""
+        name = call.func.id
+        if catalogue.lookup(name):
+            raise KdslNameError(
+                f"`{name}` is both a model of this file and a layer", call.func.span, hint="rename the model"
+            )
+        if call.keywords:
+            keyword = call.keywords[0]
+            raise KdslArgumentError(
+                f"model `{name}` takes only its inputs, not `{keyword.name}=`",
+                keyword.span,
+                hint="a model's settings belong in its own definition",
+            )
+        for arg in call.args:
+            inputs.extend(self.tensors(arg, hint=f"model `{name}` takes only its input tensors"))
+        if name not in self.nested:  # one nested model, however many times it is called: its weights are shared
+            self.nested[name] = nest(self.models.graph(name, call.func.span), name)
+        try:
+            check_count(self.nested[name], len(inputs))
+            nodes, nested_call = call_nested(self.nested[name], inputs, call.span)
+        except KdslError as error:
+            raise error.at(call.span) from None
+        self.nodes += nodes
+        return _Tensors(nested_call.outputs)
+
     def argument(self, expr: ast.Expr) -> Any:
         """An argument of a layer call: calls of things that are not layers (`l2(0.01)`) are settings,
         and a bare layer name (`time_distributed(flatten)`) is that layer with its defaults."""
-        if isinstance(expr, ast.Call) and catalogue.lookup(expr.func.id) is None and expr.func.id not in self.shared:
+        if isinstance(expr, ast.Call) and not self.is_layer_or_model(expr.func.id):
             return config_value(expr)
         if isinstance(expr, ast.Name) and expr.id not in self.values and catalogue.lookup(expr.id):
             return self.call(ast.Call(expr, [], [], expr.span), None)

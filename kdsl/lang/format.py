@@ -1,4 +1,5 @@
-"""IR back to `.kd` text (`model.to_kd()`): parsing the text gives back an equal graph."""
+"""IR back to `.kd` text (`model.to_kd()`): parsing the text gives back an equal graph. A model that nests
+others comes after them, calling each by its name."""
 
 from __future__ import annotations
 
@@ -10,25 +11,38 @@ from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.functions import format_spec
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import KdslUnsupportedError
-from kdsl.ir.graph import Graph, LayerSpec, TrainSpec
-from kdsl.naming import KEYWORDS, LayerNamer
+from kdsl.ir.graph import Graph, Layer, LayerSpec, Nested, NestedCall, TrainSpec
+from kdsl.naming import KEYWORDS, LayerNamer, is_valid_name
 
 INDENT = "    "
 
 
-def to_kd(graph: Graph) -> str:
-    """The model (and its train block, if any) as `.kd` text."""
-    nested = sorted({node.call.layer.name for node in graph.nodes if node.call is not None})
-    if nested:
+def to_kd(*graphs: Graph) -> str:
+    """The models (and their train blocks, if any) as `.kd` text, each after the models it nests, each once."""
+    models: dict[str, Graph] = {}
+    for graph in graphs:
+        _with_nested(graph, models)
+    texts = [_model_text(graph) for graph in models.values()]
+    texts += [_train_text(graph.name, graph.train) for graph in models.values() if graph.train is not None]
+    return "\n\n".join(texts) + "\n"
+
+
+def _with_nested(graph: Graph, models: dict[str, Graph]) -> None:
+    """Add to `models` the models `graph` nests, deeper ones first, then `graph`: a name may stand for one model."""
+    for nested in graph.top_layers():
+        if isinstance(nested, Nested):
+            if not is_valid_name(nested.name) or catalogue.lookup(nested.name):
+                raise KdslUnsupportedError(
+                    f"nested model {nested.name!r} needs a name `.kd` can call it by, not a layer's",
+                    hint="give the model a name like 'encoder' when making it",
+                )
+            _with_nested(nested.graph, models)
+    known = models.setdefault(graph.name, graph)
+    if known is not graph and known != graph:
         raise KdslUnsupportedError(
-            f"model `{graph.name}` nests model(s) {', '.join(f'`{n}`' for n in nested)}: the `.kd` language cannot "
-            "write a model that calls another yet, so it cannot be saved as `.kd` or `.kdz`",
-            hint="save_weights() / load_weights() keep its weights; or build one model from the layers of both",
+            f"two different models are named `{graph.name}`: `.kd` calls a model by its name",
+            hint="give the models different names when making them",
         )
-    text = _model_text(graph)
-    if graph.train is not None:
-        text += "\n\n" + _train_text(graph.name, graph.train)
-    return text + "\n"
 
 
 def format_setting(value: Any) -> str:
@@ -64,8 +78,8 @@ def _call_text(kind: LayerKind, config: dict[str, Any], leading: list[str], name
 class _Names:
     """Fresh, valid names for the tensors and shared layers of the printed model."""
 
-    def __init__(self, graph: Graph):
-        self.used = set(KEYWORDS) | {v.name for v in (*graph.inputs, *graph.outputs)}
+    def __init__(self, graph: Graph, models: set[str]):
+        self.used = set(KEYWORDS) | models | {v.name for v in (*graph.inputs, *graph.outputs)}
         self.of: dict[int, str] = {id(v): v.name for v in (*graph.inputs, *graph.outputs)}
 
     def fresh(self, base: str) -> str:
@@ -78,15 +92,18 @@ class _Names:
 
 
 def _model_text(graph: Graph) -> str:
-    names = _Names(graph)
+    nested = [op for op in graph.top_layers() if isinstance(op, Nested)]
+    names = _Names(graph, {model.name for model in nested})
     namer = LayerNamer()
+    namer.avoid(layer.name for model in nested for layer in model.graph.layers())  # as the parser names them
+    steps = graph.calls()
     calls: dict[int, int] = {}
-    for node in graph.nodes:
-        calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
+    for step in steps:
+        calls[id(step.layer)] = calls.get(id(step.layer), 0) + 1
     shared: dict[int, str] = {}
     body: list[str] = []
-    for layer in graph.layers():
-        if calls[id(layer)] > 1:
+    for layer in graph.top_layers():
+        if isinstance(layer, Layer) and calls[id(layer)] > 1:
             variable = layer.name
             while variable in names.used or catalogue.lookup(variable):
                 variable += "_layer"
@@ -95,12 +112,15 @@ def _model_text(graph: Graph) -> str:
             namer.reserve(layer.name)
             own_name = layer.name if variable != layer.name else None
             body.append(f"layer {variable} = {_call_text(layer.kind, layer.config, [], own_name)}")
-    for node in graph.nodes:
+    for node in steps:
         layer = node.layer
-        split = 1 if isinstance(layer.kind, Recurrent) else len(node.inputs)
+        recurrent = not isinstance(node, NestedCall) and isinstance(layer.kind, Recurrent)
+        split = 1 if recurrent else len(node.inputs)
         inputs = [names.of[id(v)] for v in node.inputs[:split]]
         states = [names.of[id(v)] for v in node.inputs[split:]]
-        if id(layer) in shared:
+        if isinstance(node, NestedCall):
+            call = f"{layer.name}({', '.join(inputs)})"
+        elif id(layer) in shared:
             call = f"{shared[id(layer)]}({', '.join(inputs)}"
             call += f", initial_state=[{', '.join(states)}])" if states else ")"
         else:

@@ -6,11 +6,19 @@ from dataclasses import replace
 
 from kdsl.errors import KdslArgumentError, KdslError, KdslShapeError
 from kdsl.ir.graph import Graph, Node
+from kdsl.ir.nesting import check_inputs
 
 
 def infer_shapes(graph: Graph) -> Graph:
-    """Type each node's outputs in order; check shared layers and declared output types."""
+    """Type each node's outputs in order; check nested models' inputs, shared layers and declared output types."""
+    checked: set[int] = set()
     for node in graph.nodes:
+        if node.call is not None and id(node.call) not in checked:  # a nested model's call, at its first node
+            checked.add(id(node.call))
+            try:
+                check_inputs(node.call.layer, [value.type for value in node.call.inputs])
+            except KdslError as error:
+                raise error.at(node.call.span) from None
         try:
             infer_node(node)
         except KdslError as error:
