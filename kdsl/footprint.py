@@ -7,13 +7,12 @@ Backends plan their arenas from the same lifetimes, so the estimate is close to 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-
-import numpy as np
 
 from kdsl.ir.graph import Graph
 from kdsl.ir.program import Program
-from kdsl.ir.types import BATCH
+from kdsl.ir.types import BATCH, numel
 from kdsl.memory import BYTES_PER_NUMBER, format_bytes
 from kdsl.pipeline import compile_programs
 from kdsl.runtime.optimizers import get as get_optimizer
@@ -60,7 +59,7 @@ def footprint(graph: Graph, batch: int | None = None) -> Footprint:
     weights = graph.param_count() * BYTES_PER_NUMBER
     kept = 0
     if graph.train is not None:
-        slots = len(get_optimizer(graph.train.optimizer).create_slots(np.zeros(1, np.float32)))
+        slots = get_optimizer(graph.train.optimizer).slots_per_weight()
         kept = graph.param_count(trainable=True) * BYTES_PER_NUMBER * slots
     params = {id(v) for v in program.inputs[len(program.inputs) - len(compilation.param_names) :]}
     peak, unsized = peak_bytes(program, batch, skip=params)
@@ -74,26 +73,19 @@ def peak_bytes(program: Program, batch: int, skip: set[int] = frozenset()) -> tu
     for step, eqn in enumerate(program.eqns):
         for v in eqn.inputs:
             last_use[id(v)] = max(last_use.get(id(v), step), step)
-    unsized: set[str] = set()
+    sizes: defaultdict[str, int] = defaultdict(lambda: 1, {BATCH: batch})  # records every other symbol it is asked
 
     def size(var) -> int:
-        numbers = 1
-        for dim in var.shape:
-            for factor in str(dim).split("*"):
-                if factor.isdigit():
-                    numbers *= int(factor)
-                elif factor == BATCH:
-                    numbers *= batch
-                else:
-                    unsized.add(factor)
-        return numbers * BYTES_PER_NUMBER
+        return numel(var.shape, sizes) * BYTES_PER_NUMBER
 
     live = {id(v): size(v) for v in program.inputs if id(v) not in skip}
-    peak = sum(live.values())
+    total = peak = sum(live.values())
     for step, eqn in enumerate(program.eqns):
-        live.update({id(v): size(v) for v in eqn.outputs})
-        peak = max(peak, sum(live.values()))
+        for v in eqn.outputs:
+            total += size(v) - live.get(id(v), 0)
+            live[id(v)] = size(v)
+        peak = max(peak, total)
         for v in eqn.inputs:
             if last_use.get(id(v)) == step:
-                live.pop(id(v), None)
-    return peak, tuple(sorted(unsized))
+                total -= live.pop(id(v), 0)
+    return peak, tuple(sorted(set(sizes) - {BATCH}))

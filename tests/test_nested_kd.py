@@ -202,7 +202,7 @@ def test_the_cli_picks_the_model_no_other_calls(tmp_path, capsys):
 INNER = "model Inner(x: f32[batch, 4]) -> y { y = dense(x, 2) }\n"
 
 
-def _error(text: str, kind: type[KdslError], needle: str, message: str, hint: str = "") -> None:
+def _assert_refused(text: str, kind: type[KdslError], needle: str, message: str, hint: str = "") -> None:
     """Loading `text` fails with `kind` at the first `needle` in the last model, mentioning `message` and `hint`."""
     with pytest.raises(KdslError) as info:
         load(text)
@@ -216,40 +216,44 @@ def _error(text: str, kind: type[KdslError], needle: str, message: str, hint: st
 
 def test_an_unknown_model_suggests_a_close_one():
     text = INNER + "model Outer(x: f32[batch, 4]) -> y {\n    y = Inne(x)\n}\n"
-    _error(text, KdslNameError, "Inne", "unknown layer or model `Inne`", "did you mean `Inner`?")
+    _assert_refused(text, KdslNameError, "Inne", "unknown layer or model `Inne`", "did you mean `Inner`?")
 
 
 def test_a_call_with_the_wrong_number_of_inputs():
     text = INNER + "model Outer(x: f32[batch, 4]) -> y {\n    y = Inner(x, x)\n}\n"
-    _error(text, KdslArgumentError, "Inner(x, x)", "model `Inner` takes 1 input(s), got 2", "x: f32[batch, 4]")
+    _assert_refused(text, KdslArgumentError, "Inner(x, x)", "model `Inner` takes 1 input(s), got 2", "x: f32[batch, 4]")
 
 
 @pytest.mark.parametrize(("given", "got"), [("f32[batch, 5]", "(None, 5) f32"), ("i32[batch, 4]", "(None, 4) i32")])
 def test_a_call_on_an_input_of_another_shape_or_dtype(given, got):
     text = INNER + f"model Outer(x: {given}) -> y {{\n    y = Inner(x)\n}}\n"
-    _error(text, KdslShapeError, "Inner(x)", f"model `Inner` expects input `x` of shape (None, 4) f32, got {got}")
+    _assert_refused(
+        text, KdslShapeError, "Inner(x)", f"model `Inner` expects input `x` of shape (None, 4) f32, got {got}"
+    )
 
 
 def test_a_model_calling_itself_directly_or_through_others():
     text = "model Loop(x: f32[batch, 4]) -> y {\n    h = dense(x, 4)\n    y = Loop(h)\n}\n"
-    _error(text, KdslArgumentError, "Loop(h)", "model `Loop` calls itself (Loop -> Loop)", "do not call it back")
+    _assert_refused(
+        text, KdslArgumentError, "Loop(h)", "model `Loop` calls itself (Loop -> Loop)", "do not call it back"
+    )
     text = (
         "model A(x: f32[batch, 4]) -> y { y = B(x) }\n"
         "model B(x: f32[batch, 4]) -> y { y = C(x) }\n"
         "model C(x: f32[batch, 4]) -> y {\n    y = A(x)\n}\n"
     )
-    _error(text, KdslArgumentError, "A(x)", "model `A` calls itself (A -> B -> C -> A)")
+    _assert_refused(text, KdslArgumentError, "A(x)", "model `A` calls itself (A -> B -> C -> A)")
 
 
 def test_a_model_call_takes_no_keywords():
     text = INNER + "model Outer(x: f32[batch, 4]) -> y {\n    y = Inner(x, training=true)\n}\n"
-    _error(text, KdslArgumentError, "training=true", "model `Inner` takes only its inputs, not `training=`")
+    _assert_refused(text, KdslArgumentError, "training=true", "model `Inner` takes only its inputs, not `training=`")
 
 
 def test_a_model_named_like_a_layer_cannot_be_called():
     text = "model Dense(x: f32[batch, 4]) -> y { y = dense(x, 2) }\nmodel Outer(x: f32[batch, 4]) -> y {\n"
     text += "    y = Dense(x)\n}\n"
-    _error(text, KdslNameError, "Dense(x)", "both a model of this file and a layer", "rename the model")
+    _assert_refused(text, KdslNameError, "Dense(x)", "both a model of this file and a layer", "rename the model")
     assert load(text.split("model Outer")[0]).model().name == "Dense"  # defining it alone is fine
 
 

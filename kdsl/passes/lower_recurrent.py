@@ -187,12 +187,17 @@ def run_stacked(
     for index, cell in enumerate(config["cells"]):
         sequence = ctx.b.transpose(runs[-1].sequence, perm=(1, 0, 2)) if runs else x
         prefix = cell_prefix(index)
-        own = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
+        own = _under(params, prefix)
         count = len(STATES[cell.kind.name])
         cell_initial, initial = initial[:count], initial[count:]
         cell_inputs = [sequence, *cell_initial]
         runs.append(run_recurrent(ctx, cell.kind.name, cell.config, own, cell_inputs, mask, go_backwards, zero_output))
     return Run(runs[-1].sequence, runs[-1].last, [state for run in runs for state in run.states])
+
+
+def _under(params: dict[str, Var], prefix: str) -> dict[str, Var]:
+    """The weights named under `prefix` (a stacked cell's, a wrapped layer's), by their names within it."""
+    return {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
 
 
 def run_layer(ctx, kind: str, config: dict, params: dict[str, Var], inputs, mask, go_backwards, zero_output) -> Run:
@@ -224,7 +229,7 @@ def bidirectional(ctx, config, inputs, masks, types):
     outputs, states = [], []
     for direction, backwards in (("forward", False), ("backward", True)):
         prefix = f"{direction}_{kind}/"
-        params = {k[len(prefix) :]: v for k, v in ctx.params.items() if k.startswith(prefix)}
+        params = _under(ctx.params, prefix)
         go_backwards = backwards != inner_config["go_backwards"]
         zero_output = inner_config["return_sequences"] and masks[0] is not None
         run = run_layer(ctx, kind, inner_config, params, inputs, masks[0], go_backwards, zero_output)

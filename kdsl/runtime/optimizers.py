@@ -78,6 +78,10 @@ class Optimizer:
     def create_slots(self, weight: np.ndarray) -> dict[str, np.ndarray]:
         return {}
 
+    def slots_per_weight(self) -> int:
+        """How many arrays the size of a weight this optimizer keeps for each weight (its memory, beside them)."""
+        return len(self.create_slots(np.zeros(1, np.float32)))
+
     # the rule of `kdsl.runtime.update_rules` (by this optimizer's name) takes the weight, its gradient,
     # then these slots (a slot the optimizer does not keep stands as the weight: never read), then `scalars`
     slot_names: tuple[str, ...] = ()

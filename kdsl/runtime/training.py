@@ -102,10 +102,9 @@ class Trainer:
         self.graph = graph
         self.losses = _loss_terms(graph, loss, loss_weights)
         self._optimizer = get_optimizer(optimizer)
-        slots = len(self._optimizer.create_slots(np.zeros(1, np.float32)))
         trained = graph.param_count(trainable=True)
         require(
-            BYTES_PER_NUMBER * (graph.param_count() + trained * (1 + slots)),
+            BYTES_PER_NUMBER * (graph.param_count() + trained * (1 + self._optimizer.slots_per_weight())),
             f"model `{graph.name}`'s weights, gradients and {self._optimizer.name} slots",
             hint="make the layers smaller, or train with an optimizer that keeps fewer slots (sgd)",
         )
@@ -361,10 +360,10 @@ class Trainer:
         `verbose`, a status line says what compiles (see `CompiledModel.warm_up`)."""
         _counts(batch_size=batch_size, steps=steps)
         tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names)
-        for inputs, labels, weights in itertools.islice(
-            self._evaluation_batches(x, y, batch_size, sample_weight), steps
-        ):
-            self.compiled.warm_up(["forward"], verbose=bool(verbose))  # once the first batch is checked
+        batches = itertools.islice(self._evaluation_batches(x, y, batch_size, sample_weight), steps)
+        for index, (inputs, labels, weights) in enumerate(batches):
+            if index == 0:  # once the first batch is checked
+                self.compiled.warm_up(["forward"], verbose=bool(verbose))
             outputs, masks = self.compiled.forward_with_masks(*inputs)
             present = [m for m in masks if m is not None]
             arrays = [*outputs, *labels, *self._all_weights(weights, labels), *present, *self.compiled.weights]
@@ -441,7 +440,8 @@ def predict(compiled: CompiledModel, x: Data, batch_size: int = 32, verbose: int
         batch_inputs = ([a[s : s + batch_size] for a in inputs] for s in range(0, inputs[0].shape[0], batch_size))
     batches = []
     for batch in batch_inputs:
-        compiled.warm_up(["forward"], verbose=bool(verbose))  # once the first batch is checked
+        if not batches:  # once the first batch is checked
+            compiled.warm_up(["forward"], verbose=bool(verbose))
         batches.append(compiled.forward(*batch))
     return [np.concatenate(parts) for parts in zip(*batches)]
 
