@@ -84,16 +84,20 @@ class TimeLoops:
             for var in eqn.outputs:  # whole buffers; each chunk takes its rows
                 self.ref(var)
             batch = f"{self.ref(eqn.inputs[eqn.attrs['num_carry']])}.shape[1]"
-            count = self.chunk_count(batch)
+            split = splits_columns(eqn)
+            if split:  # `columns` is a kernel argument: more than one when the kernel splits such loops
+                self.column_loops = True
+                count = self.fresh("chunks")
+                self.line(f"{count} = 1 if columns > 1 else max(1, min(threads, {batch}))")
+            else:
+                count = self.chunk_count(batch)
             weights = self._prepare_weights(eqn, f"-(-{batch} // {count})")  # once, for every chunk's rows
             columns, rows_of_partials = None, count
-            if splits_columns(eqn):
-                self.column_loops = True
-                split, progress = self.fresh("parts"), self.fresh("progress")
-                self.line(f"{split} = columns if {count} == 1 else 1")
-                self.line(f"{progress} = progress_counters({split})")
-                columns = ColumnSplit(split, self.fresh("parts"), progress, set())
-                rows_of_partials = f"max({count}, {split})"
+            if split:
+                progress = self.fresh("progress")
+                self.line(f"{progress} = progress_counters(columns)")
+                columns = ColumnSplit("columns", self.fresh("parts"), progress, set())
+                rows_of_partials = f"max({count}, columns)"
             sums = [(s, self.fresh("partial")) for s in self._sums_of_steps(eqn)]  # with each one's partial sums
             for s, partials in sums:
                 self.line(f"{partials} = np.zeros(({rows_of_partials}, {self.ref(s.out)}.shape[0]), np.float32)")

@@ -72,8 +72,10 @@ class EntryPoint:
 
         By default, the batch is split across threads when each gets at least `min_rows` rows. With fewer,
         one thread runs the kernel and BLAS uses every core; but where a time loop splits its products'
-        columns across threads (see `TimeLoops.scan`), BLAS keeps to one thread in the whole kernel: its
-        threads spin a while after each product, and took the cores the loop's parts need, many times over.
+        columns across threads (see `TimeLoops.scan`), the kernel's other work is split by rows as with a
+        large batch (a sequence's input projection has a row per step), and BLAS keeps to one thread in the
+        whole kernel: its threads spin a while after each product, and took the cores the loop's parts
+        need, many times over.
         """
         if len(arrays) != len(self.arguments):
             raise TypeError(f"expected {len(self.arguments)} arrays, got {len(arrays)}")
@@ -91,7 +93,7 @@ class EntryPoint:
             if not self.column_loops:
                 return self.kernel(buffers, 1, 1, whole, *arrays)
             with single_threaded_blas():
-                return self.kernel(buffers, 1, threads, whole, *arrays)
+                return self.kernel(buffers, threads, threads, whole, *arrays)
         with single_threaded_blas():  # BLAS calls on threads of the kernel's must not start threads of their own
             return self.kernel(buffers, threads, 1, product_limit(-(-batch // threads)), *arrays)
 
