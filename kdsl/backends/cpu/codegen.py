@@ -20,6 +20,7 @@ from kdsl.backends.cpu import support
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.backends.cpu.ops import RULES
 from kdsl.backends.cpu.support import blas, entry, layout, loop_products, spin
+from kdsl.backends.cpu.support.register_tiles import VECTOR_BITS
 from kdsl.backends.modules import source_digest
 from kdsl.ir.program import Entry
 from kdsl.passes.fuse import Plan
@@ -72,6 +73,7 @@ def support_imports(package: str, jit: str) -> str:
         f"from {package}.scalars import compiled_helpers",
         "",
         f'SUPPORT = "{source_digest(support)}"  # the support code this module was written against',
+        f"TILE_BITS = {VECTOR_BITS}  # the register tiles' width where this text was written: kernels differ by it",
         f"globals().update(compiled_helpers({jit}))  # the scalar helpers its loops call, compiled for this target",
     ])  # fmt: skip
 

@@ -7,5 +7,6 @@ what generated code may name.
 """
 
 from .cache_keys import key_by_package
+from .register_tiles import VECTOR_BITS
 
-key_by_package(__file__)
+key_by_package(__file__, f"vector bits {VECTOR_BITS}")

@@ -4,7 +4,9 @@ Numba keys a function it caches on disk by the text of the file that defines it,
 compiles in what it calls from neighbouring files (an update loop inlines its rule, a step product its
 register tiles), and would run their old code from a warm cache after they change — after an edit, or
 an upgrade. A package that calls `key_by_package` before defining its cached kernels has each of them
-keyed by the text of every Python file below its folder (the innermost such package, when they nest).
+keyed by the text of every Python file below its folder (the innermost such package, when they nest),
+and by the choices it makes when imported (the register tiles' vector width). Numba keys each entry by
+the CPU's name and features too, so a cache moved to another CPU compiles anew.
 Needs only Numba, like the rest of this package, so a standalone copy keys itself the same way.
 """
 
@@ -18,12 +20,13 @@ from numba.core.caching import CacheImpl, InTreeCacheLocator, UserProvidedCacheL
 
 __all__ = ["key_by_package"]
 
-_ROOTS: set[Path] = set()
+_ROOTS: dict[Path, str] = {}  # a keyed package's folder -> the choices its code was compiled with
 
 
-def key_by_package(init_file: str) -> None:
-    """Key the cached kernels defined below the folder of `init_file` (a package's `__init__.py`) by its source."""
-    _ROOTS.add(Path(init_file).resolve().parent)
+def key_by_package(init_file: str, choices: str = "") -> None:
+    """Key the cached kernels defined below the folder of `init_file` (a package's `__init__.py`) by its source
+    and by `choices`, which name what its code compiles differently by (settings read when imported)."""
+    _ROOTS[Path(init_file).resolve().parent] = choices
     if not any(issubclass(locator, _PackageStamp) for locator in CacheImpl._locator_classes):
         CacheImpl._locator_classes[:0] = _LOCATORS
 
@@ -38,6 +41,7 @@ def _package_digest(root: Path) -> bytes:
     digest = hashlib.sha256()
     for file in sorted(root.rglob("*.py")):
         digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    digest.update(_ROOTS[root].encode())
     return digest.digest()
 
 

@@ -6,7 +6,8 @@ as the product. So the weight is prepared before the loop (`prepare_weight`):
 
 - Where BLAS multiplies small matrices without packing them (OpenBLAS's AVX-512 builds, up to
   M·N·K = 100³), it is cut into column blocks under that size (`column_blocks`) — for products of
-  more than TILE_ROWS rows: on one or two rows the register tiles read the weight faster.
+  more than TILE_ROWS rows, when the register tiles are 256 bits wide: on one or two rows they read
+  the weight faster, and in 512 bits they are as fast as BLAS or faster on every count of rows.
 - Elsewhere it is packed into panels of PANEL columns (`pack_panels`), which the register tiles of
   `kdsl.backends.cpu.register_tiles` multiply (`panel_product`), near the GEMM rate from 8 rows on.
 
@@ -21,7 +22,7 @@ import numba
 import numpy as np
 
 from .blas import loaded_blas, product
-from .register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, tile_product
+from .register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, VECTOR_BITS, tile_product
 from .spin import meet
 
 __all__ = ["prepare_weight", "split_step_product", "step_product", "step_scratch"]  # what generated code names
@@ -30,13 +31,13 @@ SMALL_PRODUCT = 1_000_000  # the largest M·N·K OpenBLAS multiplies unpacked
 SMALL_KERNEL_ARCHITECTURES = ("SkylakeX", "Cooperlake", "SapphireRapids")  # OpenBLAS's AVX-512 kernels, which have it
 
 
-TILE_ROWS = 2  # products of at most this many rows go to the register tiles, whatever the BLAS
+TILE_ROWS = 2  # products of at most this many rows go to the 256-bit register tiles, whatever the BLAS
 
 
 def product_limit(rows: int) -> int:
     """The `limit` a time loop's products of `rows` rows take (0: register tiles), the same for the weight's
-    preparation and every product of one call."""
-    return small_product_limit() if rows > TILE_ROWS else 0
+    preparation and every product of one call. The 512-bit tiles take every product."""
+    return small_product_limit() if rows > TILE_ROWS and VECTOR_BITS < 512 else 0
 
 
 @functools.cache

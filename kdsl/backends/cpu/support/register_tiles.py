@@ -2,25 +2,46 @@
 vector registers, written as LLVM IR because Numba does not vectorize this form by itself.
 
 A weight is packed once before a time loop into panels of PANEL columns, each (K, PANEL) contiguous
-(`kdsl.backends.cpu.loop_products`). A tile of up to six rows of `a` and up to six panels keeps its
-sums in eight to twelve 8-float registers: at every p along K it loads the panels' row p, broadcasts
-each a[i, p] and adds their products (fused multiply-add). No horizontal sums, no packing at each
-step. (Where the CPU has no fused multiply-add, LLVM calls a library routine for each: right, and slow.)
-Its rates against OpenBLAS's on these shapes are in benchmarks/RESULTS.md.
+(`kdsl.backends.cpu.loop_products`). A tile of up to six rows of `a` and a few panels keeps its sums in
+vector registers: at every p along K it loads the panels' row p, broadcasts each a[i, p] and adds their
+products (fused multiply-add). No horizontal sums, no packing at each step. (Where the CPU has no fused
+multiply-add, LLVM calls a library routine for each: right, and slow.)
+
+Two variants, by the width of the vectors the tiles are written in: 256 bits (AVX2; two NEON vectors
+each elsewhere), a panel row in two registers and up to twelve sums, and 512 bits (AVX-512), a panel row
+in one register and up to twenty-four sums of the 32 registers. The host's features choose; the
+environment variable KDSL_VECTOR_BITS (256 or 512) forces one, whatever the CPU (LLVM splits vectors wider
+than the CPU's). Their rates against OpenBLAS's on these shapes are in benchmarks/RESULTS.md.
 
 Part of the support package generated modules import: it needs only Numba and its llvmlite.
 """
 
-from llvmlite import ir
+import os
+
+from llvmlite import binding, ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-PANEL = 16  # columns of a packed panel: two 8-float vectors (AVX2's width; two NEON vectors a half)
-LANES = 8  # floats in a vector register
+PANEL = 16  # columns of a packed panel
 MAX_TILE_ROWS = 6
-# panels per tile for each count of rows: twelve sums where the rows allow, eight at least
-TILE_PANELS = (0, 6, 3, 2, 1, 1, 1)
+# for each vector width: panels per tile for each count of rows, as many sums as the registers hold
+TILE_PANELS_BY_BITS = {256: (0, 6, 3, 2, 1, 1, 1), 512: (0, 8, 8, 6, 5, 4, 4)}
+
+
+def vector_bits() -> int:
+    """The tiles' vector width: KDSL_VECTOR_BITS if set, else 512 where the host has AVX-512, else 256."""
+    forced = os.environ.get("KDSL_VECTOR_BITS", "").strip()
+    if forced:
+        if forced not in ("256", "512"):
+            raise ValueError(f"KDSL_VECTOR_BITS must be 256 or 512, got {forced!r}")
+        return int(forced)
+    return 512 if binding.get_host_cpu_features().get("avx512f") else 256
+
+
+VECTOR_BITS = vector_bits()  # fixed for the process: the support package's cached kernels are keyed by it
+LANES = VECTOR_BITS // 32  # floats in a vector register
+TILE_PANELS = TILE_PANELS_BY_BITS[VECTOR_BITS]
 
 
 FLOATS = ir.VectorType(ir.FloatType(), LANES)
@@ -30,7 +51,8 @@ SPLAT = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)  # a shuf
 def _emit_tile(builder, rows: int, panels: int, a, lda, b, k, out, ldo) -> None:
     """out[i, q·PANEL + j] = Σ_p a[i, p]·b[q, p, j] for i < rows, q < panels, j < PANEL (float pointers, element
     strides lda and ldo; panel q starts k·PANEL floats after panel q − 1)."""
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FLOATS, [FLOATS] * 3), "llvm.fma.v8f32")
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FLOATS, [FLOATS] * 3), f"llvm.fma.v{LANES}f32")
+    vectors = PANEL // LANES  # a panel row's
 
     def at(pointer, offset):
         return builder.gep(pointer, [offset if isinstance(offset, ir.Value) else ir.Constant(lda.type, offset)])
@@ -38,7 +60,7 @@ def _emit_tile(builder, rows: int, panels: int, a, lda, b, k, out, ldo) -> None:
     def vector_at(pointer, offset):
         return builder.bitcast(at(pointer, offset), FLOATS.as_pointer())
 
-    sums = [[cgutils.alloca_once_value(builder, ir.Constant(FLOATS, [0.0] * LANES)) for _ in range(2 * panels)]
+    sums = [[cgutils.alloca_once_value(builder, ir.Constant(FLOATS, [0.0] * LANES)) for _ in range(vectors * panels)]
             for _ in range(rows)]  # fmt: skip
     panel_size = builder.mul(k, ir.Constant(lda.type, PANEL))
     with cgutils.for_range(builder, k) as loop:
@@ -47,7 +69,7 @@ def _emit_tile(builder, rows: int, panels: int, a, lda, b, k, out, ldo) -> None:
         weights = []
         for q in range(panels):
             panel_row = at(row_p, builder.mul(ir.Constant(lda.type, q), panel_size))
-            weights += [builder.load(vector_at(panel_row, h * LANES), align=4) for h in range(2)]
+            weights += [builder.load(vector_at(panel_row, h * LANES), align=4) for h in range(vectors)]
         for i in range(rows):
             x = builder.load(at(a, builder.add(builder.mul(ir.Constant(lda.type, i), lda), p)))
             lane = builder.insert_element(ir.Constant(FLOATS, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
@@ -85,12 +107,12 @@ def tile_product(typingctx, rows, panels, a, i, packed, q, out, j):
         b_ptr = builder.gep(packed_arr.data, [builder.mul(q, builder.mul(k, ir.Constant(intp, PANEL)))])
         out_ptr = builder.gep(out_arr.data, [builder.add(builder.mul(i, ldo), j)])
         done = builder.append_basic_block("tile_done")
-        choice = builder.add(builder.mul(rows, ir.Constant(intp, 8)), panels)
+        choice = builder.add(builder.mul(rows, ir.Constant(intp, 16)), panels)
         switch = builder.switch(choice, done)
         for r in range(1, MAX_TILE_ROWS + 1):
             for n in sorted({1, TILE_PANELS[r]}):  # the most sums a tile holds, and one panel for the rest
                 case = builder.append_basic_block(f"tile_{r}x{n}")
-                switch.add_case(ir.Constant(intp, 8 * r + n), case)
+                switch.add_case(ir.Constant(intp, 16 * r + n), case)
                 builder.position_at_end(case)
                 _emit_tile(builder, r, n, a_ptr, lda, b_ptr, k, out_ptr, ldo)
                 builder.branch(done)

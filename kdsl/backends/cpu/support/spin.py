@@ -4,6 +4,7 @@ spin-wait hint, and the barrier at which the parts of a time loop split by colum
 Part of the support package generated modules import: it needs only Numba and llvmlite.
 """
 
+import os
 import platform
 
 import numba
@@ -56,6 +57,23 @@ def spin_pause(typingctx):
     return types.void(), codegen
 
 
+POSIX = os.name == "posix"
+
+
+@intrinsic
+def yield_core(typingctx):
+    """Let the system run another thread on this core (POSIX's `sched_yield`): a part waiting for one that the
+    system took off its core would otherwise spin through its own time slice before that one runs again."""
+
+    def codegen(context, builder, signature, args):
+        if POSIX:
+            sched_yield = ir.FunctionType(ir.IntType(32), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, sched_yield, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 @numba.njit(cache=True, nogil=True)
 def spin_until(flags, index, value, spins):
     """Whether flags[index] became `value` within `spins` reads, without the GIL."""
@@ -65,6 +83,10 @@ def spin_until(flags, index, value, spins):
         spin_pause()
     return False
 
+
+# pause instructions before a part waiting at `meet` yields its core: longer than a step's wait when every
+# part has a core of its own, short enough that a part waiting for a preempted one soon lets it run
+MEET_SPINS = 1_000
 
 # int64 slots a cache line holds: each part's counter sits on a line of its own, so that one part
 # counting does not take the line from the others spinning on theirs
@@ -81,13 +103,19 @@ def meet(progress, part, parts):
     """Wait until every part of a time loop split by columns has come as far as this one.
 
     Each part counts its own arrivals in `progress` (see `progress_counters`) and spins until the others'
-    counts reach its own. A part that failed sets the last counter, and then no one waits: the results
-    are garbage, and the failure is raised once every part has returned (see `run_parts`).
+    counts reach its own, yielding its core now and then (a busy machine may have taken another part's).
+    A part that failed sets the last counter, and then no one waits: the results are garbage, and the
+    failure is raised once every part has returned (see `run_parts`).
     """
     target = progress[part * LINE] + 1
     store_release(progress, part * LINE, target)
     for other in range(parts):
+        spins = 0
         while load_acquire(progress, other * LINE) < target:
             if load_acquire(progress, parts * LINE):
                 return
-            spin_pause()
+            spins += 1
+            if spins % MEET_SPINS == 0:
+                yield_core()
+            else:
+                spin_pause()
