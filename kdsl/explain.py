@@ -12,8 +12,8 @@ from collections import defaultdict
 
 from kdsl.backends.cpu.policy import prepares_weights, splits_columns
 from kdsl.backends.cpu.support.entry import MIN_ROWS_PER_THREAD_PREPARED
-from kdsl.backends.cpu.support.loop_products import TILE_ROWS, small_product_limit
-from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL
+from kdsl.backends.cpu.support.loop_products import TILE_ROWS, product_limit
+from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL, VECTOR_BITS
 from kdsl.ir.graph import Layer
 from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul
 from kdsl.ir.ops.scan import Scan
@@ -115,8 +115,8 @@ def _step_product(eqn: Eqn, scan: Eqn) -> str | None:
         return None
     if not prepares_weights(scan):
         return f"matmul through BLAS (a loop this short does not pay for preparing the weight) -> {eqn.out.type}"
-    tiles = f"packed in {PANEL}-column panels, in register tiles of up to {MAX_TILE_ROWS} rows"
-    if small_product_limit():
+    tiles = f"packed in {PANEL}-column panels, in {VECTOR_BITS}-bit register tiles of up to {MAX_TILE_ROWS} rows"
+    if product_limit(TILE_ROWS + 1):
         tiles = f"in column blocks through BLAS's unpacked kernel (on up to {TILE_ROWS} rows: {tiles})"
     return f"matmul by the weight prepared before the loop, {tiles} -> {eqn.out.type}"
 

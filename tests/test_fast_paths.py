@@ -5,7 +5,8 @@
   projected), more take the other (the table projected, then its rows picked by the time loop at
   each step; the gradient summed by id, then multiplied); which one runs depends on the batch.
 - Products inside time loops by weights prepared before the loop (`kdsl.backends.cpu.support.loop_products`):
-  where BLAS has an unpacked small-matrix kernel, only a product of more than SMALL_PRODUCT
+  where BLAS has an unpacked small-matrix kernel and the register tiles are 256 bits wide, only a product
+  of more than SMALL_PRODUCT
   multiply-adds is cut into column blocks, so a batch of 64 is needed here, forward (h·U) and
   backward (dz·Uᵀ); elsewhere every step multiplies by the weight packed into panels, in register tiles.
   Both preparations are also checked directly, whichever this machine's BLAS picks.
@@ -258,9 +259,14 @@ def test_products_go_to_blas_where_one_is_found():
 
 
 def test_products_of_one_or_two_rows_take_the_register_tiles_whatever_the_blas(monkeypatch):
+    """And in 512 bits, every product does."""
     from kdsl.backends.cpu.support import loop_products
 
     monkeypatch.setattr(loop_products, "small_product_limit", lambda: SMALL_PRODUCT)
+    monkeypatch.setattr(loop_products, "VECTOR_BITS", 256)
     assert [loop_products.product_limit(rows) for rows in (1, 2, 3, 64)] == [0, 0, SMALL_PRODUCT, SMALL_PRODUCT]
+    monkeypatch.setattr(loop_products, "VECTOR_BITS", 512)
+    assert [loop_products.product_limit(rows) for rows in (1, 2, 3, 64)] == [0, 0, 0, 0]
     monkeypatch.setattr(loop_products, "small_product_limit", lambda: 0)
+    monkeypatch.setattr(loop_products, "VECTOR_BITS", 256)
     assert loop_products.product_limit(64) == 0
