@@ -4,9 +4,9 @@ Each workload (see `benchmarks.workloads`) alternates kdsl, PyTorch and Keras (t
 runs W1 to W4), each side in a worker process of its own (see `benchmarks.sides`), after a warm-up run
 of each, and reports medians, the ratio kdsl / PyTorch (time), Keras's speed-up Keras / kdsl (time),
 kdsl's achieved GFLOP/s and its share of this machine's float32 GEMM rate (a 1024³ NumPy matmul,
-measured in the same run). The datasets come from $KDSL_DATA (see kdsl.datasets). `--chart` draws
-the ratios (needs matplotlib); `--compile` adds the cold and cached compile of every example (several
-minutes).
+measured in the same run), and each workload's limit on this machine (see `benchmarks.limits`). The
+datasets come from $KDSL_DATA (see kdsl.datasets). `--chart` draws the ratios (needs matplotlib);
+`--compile` adds the cold and cached compile of every example (several minutes).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks.compile_times import compile_times
 from benchmarks.compile_times import markdown as compile_markdown
+from benchmarks.limits import limit_seconds
 from benchmarks.sides import Side
 from benchmarks.workloads import REFERENCES, WORKLOADS, Race
 
@@ -63,10 +64,12 @@ def gemm_rate() -> float:
 
 
 def table(results: list[Result], peak: float, keras: bool) -> str:
-    """Markdown: each side's figure, kdsl / PyTorch and Keras / kdsl (time), kdsl's rate; Keras's columns if run."""
+    """Markdown: each side's figure, kdsl / PyTorch and Keras / kdsl (time), kdsl's rate, the workload's limit on
+    this machine (see `benchmarks.limits`) and how near kdsl is to it; Keras's columns if run."""
     head = ["workload", "kdsl", "PyTorch", "kdsl / PyTorch (time)"]
     head += ["Keras", "Keras / kdsl (time)"] if keras else []
-    lines = ["| " + " | ".join([*head, "kdsl GFLOP/s", "of GEMM peak"]) + " |", "|---" * (len(head) + 2) + "|"]
+    head += ["kdsl GFLOP/s", "of GEMM peak", "limit", "limit / kdsl (time)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for race, seconds in results:
         ours, torch_s, keras_s = seconds["kdsl"], seconds.get("torch"), seconds.get("keras")
         cells = [race.name, f"{race.value(ours):.3g}"]
@@ -74,7 +77,9 @@ def table(results: list[Result], peak: float, keras: bool) -> str:
         if keras:
             cells += ["—", "—"] if keras_s is None else [f"{race.value(keras_s):.3g}", f"{keras_s / ours:.1f}×"]
         rate = race.flops / ours / 1e9
-        lines.append("| " + " | ".join([*cells, f"{rate:.1f}", f"{rate / peak:.0%}"]) + " |")
+        limit = limit_seconds(race.flops, peak, race.streamed)
+        cells += [f"{rate:.1f}", f"{rate / peak:.0%}", f"{race.value(limit):.3g}", f"{limit / ours:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -58,6 +58,9 @@ DEEPBENCH_SHAPES = {
 }
 
 
+# a batch up to this size reads its recurrent weight at every step faster than it multiplies by it
+SMALL_BATCH = 2
+
 # the frameworks kdsl races, each an attribute of `Race`, with the packages its side imports
 REFERENCES = {"torch": ("torch",), "keras": ("keras", "tensorflow")}
 
@@ -65,7 +68,8 @@ REFERENCES = {"torch": ("torch",), "keras": ("keras", "tensorflow")}
 @dataclass
 class Race:
     """One workload: `kdsl()`, `torch()` and `keras()` each run it once (a reference not built is None);
-    `flops` is one run's work as kdsl's IR counts it."""
+    `flops` is one run's work as kdsl's IR counts it; `streamed` (steps, weight bytes, rows), for a recurrent
+    step too small to be GEMM-bound, what bounds it instead (see `benchmarks.limits`)."""
 
     name: str
     unit: str  # "s", "ms", or "samples/s" (then `samples` per run)
@@ -75,6 +79,7 @@ class Race:
     repeat: int = 3
     samples: int = 0
     keras: Callable[[], object] | None = None
+    streamed: tuple[int, int, int] | None = None
 
     def value(self, seconds: float) -> float:
         if self.unit == "samples/s":
@@ -196,7 +201,9 @@ def w3(torch, keras, batch: int, repeat: int) -> Race:
 
     name = f"W3 Embedding-LSTM(128)-Dense inference, batch {batch} (ms)"
     flops = flops_per_call(graph, batch, False)
-    return Race(name, "ms", lambda: model.forward(tokens), theirs, flops, repeat, keras=keras_predict)
+    streamed = (100, 4 * 128 * 4 * 128, batch) if batch <= SMALL_BATCH else None
+    return Race(name, "ms", lambda: model.forward(tokens), theirs, flops, repeat, keras=keras_predict,
+                streamed=streamed)  # fmt: skip
 
 
 def w4(torch, keras, steps: int = 10) -> Race:
@@ -270,11 +277,14 @@ def deepbench(torch, layer: str, module: str, hidden: int, batch: int, steps: in
                 last_state(tx)
 
     shape = f"{module} hidden {hidden}, batch {batch}, {steps} step{'s' * (steps > 1)}"
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[module]
+    weight = 4 * hidden * gates * hidden  # the recurrent kernel's bytes, read at every step forwards and backwards
+    streamed = (lambda passes: (passes * steps, weight, batch)) if batch <= SMALL_BATCH else (lambda passes: None)
     return [
         Race(f"DeepBench {shape}: training step (ms)", "ms", lambda: model.train_step([x], [y]), train_theirs,
-             flops_per_call(graph, batch, True), repeat),
+             flops_per_call(graph, batch, True), repeat, streamed=streamed(2)),
         Race(f"DeepBench {shape}: inference (ms)", "ms", lambda: model.forward(x), infer_theirs,
-             flops_per_call(graph, batch, False), repeat),
+             flops_per_call(graph, batch, False), repeat, streamed=streamed(1)),
     ]  # fmt: skip
 
 
