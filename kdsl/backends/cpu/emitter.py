@@ -63,6 +63,7 @@ class Emitter(TimeLoops, SourceWriter):
     _constants: dict[int, str] = field(default_factory=dict)  # const values, inlined as literals
     _alias: dict[int, Var] = field(default_factory=dict)  # a view or piece -> the value whose buffer it uses
     _rows: tuple[str, str] | None = None  # (lo, hi) while emitting for one chunk of a batch split across threads
+    _defined: dict[str, str] = field(default_factory=dict)  # a function's `renamed` text -> its name
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -141,8 +142,7 @@ class Emitter(TimeLoops, SourceWriter):
             del self.lines[start:]
             self._depth = depth
             arguments = free_names(body)
-            name = f"_{self.prefix}_rows{len(self.functions)}"
-            self.functions.append((name, arguments, body, False))
+            name = self.define("rows", arguments, body)
             call = f"{name}({', '.join(arguments)})"
             if columns:  # the parts but the first write what they compute for themselves into new buffers
                 own = [f"np.empty_like({a})" if a in columns.own else a for a in arguments]
@@ -258,11 +258,20 @@ class Emitter(TimeLoops, SourceWriter):
             return
         pattern = r"\b(buf\d+|a\d+_\w+|n_[A-Za-z_]\w*|threads|columns|small_product)\b"
         arguments = list(dict.fromkeys(re.findall(pattern, "\n".join(body))))
-        name = f"_{self.prefix}_part{len(self.functions)}"
-        self.functions.append((name, arguments, body, threaded))
+        name = self.define("part", arguments, body, threaded)
         del self.lines[self._chunk_start :]
         self.line(f"{name}({', '.join(arguments)})")
         self._chunk_start = len(self.lines)
+
+    def define(self, kind: str, arguments: list[str], body: list[str], threaded: bool = False) -> str:
+        """The name of a new function of `arguments` running `body`, or of an earlier one that differs from it only in
+        the names of its arguments and variables (the time loops of two layers of one kind and size): compiled
+        once, it is called by both."""
+        key = renamed(arguments, body, threaded)
+        if key not in self._defined:
+            self._defined[key] = name = f"_{self.prefix}_{kind}{len(self.functions)}"
+            self.functions.append((name, arguments, body, threaded))
+        return self._defined[key]
 
     def view(self, eqn: Eqn) -> None:
         assert self._plan is not None
@@ -336,6 +345,23 @@ class Emitter(TimeLoops, SourceWriter):
         if var.rank == 0:
             return self.ref(var)
         return self.place(var, broadcast_index(var, shape, idx))
+
+
+# the names `SourceWriter.fresh` makes (`carry_20`, `buf5_21`), which differ between otherwise equal functions
+LOCAL_NAME = re.compile(r"[a-z][a-z0-9]*_\d+")
+WORD = re.compile(r"\b\w+\b")
+
+
+def renamed(arguments: list[str], body: list[str], threaded: bool) -> str:
+    """A function's text with its arguments and local variables renamed in order of appearance: equal for two
+    functions that compute the same from their arguments."""
+    names = {argument: f"v{i}" for i, argument in enumerate(arguments)}
+
+    def rename(match: re.Match) -> str:
+        word = match.group(0)
+        return names.setdefault(word, f"v{len(names)}") if word in names or LOCAL_NAME.fullmatch(word) else word
+
+    return f"{threaded}({len(arguments)})\n" + WORD.sub(rename, "\n".join(body))
 
 
 def free_names(lines: list[str]) -> list[str]:
