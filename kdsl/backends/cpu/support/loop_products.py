@@ -20,6 +20,8 @@ import functools
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
+from numba import types
 
 from .blas import loaded_blas, product
 from .register_tiles import MAX_TILE_ROWS, PANEL, TILE_PANELS, VECTOR_BITS, tile_product
@@ -111,7 +113,7 @@ def step_product(a, prepared, scratch, limit, out, first=0, stop=-1):
     blocks or panels `first` to `stop` (-1: the last)."""
     stop = prepared.shape[0] if stop < 0 else stop
     if not limit:
-        panel_product(a, prepared, scratch, out, first, stop)
+        call_panel_product(a, prepared, scratch, out, first, stop)
         return
     if prepared.shape[0] == 1:
         if first == 0 and stop == 1:
@@ -198,3 +200,43 @@ def panel_product(a, panels, scratch, out, first, stop):
                 for j in range(full * PANEL, n):
                     out[r, j] = scratch[r, j - full * PANEL]
         i += rows
+
+
+# `panel_product` compiled once, as a C function that the time loops call by name: linked into each kernel
+# that calls it, its tiles' unrolled cases were optimized by LLVM again in every one (about half a second
+# of each time loop's compile). Named by the tiles' width, the one this process compiled.
+PANEL_PRODUCT_SYMBOL = f"kdsl_panel_product_{VECTOR_BITS}"
+PANEL_PRODUCT = types.void(
+    types.voidptr, types.int64, types.int64, types.int64,  # a, its rows, K and the distance between its rows
+    types.voidptr, types.int64,  # panels and their count
+    types.voidptr,  # scratch: rows × PANEL
+    types.voidptr, types.int64, types.int64,  # out, its columns and the distance between its rows
+    types.int64, types.int64,  # first and stop
+)  # fmt: skip
+
+
+def panel_product_c(a, rows, k, lda, panels, count, scratch, out, n, ldo, first, stop):
+    a_rows = numba.carray(a, (rows, lda), np.float32)[:, :k]
+    out_rows = numba.carray(out, (rows, ldo), np.float32)[:, :n]
+    packed = numba.carray(panels, (count, k, PANEL), np.float32)
+    panel_product(a_rows, packed, numba.carray(scratch, (rows, PANEL), np.float32), out_rows, first, stop)
+
+
+llvm.add_symbol(PANEL_PRODUCT_SYMBOL, numba.cfunc(PANEL_PRODUCT, cache=True, nogil=True)(panel_product_c).address)
+panel_product_by_name = types.ExternalFunction(PANEL_PRODUCT_SYMBOL, PANEL_PRODUCT)
+
+
+@numba.njit(cache=True)
+def call_panel_product(a, panels, scratch, out, first, stop):
+    """`panel_product` through its C function: what every time loop calls."""
+    if a.shape[0] == 0 or out.shape[1] == 0:
+        return
+    if out.strides[1] != 4:
+        raise ValueError("panel_product writes rows of contiguous floats")
+    if a.strides[1] != 4:  # the tiles read each row as contiguous floats
+        a = np.ascontiguousarray(a)
+    panels = np.ascontiguousarray(panels)
+    scratch = np.ascontiguousarray(scratch)
+    lda, ldo = max(a.strides[0] // 4, a.shape[1]), max(out.strides[0] // 4, out.shape[1])
+    panel_product_by_name(a.ctypes, a.shape[0], a.shape[1], lda, panels.ctypes, panels.shape[0], scratch.ctypes,
+                          out.ctypes, out.shape[1], ldo, first, stop)  # fmt: skip
