@@ -4,7 +4,7 @@ Models come from `.kd` files (`kdsl.load_model_file`) or from Keras-style layer 
 (`kdsl.Input`, `kdsl.layers`, `kdsl.Model`, `kdsl.Sequential`); both give the same IR.
 """
 
-from kdsl import data, layers, losses, metrics, models, regularizers, utils
+from kdsl import data, distribute, layers, losses, metrics, models, regularizers, utils
 from kdsl.devices import devices
 from kdsl.errors import KdslError
 from kdsl.layers import Input
@@ -19,6 +19,7 @@ __all__ = [
     "callbacks",
     "data",
     "devices",
+    "distribute",
     "layers",
     "load_model",
     "load_model_file",

@@ -15,6 +15,7 @@ import numpy as np
 from kdsl import catalogue, datasets
 from kdsl.catalogue.args import REQUIRED
 from kdsl.catalogue.datasets import DATASETS
+from kdsl.distribute import MirroredStrategy
 from kdsl.errors import KdslError, did_you_mean
 from kdsl.ir.graph import Graph
 from kdsl.ir.printer import print_graph
@@ -122,6 +123,20 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help=f"where to write the outputs: {one}; for several outputs, {several}")
         command.set_defaults(run=run)
 
+    convert = commands.add_parser(
+        "convert",
+        help="a Keras .keras or .h5 model to .kd and weights, or back",
+        description=_convert.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", metavar="FILE", help="a Keras .keras or legacy .h5 model, or a .kd file")
+    convert.add_argument("-o", "--out", help="where to write the .kd text (default: print it)")
+    convert.add_argument("--weights", help="from Keras: where to write the weights (.npz); from .kd: weights to use")
+    convert.add_argument("--partial", action="store_true", help="from Keras: stop the model at the layers kdsl refuses")
+    convert.add_argument("--to", metavar="M.keras", help="from .kd: the Keras archive to write")
+    convert.add_argument("--model", help=MODEL_HELP)
+    convert.set_defaults(run=_convert)
+
     layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
     layers.add_argument("name", nargs="?", help="show one layer's arguments and defaults")
     layers.set_defaults(run=_layers)
@@ -145,6 +160,47 @@ def _check(args: argparse.Namespace) -> int:
         for warning in filter(None, warnings):
             print(warning, file=sys.stderr)
     return 1 if failed else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Convert a Keras model to kdsl, or a kdsl model to Keras.
+
+    kdsl convert M.keras [-o M.kd] [--weights M.weights.npz] [--partial]
+        the model (a .keras archive or a legacy .h5 file) as .kd text, its compile settings as its train block;
+        with --weights, its weights as .npz by Keras name, which model.load_weights reads. A layer or argument
+        kdsl cannot honour is refused with its reason; with --partial, such a layer and every layer after it are
+        left out instead, each named on stderr, and the model ends where they began.
+    kdsl convert M.kd --to M.keras [--model NAME] [--weights W.npz]
+        a .keras archive that Keras 3 loads: the model with its initial weights (seed 0) or the given ones, and
+        its train block as compile settings.
+    """
+    from kdsl.keras_files import is_keras_file, read_keras_model
+
+    if is_keras_file(args.source):
+        if args.to or args.model:
+            raise KdslError(f"{args.source} is a Keras model: `--to` and `--model` are for a .kd file",
+                            hint=f"kdsl convert {args.source} -o model.kd")  # fmt: skip
+        imported = read_keras_model(args.source, Model, partial=args.partial)
+        for reason in imported.left_out:
+            print(f"left out: {reason}", file=sys.stderr)
+        text = imported.model.to_kd()
+        if args.weights:
+            imported.model.save_weights(args.weights)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            print(text, end="")
+        return 0
+    if not args.source.endswith(".kd") or not args.to or args.out or args.partial:
+        raise KdslError("kdsl convert takes a Keras model (-o, --weights, --partial) or a .kd file with --to M.keras",
+                        hint="kdsl convert m.keras -o m.kd, or kdsl convert m.kd --to m.keras")  # fmt: skip
+    if not args.to.endswith(".keras"):
+        raise KdslError(f"--to {args.to}: kdsl writes Keras 3's .keras archive", hint="give a name ending in .keras")
+    model = Model.from_graph(load_file(args.source).model(args.model))
+    if args.weights:
+        model.load_weights(args.weights)
+    model.save(args.to)
+    return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -260,25 +316,29 @@ def _compute_capability(text: str) -> tuple[int, int]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train a model as its `train` block says, on a dataset; print test loss and metrics; save the model."""
+    """Train a model as its `train` block says, on a dataset; print test loss and metrics; save the model.
+    Launched by `mpiexec -n N`, N processes train it together, each on its share of every (global) batch."""
     graph = load_file(args.file).model(args.model)
     if graph.train is None:
         raise KdslError(f"model `{graph.name}` has no train block", hint=f"add `train {graph.name} {{ loss = ... }}`")
     recipe = graph.train
     losses = [recipe.losses.get(output, recipe.losses.get(None)).loss for output in graph.output_names]
-    data = _data(args.data, graph, args.file)
+    strategy = MirroredStrategy()  # under `mpiexec -n N`, N replicas; else this process alone
+    data = _data(args.data, graph, args.file, say=strategy.is_chief)
     arrays = datasets.for_model(data, datasets.Signature.of(graph, losses))  # before anything compiles
-    model = Model.from_graph(graph)
-    model.compile(seed=args.seed, target=args.target)
-    batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
+    with strategy.scope():
+        model = Model.from_graph(graph)
+        model.compile(seed=args.seed, target=args.target)
+    batch_size = recipe.batch_size if args.batch_size is None else args.batch_size  # the global batch
     epochs = recipe.epochs if args.epochs is None else args.epochs  # --epochs 0 trains nothing, as Keras's fit
     model.fit(arrays["x_train"], arrays["y_train"], batch_size=batch_size, epochs=epochs, verbose=args.verbose,
               validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
     logs = model.evaluate(arrays["x_test"], arrays["y_test"], batch_size=256, return_dict=True)
-    print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     out = args.out or f"{graph.name}.kdz"
-    model.save(out)
-    print(f"saved {out}")
+    model.save(out)  # by the chief alone
+    if strategy.is_chief:
+        print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        print(f"saved {out}")
     return 0
 
 
@@ -319,9 +379,9 @@ def _test_split(model: Model, args: argparse.Namespace, groups: tuple[str, ...])
     return datasets.for_model(data, signature, groups)
 
 
-def _data(given: str | None, graph: Graph, kd_file: str | None) -> datasets.Data:
-    """`--data`, else the train block's `data` (a path in it is relative to the .kd file), else mnist_small; one
-    line says which, and where the choice came from."""
+def _data(given: str | None, graph: Graph, kd_file: str | None, say: bool = True) -> datasets.Data:
+    """`--data`, else the train block's `data` (a path in it is relative to the .kd file), else mnist_small; with
+    `say`, one line says which, and where the choice came from."""
     setting = graph.train.data if graph.train is not None else None
     if given is not None:
         choice, why = given, "--data"
@@ -336,7 +396,8 @@ def _data(given: str | None, graph: Graph, kd_file: str | None) -> datasets.Data
             f"model `{graph.name}` was trained on {setting}, a path relative to the .kd file it came from",
             hint="give the data with --data",
         )
-    print(f"data: {choice} ({why})")
+    if say:
+        print(f"data: {choice} ({why})")
     return datasets.load(choice)
 
 

@@ -282,20 +282,36 @@ class Model:
         return call.outputs[0] if len(call.outputs) == 1 else call.outputs
 
     def save_weights(self, path: str | Path) -> None:
+        """The weights as Keras 3's `.weights.h5` file, or by Keras name as kdsl's `.npz`."""
+        from kdsl.keras_files import is_keras_file, save_keras_weights
         from kdsl.runtime.saving import save_weights
 
-        save_weights(self, path)
+        if self._writes_files():  # under a strategy of several processes, the chief alone
+            (save_keras_weights if is_keras_file(path) else save_weights)(self, path)
 
     def load_weights(self, path: str | Path) -> None:
+        """Weights from a Keras `.weights.h5` (or legacy `.h5`) file, or from kdsl's `.npz`."""
+        from kdsl.keras_files import is_keras_file, load_keras_weights
         from kdsl.runtime.saving import load_weights
 
-        load_weights(self, path)
+        (load_keras_weights if is_keras_file(path) else load_weights)(self, path)
 
     def save(self, path: str | Path) -> None:
-        """One `.kdz` file with the `.kd` source, weights, optimizer and random state: `kdsl.load_model` resumes."""
+        """A `.keras` archive that Keras 3 loads; or one `.kdz` file with the `.kd` source, weights, optimizer and
+        random state, from which `kdsl.load_model` resumes training exactly."""
+        from kdsl.keras_files import is_keras_file, save_keras_model
         from kdsl.runtime.saving import save_model
 
-        save_model(self, path)
+        if self._writes_files():  # under a strategy of several processes, the chief alone
+            if is_keras_file(path):
+                save_keras_model(self, path, sequential=isinstance(self, Sequential))
+            else:
+                save_model(self, path)
+
+    def _writes_files(self) -> bool:
+        """Whether this process writes the model's files: the chief of the strategy it was compiled under."""
+        trainer = getattr(self, "_trainer", None)
+        return trainer is None or trainer.strategy.is_chief
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int = 32, verbose: int | str = "auto",
                  sample_weight: Any = None, steps: int | None = None, return_dict: bool = False):  # fmt: skip
@@ -541,8 +557,13 @@ def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> li
 
 
 def load_model(path: str | Path) -> Model:
-    """A model saved by `Model.save`, compiled and ready to go on training where it stopped."""
+    """A model saved by `Model.save` as `.kdz`, compiled and ready to go on training where it stopped; or a Keras
+    `.keras` (or legacy `.h5`) model, with its weights and its compile settings as train block."""
+    from kdsl.keras_files import is_keras_file, read_keras_model
     from kdsl.runtime.saving import read_saved, restore
+
+    if is_keras_file(path):
+        return read_keras_model(path, Model).model
 
     saved = read_saved(path)
     model = Model.from_graph(saved.graph)

@@ -18,18 +18,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kdsl"
 
 # Each module's layer: a module may import from its own layer and the ones below. The runtime's definitions
 # of weights, initializers and optimizers sit below the backends that implement them; its training loop,
-# callbacks and saving sit above the pipeline that compiles for them. The CPU support package imports nothing of
-# kdsl (a standalone module carries a copy), so it sits at the bottom.
+# callbacks and saving sit above the pipeline that compiles for them, the distribution strategies they use below
+# it. The CPU support package imports nothing of kdsl (a standalone module carries a copy), so it sits at the
+# bottom.
 LAYERS = [
     ["kdsl.errors", "kdsl.files", "kdsl.naming", "kdsl.memory", "kdsl.status_line", "kdsl.backends.cpu.support"],
     ["kdsl.ir", "kdsl.catalogue"],
     ["kdsl.lang", "kdsl.ir.printer", "kdsl.passes", "kdsl.summary"],
     ["kdsl.runtime.state", "kdsl.runtime.initializers", "kdsl.runtime.optimizers", "kdsl.runtime.schedules",
-     "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics"],
+     "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics", "kdsl.distribute"],
     ["kdsl.backends"],
     ["kdsl.pipeline", "kdsl.explain", "kdsl.footprint", "kdsl.devices"],
     ["kdsl.runtime", "kdsl.model", "kdsl.model_layers", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses",
-     "kdsl.metrics", "kdsl.models", "kdsl.utils"],
+     "kdsl.metrics", "kdsl.models", "kdsl.utils", "kdsl.keras_files"],
     ["kdsl.cli", "kdsl"],
 ]  # fmt: skip
 

@@ -160,11 +160,13 @@ class BatchNormalization(LayerKind):
         initializer_arg("moving_variance", "ones"),
         regularizer_arg("beta"),
         regularizer_arg("gamma"),
+        # statistics of the global batch across replicas: one process has one replica, where it changes
+        # nothing; a distribution strategy of several refuses it (`Strategy.check_model`)
+        Arg("synchronized", boolean, False),
     )
     unsupported = {
         "beta_constraint": CONSTRAINT_HINT,
         "gamma_constraint": CONSTRAINT_HINT,
-        "synchronized": "batch statistics are per process",
         "renorm": "batch renormalization is not implemented",
         "virtual_batch_size": "ghost batch normalization is not implemented",
     }

@@ -1,5 +1,5 @@
-"""Keras's callbacks: checkpoints, early stopping, learning-rate control, NaN guard, CSV / JSON-lines logs and
-TensorBoard's scalars.
+"""Keras's callbacks: checkpoints, early stopping, learning-rate control, NaN guard, CSV / JSON-lines logs,
+TensorBoard's scalars and backups to resume an interrupted run from.
 
 A callback sees the model and the epoch's logs (`loss`, metrics, `val_*`); setting
 `model.stop_training` ends `fit` after the current epoch (or batch, for TerminateOnNaN).
@@ -13,17 +13,21 @@ import io
 import json
 import math
 import os
+import shutil
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kdsl.errors import KdslArgumentError, KdslError, KdslUnsupportedError
-from kdsl.files import write_atomically
+from kdsl.files import npz_bytes, write_atomically
 
 
 class Callback:
     model: Any = None
+    chief_only = False  # under a distribution strategy, whether only the chief runs it (it writes files)
 
     def set_model(self, model: Any) -> None:
         self.model = model
@@ -63,6 +67,8 @@ class _Monitor:
 
 class ModelCheckpoint(Callback):
     """Save the model (or its weights) after each epoch; `filepath` may name `{epoch}` and log keys."""
+
+    chief_only = True
 
     def __init__(self, filepath: str, monitor: str = "val_loss", save_best_only: bool = False,
                  save_weights_only: bool = False, mode: str = "auto", verbose: int = 0):  # fmt: skip
@@ -177,6 +183,8 @@ class TerminateOnNaN(Callback):
 class CSVLogger(Callback):
     """One row per epoch: `epoch` and every log value, rewritten whole (atomically) after each epoch."""
 
+    chief_only = True
+
     def __init__(self, filename: str, separator: str = ",", append: bool = False):
         self.filename, self.separator, self.append = filename, separator, append
         self.rows: list[dict] = []
@@ -200,6 +208,8 @@ class CSVLogger(Callback):
 class JSONLinesLogger(Callback):
     """One JSON object per epoch: `{"epoch": 0, "loss": ..., ...}`, easy to read from any tool."""
 
+    chief_only = True
+
     def __init__(self, filename: str):
         self.filename = filename
         self.lines: list[str] = []
@@ -218,6 +228,8 @@ class TensorBoard(Callback):
     "batch" or N, `batch_<name>` every N batches, the epoch's running means so far. Through tensorboardX, the
     optional extra `pip install 'kdsl[tensorboard]'`. Histograms, images, profiling and embeddings are refused;
     the model's graph is not written (`write_graph`, on by default in Keras, writes nothing here)."""
+
+    chief_only = True
 
     def __init__(self, log_dir: str = "logs", histogram_freq: int = 0, write_graph: bool = True,
                  write_images: bool = False, write_steps_per_second: bool = False, update_freq: str | int = "epoch",
@@ -261,3 +273,127 @@ class TensorBoard(Callback):
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
             writer.close()
+
+
+BACKUP_FILE = "backup.npz"
+
+
+class BackupAndRestore(Callback):
+    """Back up the training state in `backup_dir` at the end of each epoch (`save_freq="epoch"`) or every
+    `save_freq` batches; the next `fit` with this callback resumes from it and ends with the weights an
+    uninterrupted run ends with. `delete_checkpoint`: remove the backup once training ends.
+
+    A backup is one file, written whole or not at all (so `double_checkpoint` is not needed): the weights, the
+    optimizer's slots and step, the epoch and how many of its batches were done, the generator that shuffles
+    batches as it was when that epoch began (the resumed epoch draws the same order, then skips the batches
+    done), and each replica's dropout generator. Under a distribution strategy every replica takes part in each
+    backup (their dropout generators are gathered) and the chief writes it; every replica reads it back.
+    """
+
+    def __init__(self, backup_dir: str | Path, save_freq: str | int = "epoch", double_checkpoint: bool = False,
+                 delete_checkpoint: bool = True):  # fmt: skip
+        if not backup_dir:
+            raise KdslArgumentError("BackupAndRestore needs a backup_dir")
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
+            raise KdslArgumentError(f"save_freq must be 'epoch' or a whole number of batches, got {save_freq!r}")
+        if double_checkpoint:
+            raise KdslUnsupportedError(
+                "double_checkpoint=True: a backup is written atomically, never left half-written",
+                hint="leave double_checkpoint out",
+            )
+        self.backup_dir, self.save_freq, self.delete_checkpoint = Path(backup_dir), save_freq, delete_checkpoint
+        self.path = self.backup_dir / BACKUP_FILE
+        self._epoch, self._batches_since_backup = 0, 0
+        self._epoch_shuffle: dict = {}
+
+    def on_train_begin(self, logs=None):
+        self._batches_since_backup = 0
+        if self.path.exists():
+            self._restore()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_shuffle = self.model.trainer.rng.bit_generator.state  # before the epoch draws its order
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_backup += 1
+        if self._batches_since_backup >= self.save_freq:
+            self._batches_since_backup = 0
+            self._back_up(self._epoch, batch + 1, self._epoch_shuffle)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._batches_since_backup = 0
+        if self.save_freq == "epoch":
+            self._back_up(epoch + 1, 0, self.model.trainer.rng.bit_generator.state)
+
+    def on_train_end(self, logs=None):
+        trainer = self.model.trainer
+        if self.delete_checkpoint and trainer.strategy.is_chief and self.backup_dir.exists():
+            shutil.rmtree(self.backup_dir)
+
+    # --- writing and reading ---------------------------------------------------------------------
+
+    def _back_up(self, epoch: int, batches: int, shuffle: dict) -> None:
+        """The state after `batches` batches of epoch `epoch` (from 0), `shuffle` the generator as it began."""
+        trainer = self.model.trainer
+        strategy = trainer.strategy
+        dropout = strategy.gather_json(trainer.compiled.rng.bit_generator.state)  # every replica takes part
+        if not strategy.is_chief:
+            return
+        optimizer = trainer.optimizer
+        state = {
+            "epoch": epoch,
+            "batches": batches,
+            "replicas": strategy.num_replicas_in_sync,
+            "optimizer": {"iterations": optimizer.iterations, "learning_rate": optimizer.learning_rate},
+            "random": {"batches": shuffle, "dropout": dropout},
+        }
+        arrays = {f"weight/{i}": w for i, w in enumerate(self.model.state.weights)}
+        arrays |= {f"slot/{i}/{name}": v for i, slots in enumerate(optimizer.slots) for name, v in slots.items()}
+        arrays["state.json"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+        write_atomically(self.path, npz_bytes(arrays))
+
+    def _restore(self) -> None:
+        try:
+            state, weights, slots = _read(self.path)
+            self._apply(state, weights, slots)
+        except (KeyError, TypeError, ValueError) as error:
+            raise KdslError(f"{self.path}: not a backup of this model and run ({type(error).__name__}: {error})",
+                            hint="delete the backup directory to start afresh") from None  # fmt: skip
+
+    def _apply(self, state: dict, weights: dict[str, np.ndarray], slots: dict[str, np.ndarray]) -> None:
+        trainer = self.model.trainer
+        strategy = trainer.strategy
+        if state["replicas"] != strategy.num_replicas_in_sync:
+            raise ValueError(f"it was written by {state['replicas']} replicas, this run has "
+                             f"{strategy.num_replicas_in_sync}")  # fmt: skip
+        model_weights = self.model.state.weights
+        if len(weights) != len(model_weights):
+            raise ValueError(f"it holds {len(weights)} weights, the model has {len(model_weights)}")
+        self.model.state.weights = [weights[f"weight/{i}"] for i in range(len(model_weights))]
+        optimizer = trainer.optimizer
+        optimizer.iterations = int(state["optimizer"]["iterations"])
+        optimizer.learning_rate = float(state["optimizer"]["learning_rate"])
+        trained = [model_weights[i] for i in trainer.compiled.trainable]
+        optimizer.slots = [optimizer.create_slots(w) for w in trained] if optimizer.iterations else []
+        for key, value in slots.items():
+            _, index, name = key.split("/")
+            optimizer.slots[int(index)][name][...] = value
+        trainer.rng.bit_generator.state = state["random"]["batches"]
+        trainer.compiled.rng.bit_generator.state = state["random"]["dropout"][strategy.replica_id]
+        self.model._initial_epoch, self.model._initial_step = int(state["epoch"]), int(state["batches"])
+
+
+def _read(path: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The state and the weights and slots by name; arrays only, never pickled objects."""
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise KdslError(f"{path}: not a readable backup ({error})", hint="delete it to start afresh") from None
+    state = json.loads(bytes(arrays.pop("state.json")))
+    weights = {k: v for k, v in arrays.items() if k.startswith("weight/")}
+    slots = {k: v for k, v in arrays.items() if k.startswith("slot/")}
+    return state, weights, slots

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from kdsl.model import Model
 
 FORMAT = 1
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Keras's own files, which kdsl neither reads nor writes yet
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Keras's own files (`kdsl.keras_files`), never in kdsl's formats
 
 
 def _not_keras(path: str | Path, what: str, ours: str) -> None:

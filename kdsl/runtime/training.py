@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from kdsl.backends.compiled import CompiledModel
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
+from kdsl.distribute.strategy import current as current_strategy
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.builder import Builder
 from kdsl.ir.graph import Graph, LossTerm, Value
@@ -102,6 +103,9 @@ class Trainer:
         self.graph = graph
         self.losses = _loss_terms(graph, loss, loss_weights)
         self._optimizer = get_optimizer(optimizer)
+        self.strategy = current_strategy()  # that of the `strategy.scope()` compiling the model
+        self.strategy.check_target(target)
+        self.strategy.check_model(graph)
         trained = graph.param_count(trainable=True)
         require(
             BYTES_PER_NUMBER * (graph.param_count() + trained * (1 + self._optimizer.slots_per_weight())),
@@ -185,7 +189,10 @@ class Trainer:
             )
         history = History(params={"epochs": epochs, "steps": steps, "verbose": verbose})
         redraw = sys.stdout.isatty()
-        callbacks = list(callbacks)
+        chief = self.strategy.is_chief  # only the chief prints and writes files
+        verbose = verbose if chief else 0
+        callbacks = [c for c in callbacks if chief or not getattr(c, "chief_only", False)]
+        self.strategy.synchronize(self.compiled.state)  # the chief's weights; each replica's own dropout stream
         if initial_epoch < epochs:  # compiled before any clock starts: no step, epoch or callback counts it
             entries = ["train_step", *(["forward"] if validation_data is not None else [])]  # what the epochs run
             self.compiled.warm_up(entries, self._optimizer, verbose=bool(verbose))
@@ -193,6 +200,7 @@ class Trainer:
         for callback in callbacks:
             callback.set_model(model)
             callback.on_train_begin()
+        initial_epoch, skipped = _resumed(model, initial_epoch)
         for epoch in range(initial_epoch, epochs):
             if model.stop_training:
                 break
@@ -200,11 +208,15 @@ class Trainer:
                 callback.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
-            tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names)
+            tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names, self.strategy.reduce_sum)
             started = shown = time.perf_counter()
-            done = 0
-            for done, (batch_inputs, batch_labels, batch_weights) in enumerate(epoch_batches(), 1):
-                loss = self.step(batch_inputs, batch_labels, batch_weights)
+            done = skipped
+            batches = itertools.islice(epoch_batches(), skipped, None)  # a backup's batches done, when it resumes
+            full = None if _is_batches(x) else batch_size  # a full batch's size, to split the last one as it splits
+            for done, batch in enumerate(batches, skipped + 1):
+                global_rows = batch[0][0].shape[0]
+                batch_inputs, batch_labels, batch_weights = self.strategy.shard(*batch, full)  # this replica's part
+                loss = self.step(batch_inputs, batch_labels, batch_weights, global_rows)
                 compiled = self.compiled
                 tracker.update(loss, compiled.outputs, batch_labels, compiled.masks, batch_weights,
                                compiled.output_losses)  # fmt: skip
@@ -231,6 +243,7 @@ class Trainer:
                 logs.update({f"val_{k}": v for k, v in scores.items()})
             if verbose:
                 _progress(done, steps or done, started, logs, end="\n")
+            skipped = 0
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
             history.epoch.append(epoch)
@@ -291,9 +304,11 @@ class Trainer:
         steps = steps_per_epoch or (len(batches) if hasattr(batches, "__len__") else None)
         return epoch_batches, steps
 
-    def step(self, inputs: list[np.ndarray], labels: list[np.ndarray], weights=None) -> float:
-        """One training step and optimizer update on one batch of checked arrays; returns the loss."""
-        loss = self.compiled.train_step(inputs, labels, weights)
+    def step(self, inputs: list[np.ndarray], labels: list[np.ndarray], weights=None, global_rows=None) -> float:
+        """One training step and optimizer update on one batch of checked arrays; returns the loss. Under a strategy
+        of several replicas, the batch is this replica's shard of a global batch of `global_rows` samples (None:
+        every replica has the same batch), and the update is the global batch's."""
+        loss = self.strategy.train_step(self.compiled, inputs, labels, weights, global_rows)
         self.compiled.apply_optimizer(self._optimizer)
         return loss
 
@@ -359,11 +374,15 @@ class Trainer:
         `steps` of them). Sample weights weigh the loss, as in Keras; the metrics count every sample. With
         `verbose`, a status line says what compiles (see `CompiledModel.warm_up`)."""
         _counts(batch_size=batch_size, steps=steps)
-        tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names)
+        tracker = _Tracker(self.metrics, self.weighted_metrics, self.graph.output_names, self.strategy.reduce_sum)
         batches = itertools.islice(self._evaluation_batches(x, y, batch_size, sample_weight), steps)
-        for index, (inputs, labels, weights) in enumerate(batches):
+        for index, batch in enumerate(batches):
             if index == 0:  # once the first batch is checked
-                self.compiled.warm_up(["forward"], verbose=bool(verbose))
+                self.compiled.warm_up(["forward"], verbose=bool(verbose) and self.strategy.is_chief)
+            inputs, labels, weights = self.strategy.shard(*batch, None if _is_batches(x) else batch_size)
+            if not labels[0].shape[0]:  # none: its share of the sums is nothing
+                tracker.update(0.0, [], labels, [], weights)
+                continue
             outputs, masks = self.compiled.forward_with_masks(*inputs)
             present = [m for m in masks if m is not None]
             arrays = [*outputs, *labels, *self._all_weights(weights, labels), *present, *self.compiled.weights]
@@ -450,8 +469,10 @@ class _Tracker:
     """Epoch means of the loss and of each (output, metric): `metrics` count every sample alike, `weighted` ones
     by the samples' weights, as Keras's `metrics` and `weighted_metrics`."""
 
-    def __init__(self, metrics: list[list[tuple[str, str]]], weighted: list[list[tuple[str, str]]], names: list[str]):
-        self.metrics, self.weighted, self.names = metrics, weighted, names
+    def __init__(self, metrics: list[list[tuple[str, str]]], weighted: list[list[tuple[str, str]]], names: list[str],
+                 reduce: Callable[[list[tuple[float, float]]], list[tuple[float, float]]]):  # fmt: skip
+        """`reduce` sums each batch's (total, count) pairs over the replicas of a distribution strategy."""
+        self.metrics, self.weighted, self.names, self.reduce = metrics, weighted, names, reduce
         self.loss = metric_fns.Mean()
         # with several outputs, each one's own loss, as Keras logs `<output>_loss`
         self.output_losses = {f"{n}_loss": metric_fns.Mean() for n in names} if len(names) > 1 else {}
@@ -461,16 +482,22 @@ class _Tracker:
     def update(self, loss: float, outputs, labels, masks, weights, output_losses: Sequence[float] = ()) -> None:
         """One batch: its loss and each output's (weighing as many as the batch has samples), and each metric on
         its outputs, whose timesteps count by the output's mask where it has one, and each sample by its weight
-        (None: one) for a weighted metric."""
-        self.loss.update(loss, labels[0].shape[0])
-        for mean, value in zip(self.output_losses.values(), output_losses, strict=bool(self.output_losses)):
-            mean.update(value, labels[0].shape[0])
-        keys = iter(self.keys)
+        (None: one) for a weighted metric. A replica's empty shard adds nothing."""
+        means = [self.loss, *self.output_losses.values(), *self.means.values()]
+        totals = self._totals(loss, outputs, labels, masks, weights, output_losses) if labels[0].shape[0] else []
+        for mean, (total, count) in zip(means, self.reduce(totals or [(0.0, 0.0)] * len(means)), strict=True):
+            mean.add(total, count)
+
+    def _totals(self, loss, outputs, labels, masks, weights, output_losses) -> list[tuple[float, float]]:
+        rows = labels[0].shape[0]
+        totals = [(loss * rows, rows)]
+        for _, value in zip(self.output_losses, output_losses, strict=bool(self.output_losses)):
+            totals.append((value * rows, rows))
         for table, weighted in ((self.metrics, False), (self.weighted, True)):
             for names, output, label, mask, weight in zip(table, outputs, labels, masks, weights):
                 for _, name in names:
-                    totals = metric_fns.batch_totals(name, label, output, mask, weight if weighted else None)
-                    self.means[next(keys)].add(*totals)
+                    totals.append(metric_fns.batch_totals(name, label, output, mask, weight if weighted else None))
+        return totals
 
     def logs(self) -> dict[str, float]:
         means = {**self.output_losses, **self.means}
@@ -498,6 +525,14 @@ def _metric_keys(metrics: list[list[tuple[str, str]]], weighted: list[list[tuple
                 unique(key) if key not in counts else unique(f"{n}_weighted_{m}" if several else f"weighted_{m}")
             )
     return keys
+
+
+def _resumed(model: Any, initial_epoch: int) -> tuple[int, int]:
+    """The epoch to start from and the batches of it done already: `initial_epoch` and none, unless a callback
+    (BackupAndRestore) restored a run and left where it had got to, as Keras's `model._initial_epoch`."""
+    epoch, batches = getattr(model, "_initial_epoch", None), getattr(model, "_initial_step", 0)
+    model._initial_epoch, model._initial_step = None, 0
+    return (initial_epoch, 0) if epoch is None else (epoch, batches)
 
 
 def _is_batches(x: Any) -> bool:

@@ -1,0 +1,51 @@
+"""A model's optimizer state as Keras 3 saves its optimizer's variables (`optimizer/vars` of the weights
+file), so that Keras goes on training a model kdsl trained with the same step count and slots.
+
+Keras's optimizer holds its step count, its learning rate, then its slots: for each kind of slot (or pair, for
+Adam's momentum and velocity, which alternate), one per trainable weight in the model's weight order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kdsl.ir.graph import Graph
+from kdsl.runtime import optimizers
+
+if TYPE_CHECKING:
+    from kdsl.model import Model
+
+# kdsl's slots in Keras's order: each tuple is one `add_optimizer_variables` call, its slots alternating per weight
+KERAS_SLOT_ORDER = {
+    "sgd": (("momentum",),),
+    "adam": (("m", "v"), ("v_hat",)),
+    "rmsprop": (("velocity",), ("momentum",), ("average_gradient",)),
+    "adagrad": (("accumulator",),),
+}
+
+
+def optimizer_variables(model: Model, graph: Graph) -> tuple[str, list[np.ndarray]] | None:
+    """The optimizer's name and its variables in Keras's order: the compiled model's optimizer, or a new one of the
+    graph's train block (what Keras builds when it loads the compile settings). None without either, or when the
+    learning rate follows a schedule, which Keras keeps outside its variables."""
+    trainer = getattr(model, "_trainer", None)
+    state = model.state
+    if trainer is not None:
+        optimizer, names = trainer.optimizer, trainer.compiled.param_names
+        trainable = [names[i] for i in trainer.compiled.trainable]  # the order of the optimizer's slots
+    elif graph.train is not None:
+        optimizer, trainable = optimizers.get(graph.train.optimizer), [state.names[i] for i in state.trainable]
+    else:
+        return None
+    if optimizer.schedule is not None:
+        return None
+    weights = dict(zip(state.names, state.weights))
+    slots = optimizer.slots or [optimizer.create_slots(weights[name]) for name in trainable]  # before the first step
+    by_name = dict(zip(trainable, slots))
+    ordered = [name for name in state.names if name in by_name]  # Keras's trainable_variables order
+    variables = [np.asarray(optimizer.iterations, np.int64), np.asarray(optimizer.learning_rate, np.float32)]
+    for group in KERAS_SLOT_ORDER[optimizer.name]:
+        variables += [by_name[name][slot] for name in ordered for slot in group if slot in by_name[name]]
+    return optimizer.name, variables
