@@ -37,7 +37,9 @@ class Model:
         outputs: KerasTensor | Sequence[KerasTensor],
         name: str | None = None,
     ):
-        self._graph = _graph_from_calls(name or model_name("functional"), _as_list(inputs), _as_list(outputs))
+        self._graph = _graph_from_calls(
+            model_name("functional") if name is None else name, _as_list(inputs), _as_list(outputs)
+        )
 
     def __repr__(self) -> str:
         return f"<{'Sequential' if isinstance(self, Sequential) else 'Functional'} name={self.name}>"
@@ -356,7 +358,7 @@ class Sequential(Model):
     (`fit`, `predict`, `evaluate`...): until then its layers wait, and `compile()` waits with them."""
 
     def __init__(self, layers: Sequence[KerasTensor | Layer | Model] | None = None, name: str | None = None):
-        self._name = name or model_name("sequential")
+        self._name = model_name("sequential") if name is None else name
         self._input: KerasTensor | None = None
         self._output: KerasTensor | None = None
         self._waiting: list[Layer] = []  # layers added before the model had an input
