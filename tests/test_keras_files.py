@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -324,16 +325,23 @@ def test_damaged_archives_get_a_clear_error(tmp_path, change, said):
         kdsl.load_model(rewritten(tmp_path, "masked.keras", change))
 
 
-def test_weights_of_the_wrong_shape_are_refused(tmp_path):
-    def other_shape(name: str, data: bytes) -> bytes:
+def dense_kernel_replaced(put: Callable[[h5py.File, str], None]) -> Callable[[str, bytes], bytes]:
+    """A change for `rewritten`: the dense layer's kernel in `model.weights.h5` deleted, then `put(h5, its path)`."""
+
+    def change(name: str, data: bytes) -> bytes:
         if name != "model.weights.h5":
             return data
         out = io.BytesIO(data)
         with h5py.File(out, "a") as h5:
             del h5["layers/dense/vars/0"]
-            h5["layers/dense/vars/0"] = np.zeros((2, 2), np.float32)
+            put(h5, "layers/dense/vars/0")
         return out.getvalue()
 
+    return change
+
+
+def test_weights_of_the_wrong_shape_are_refused(tmp_path):
+    other_shape = dense_kernel_replaced(lambda h5, path: h5.create_dataset(path, data=np.zeros((2, 2), np.float32)))
     with pytest.raises(KdslError, match=r"`layers/dense/vars/0` is float32\[2, 2\], the model needs float32\[6, 3\]"):
         kdsl.load_model(rewritten(tmp_path, "embedding_lstm.keras", other_shape))
 
@@ -487,24 +495,13 @@ def test_weights_kept_outside_the_file_are_not_read(tmp_path):
     raw = tmp_path / "raw.bin"
     raw.write_bytes(np.ones(18, np.float32).tobytes())
 
-    def linked(name: str, data: bytes) -> bytes:
-        if name != "model.weights.h5":
-            return data
-        out = io.BytesIO(data)
-        with h5py.File(out, "a") as h5:
-            del h5["layers/dense/vars/0"]
-            h5["layers/dense/vars/0"] = h5py.ExternalLink(str(secret), "/data")
-        return out.getvalue()
+    def link(h5: h5py.File, path: str) -> None:
+        h5[path] = h5py.ExternalLink(str(secret), "/data")
 
-    def external(name: str, data: bytes) -> bytes:
-        if name != "model.weights.h5":
-            return data
-        out = io.BytesIO(data)
-        with h5py.File(out, "a") as h5:
-            del h5["layers/dense/vars/0"]
-            h5.create_dataset("layers/dense/vars/0", (6, 3), "f4", external=[(str(raw), 0, 72)])
-        return out.getvalue()
-
+    linked = dense_kernel_replaced(link)
+    external = dense_kernel_replaced(
+        lambda h5, path: h5.create_dataset(path, (6, 3), "f4", external=[(str(raw), 0, 72)])
+    )
     with pytest.raises(KdslError, match=r"`layers/dense/vars/0` is not a weight"):
         kdsl.load_model(rewritten(tmp_path, "embedding_lstm.keras", linked))
     with pytest.raises(KdslError, match=r"`layers/dense/vars/0` keeps its data outside the file"):
