@@ -8,6 +8,7 @@ launcher (`mpiexec`) stops the others when one exits abnormally.
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -20,6 +21,11 @@ except ImportError as error:  # pragma: no cover - depends on what is installed
         "this job was launched by mpiexec as several processes, but mpi4py is not installed",
         hint="pip install 'kdsl[mpi]'",
     ) from error
+
+
+# how long a failing process waits, once its traceback is written, before it ends the job: the launcher forwards
+# what a process wrote in chunks, and the last of them was lost when the job ended at once
+FORWARDING_SECONDS = 0.5
 
 
 class MpiCommunicator:
@@ -69,6 +75,7 @@ def _abort_on_uncaught_exception(comm: MPI.Comm) -> None:
     def hook(kind, value, traceback):
         previous(kind, value, traceback)
         sys.stderr.flush()
+        time.sleep(FORWARDING_SECONDS)
         comm.Abort(1)
 
     hook.aborts_mpi = True
