@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from kdsl.backends.compile_ahead import Ahead, compile_ahead
 from kdsl.backends.compile_status import CompileStatus, Kernel
 from kdsl.backends.cpu import support
 from kdsl.backends.cpu.codegen import generate_module, module_kernels
@@ -59,6 +60,11 @@ class Runner(Protocol):
 
     def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
         """Compile what a first update by `optimizer` compiles, leaving it and the state as they are."""
+        ...
+
+    def compile_ahead(self, entries: dict[str, list[np.ndarray]]) -> Ahead:
+        """Start compiling `entries` (each with the arrays of its warm-up call) in another process where that pays;
+        the result says which it took."""
         ...
 
     def source(self, parallel: bool | None) -> str: ...
@@ -105,6 +111,12 @@ class HostRunner:
 
     def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
         optimizer.warm_up([state.host[i] for i in state.trainable])
+
+    def compile_ahead(self, entries: dict[str, list[np.ndarray]]) -> Ahead:
+        if self.module is None:
+            return Ahead()
+        arguments = {name: [(a.shape, a.dtype.name) for a in arrays] for name, arrays in entries.items()}
+        return compile_ahead(self.module, arguments, self.split)
 
     def source(self, parallel: bool | None = None) -> str:
         """The generated CPU module (`parallel`: threaded kernels; by default as this runner compiles them)."""
@@ -268,11 +280,15 @@ class CompiledModel:
             entries = [e for e in entries or self.compilation.programs if e not in self._warm]
             if not entries and optimizer is None:
                 return
+            compiled = [e for e in entries if self.runner.entry_kernels(e) != []]  # none: nothing to compile
+            # the entries after the first compile in another process meanwhile, where one can
+            ahead = self.runner.compile_ahead({e: self._zeros(e) for e in compiled[1:]})
             with CompileStatus(self.graph.name, verbose, summary) as status:
                 for entry in entries:
-                    kernels = self.runner.entry_kernels(entry)
-                    if kernels != []:  # none: nothing to compile
-                        status.step(entry, kernels)
+                    if entry in compiled:
+                        if entry in ahead.entries:
+                            ahead.wait()
+                        status.step(entry, self.runner.entry_kernels(entry))
                         self.runner.run(entry, self._zeros(entry), self.state)
                     self._warm.add(entry)
                 if optimizer is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from kdsl.backends.compile_ahead import Ahead
 from kdsl.backends.compile_status import Kernel
 from kdsl.backends.cuda.codegen import generate_module
 from kdsl.backends.cuda.launch import simulated
@@ -123,6 +124,10 @@ class CudaRunner:
 
     def warm_optimizer(self, optimizer: Optimizer, state: ModelState) -> None:
         """Nothing: the device's update kernels are compiled at the first step."""
+
+    def compile_ahead(self, entries: dict[str, list[np.ndarray]]) -> Ahead:
+        """Nothing: the device's kernels compile in this process."""
+        return Ahead()
 
     def source(self, parallel: bool | None = None) -> str:
         """The generated CUDA module (`parallel` is a CPU setting; it is ignored)."""
