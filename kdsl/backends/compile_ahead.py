@@ -58,6 +58,7 @@ def compile_ahead(module: ModuleType, entries: dict[str, Arguments], split: bool
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # kdsl found as this process found it
     )
     assert process.stdin is not None
     with process.stdin:
