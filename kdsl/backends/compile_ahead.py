@@ -58,7 +58,8 @@ def compile_ahead(module: ModuleType, entries: dict[str, Arguments], split: bool
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # kdsl found as this process found it
+        # kdsl found as this process found it, and the cache this process uses (a temporary one, maybe)
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KDSL_CACHE_DIR": str(Path(module.__file__).parent)},
     )
     assert process.stdin is not None
     with process.stdin:
