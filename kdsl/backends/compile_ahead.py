@@ -52,14 +52,15 @@ def compile_ahead(module: ModuleType, entries: dict[str, Arguments], split: bool
     if not wanted or (os.cpu_count() or 1) < 2 or launched_size() > 1:
         return Ahead()
     job = {"path": module.__file__, "entries": wanted, "split": split}
+    # kdsl found as this process found it, and the cache this process uses (a temporary one, maybe)
+    found = {"PYTHONPATH": os.pathsep.join(sys.path), "KDSL_CACHE_DIR": str(Path(module.__file__).parent)}
     process = subprocess.Popen(
         [sys.executable, "-m", __name__],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
-        # kdsl found as this process found it, and the cache this process uses (a temporary one, maybe)
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KDSL_CACHE_DIR": str(Path(module.__file__).parent)},
+        env={**os.environ, **found},
     )
     assert process.stdin is not None
     with process.stdin:
