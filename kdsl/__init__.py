@@ -4,7 +4,7 @@ Models come from `.kd` files (`kdsl.load_model_file`) or from Keras-style layer 
 (`kdsl.Input`, `kdsl.layers`, `kdsl.Model`, `kdsl.Sequential`); both give the same IR.
 """
 
-from kdsl import data, distribute, layers, losses, metrics, models, regularizers, utils
+from kdsl import data, distribute, layers, losses, metrics, models, ops, regularizers, utils
 from kdsl.devices import devices
 from kdsl.errors import KdslError
 from kdsl.layers import Input
@@ -26,6 +26,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "ops",
     "optimizers",
     "regularizers",
     "utils",

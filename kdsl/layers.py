@@ -19,6 +19,7 @@ from typing import Any
 from kdsl.catalogue import LAYERS
 from kdsl.catalogue.args import ArgError, Given
 from kdsl.catalogue.base import LayerKind
+from kdsl.catalogue.operations import OPERATIONS, Operation, is_number
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.catalogue.stacked import StackedRNN
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError
@@ -50,6 +51,34 @@ class KerasTensor:
 
     def __repr__(self) -> str:
         return f"<KerasTensor shape={self.shape} dtype={self.dtype}>"
+
+    # Arithmetic adds operations to the model (`kdsl.ops`), as Keras's KerasTensor operators do.
+    def __add__(self, other: Any) -> KerasTensor:
+        return operate("add", self, other)
+
+    def __radd__(self, other: Any) -> KerasTensor:
+        return operate("add", other, self)
+
+    def __sub__(self, other: Any) -> KerasTensor:
+        return operate("subtract", self, other)
+
+    def __rsub__(self, other: Any) -> KerasTensor:
+        return operate("subtract", other, self)
+
+    def __mul__(self, other: Any) -> KerasTensor:
+        return operate("multiply", self, other)
+
+    def __rmul__(self, other: Any) -> KerasTensor:
+        return operate("multiply", other, self)
+
+    def __truediv__(self, other: Any) -> KerasTensor:
+        return operate("true_divide", self, other)
+
+    def __rtruediv__(self, other: Any) -> KerasTensor:
+        return operate("true_divide", other, self)
+
+    def __neg__(self) -> KerasTensor:
+        return operate("negative", self)
 
 
 _call_counter = itertools.count()
@@ -163,6 +192,27 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"<{self.kind.keras} name={self.name or '(auto)'}>"
+
+
+class OperationLayer(Layer):
+    """The node one `keras.ops` function call adds to the model: an operation with no weights."""
+
+    def __init__(self, kind: Operation, config: dict[str, Any]):
+        self.kind, self.config, self.name, self.input_shape = kind, config, None, None
+        self.default_name = kind.default_name
+        self._ir = IRLayer(kind.default_name, kind, config)
+
+
+def operate(function: str, *operands: Any, **settings: Any) -> KerasTensor:
+    """The `keras.ops` function `function` on tensors of the model and numbers (broadcast as scalars)."""
+    kind = OPERATIONS[function]
+    for x in operands:
+        if not isinstance(x, KerasTensor) and not is_number(x):
+            raise KdslArgumentError(
+                f"`ops.{kind.function}` takes tensors of the model and numbers, got {type(x).__name__}",
+                hint="start from kdsl.Input(shape=...) and call layers and ops on what they return",
+            )
+    return OperationLayer(kind, kind.config(operands, **settings))([x for x in operands if isinstance(x, KerasTensor)])
 
 
 class Dense(Layer):

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kdsl.catalogue.operations import Operation
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError, did_you_mean
 from kdsl.ir.graph import Graph, Nested, Node, Value
 from kdsl.ir.graph import Layer as IRLayer
@@ -306,6 +307,7 @@ class Model:
 
         if self._writes_files():  # under a strategy of several processes, the chief alone
             if is_keras_file(path):
+                _refuse_operations_in_keras_files(self.graph)
                 save_keras_model(self, path, sequential=isinstance(self, Sequential))
             else:
                 save_model(self, path)
@@ -440,6 +442,16 @@ class Sequential(Model):
                 hint="start it with kdsl.Input(shape=...), give its first layer input_shape=, or give it data first",
             )
         return _graph_from_calls(self._name, [self._input], [self._output])
+
+
+def _refuse_operations_in_keras_files(graph: Graph) -> None:
+    """kdsl does not write Keras's serialization of `keras.ops` nodes (`x + y`, `tanh(x)`) into `.keras` files."""
+    operation = next((layer for layer in graph.layers() if isinstance(layer.kind, Operation)), None)
+    if operation is not None:
+        raise KdslUnsupportedError(
+            f"a `.keras` file cannot hold the operation `{operation.name}` ({operation.kind.keras}) yet",
+            hint="save to a `.kdz` file, which keeps arithmetic and `kdsl.ops` calls",
+        )
 
 
 def load_model_file(path: str | Path, name: str | None = None) -> Model:

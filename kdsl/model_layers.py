@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdsl.catalogue.operations import Operation
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.graph import Layer, Nested, Value
 from kdsl.layers import set_trainable
@@ -84,10 +85,12 @@ class ModelLayer:
 
 def model_layers(model: Model, inputs: bool) -> list[ModelLayer | InputLayer | Model]:
     """The model's layers in Keras's order, with its inputs where Keras lists their InputLayers when `inputs`; a
-    nested model is there as itself."""
+    nested model is there as itself. Operations (`x + y`, `ops.tanh`) are nodes of the graph but no layers, as in
+    Keras."""
     graph = model.graph
     listed = graph.operations() if inputs else [op for op in graph.operations() if not isinstance(op, Value)]
     listed += [op for op in graph.top_layers() if all(op is not other for other in listed)]
+    listed = [op for op in listed if not isinstance(getattr(op, "kind", None), Operation)]
     return [
         InputLayer(op) if isinstance(op, Value) else op.model if isinstance(op, Nested) else ModelLayer(model, op)
         for op in listed

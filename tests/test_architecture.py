@@ -30,7 +30,7 @@ LAYERS = [
     ["kdsl.backends"],
     ["kdsl.pipeline", "kdsl.explain", "kdsl.footprint", "kdsl.devices"],
     ["kdsl.runtime", "kdsl.model", "kdsl.model_layers", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses",
-     "kdsl.metrics", "kdsl.models", "kdsl.utils", "kdsl.keras_files"],
+     "kdsl.metrics", "kdsl.models", "kdsl.ops", "kdsl.utils", "kdsl.keras_files"],
     ["kdsl.cli", "kdsl"],
 ]  # fmt: skip
 

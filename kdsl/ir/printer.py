@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kdsl.catalogue.args import format_value
+from kdsl.catalogue.operations import Operation
 from kdsl.ir.graph import Graph, Layer, Value
 from kdsl.lang.format import format_setting, non_default_settings
 
@@ -38,7 +40,11 @@ def print_graph(graph: Graph) -> str:
         for value in node.outputs:
             define(value)
         outputs = ", ".join(typed(v) for v in node.outputs)
-        args = ", ".join(names[id(v)] for v in node.inputs)
+        args = [names[id(v)] for v in node.inputs]
+        if isinstance(node.layer.kind, Operation):  # its numbers in their places: `subtract(1.0, %f)`
+            operands = node.layer.kind.operands(node.layer.config, args)
+            args = [x if isinstance(x, str) else format_value(x) for x in operands]
+        args = ", ".join(args)
         where = f"  # {node.span.file}:{node.span.line}" if node.span else ""
         lines.append(f"    {outputs} = {node.layer.name}({args}){where}")
     lines.append("  return " + ", ".join(names[id(v)] for v in graph.outputs))
@@ -47,7 +53,8 @@ def print_graph(graph: Graph) -> str:
 
 
 def _layer_text(layer: Layer) -> str:
-    settings = ", ".join(f"{k}={format_setting(v)}" for k, v in non_default_settings(layer.kind, layer.config).items())
+    config = {k: v for k, v in layer.config.items() if k != "constants" or not isinstance(layer.kind, Operation)}
+    settings = ", ".join(f"{k}={format_setting(v)}" for k, v in non_default_settings(layer.kind, config).items())
     total, trainable = layer.param_count(), layer.param_count(trainable=True)
     count = f"  # {total:,} params" + (f" ({total - trainable:,} non-trainable)" if total != trainable else "")
     return f"{layer.kind.keras}({settings}){count if total else ''}"

@@ -51,7 +51,26 @@ class Pipe:
     span: Span = field(compare=False, repr=False)
 
 
-Expr = Name | Literal | ListExpr | Call | Pipe
+@dataclass
+class BinOp:
+    """`left + right` and the other arithmetic operators, by the name of their operation (`add`, `true_divide`)."""
+
+    op: str
+    left: Expr
+    right: Expr
+    span: Span = field(compare=False, repr=False)
+    op_span: Span = field(compare=False, repr=False)  # the operator itself, where errors point
+
+
+@dataclass
+class Negative:
+    """`-operand` of a tensor (a minus before a number makes a negative number)."""
+
+    operand: Expr
+    span: Span = field(compare=False, repr=False)
+
+
+Expr = Name | Literal | ListExpr | Call | Pipe | BinOp | Negative
 
 
 @dataclass
@@ -131,6 +150,9 @@ def dump(node: object, indent: int = 0) -> str:
         return f"{pad}Name {node.id}"
     if isinstance(node, Literal):
         return f"{pad}Literal {node.value!r}"
+    if isinstance(node, BinOp):
+        where = f"  @{node.op_span.line}:{node.op_span.column}"
+        return "\n".join([f"{pad}BinOp {node.op}{where}", dump(node.left, indent + 1), dump(node.right, indent + 1)])
     if not hasattr(node, "__dataclass_fields__"):
         return f"{pad}{node!r}"
     where = f"  @{node.span.line}:{node.span.column}" if hasattr(node, "span") else ""

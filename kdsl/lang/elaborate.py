@@ -16,6 +16,7 @@ from kdsl import catalogue
 from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
 from kdsl.catalogue.datasets import dataset
 from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
+from kdsl.catalogue.operations import CALLABLE, NEGATIVE, OPERATIONS, Operation, is_number
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import (
     KdslArgumentError,
@@ -121,7 +122,29 @@ def config_value(expr: ast.Expr) -> Any:
         return [config_value(item) for item in expr.items]
     if isinstance(expr, ast.Call):
         return RawCall(expr.func.id, _given(expr.args, expr.keywords, config_value), expr.span)
+    if isinstance(expr, ast.Negative):
+        return _fold("negative", [config_value(expr.operand)], expr.span)
+    if isinstance(expr, ast.BinOp):
+        return _fold(expr.op, [config_value(expr.left), config_value(expr.right)], expr.op_span)
     raise KdslArgumentError("a setting cannot be a `|>` pipeline", expr.span)
+
+
+def _fold(op: str, operands: list[Any], span: Span) -> int | float:
+    """Arithmetic on numbers alone, done at once: `units = 2 * 32` is 64, as in Python."""
+    if not all(is_number(x) for x in operands):
+        raise KdslArgumentError("a setting can be computed from numbers only", span)
+    if op == "true_divide" and operands[1] == 0:
+        raise KdslArgumentError("division by zero", span)
+    return _PYTHON_ARITHMETIC[op](*operands)
+
+
+_PYTHON_ARITHMETIC = {
+    "add": lambda x, y: x + y,
+    "subtract": lambda x, y: x - y,
+    "multiply": lambda x, y: x * y,
+    "true_divide": lambda x, y: x / y,
+    "negative": lambda x: -x,
+}
 
 
 def _given(args: list[ast.Expr], keywords: list[ast.Keyword], convert) -> list[Given]:
@@ -191,6 +214,11 @@ def _called_models(model: ast.ModelDef, names: dict[str, ast.ModelDef]) -> list[
         elif isinstance(expr, ast.ListExpr):
             for item in expr.items:
                 walk(item)
+        elif isinstance(expr, ast.BinOp):
+            walk(expr.left)
+            walk(expr.right)
+        elif isinstance(expr, ast.Negative):
+            walk(expr.operand)
 
     for statement in model.body:
         walk(statement.value)
@@ -279,8 +307,9 @@ class _ModelBuilder:
 
     def declare_layer(self, decl: ast.LayerDecl) -> None:
         name = decl.name.id
-        if catalogue.lookup(name) or name in self.shared or name in RESERVED or name in self.models.defs:
-            what = "model" if name in self.models.defs else "layer"
+        taken = catalogue.lookup(name) or name in CALLABLE or name in self.shared or name in RESERVED
+        if taken or name in self.models.defs:
+            what = "model" if name in self.models.defs else "function" if name in CALLABLE else "layer"
             raise KdslNameError(f"`{name}` is already a {what} name; pick another", decl.name.span)
         result = self.evaluate(decl.value)
         if not isinstance(result, _Unapplied):
@@ -344,7 +373,62 @@ class _ModelBuilder:
         if isinstance(expr, ast.Pipe):
             value = self.single(self.evaluate(expr.value), expr.value)
             return self.apply_stage(expr.stage, value, expr.span)
+        if isinstance(expr, ast.BinOp):
+            operands = [self.operand(expr.left), self.operand(expr.right)]
+            return self.operation(OPERATIONS[expr.op], operands, expr.op_span)
+        if isinstance(expr, ast.Negative):
+            return self.operation(NEGATIVE, [self.operand(expr.operand)], expr.span)
         return self.call(expr, None)
+
+    def operand(self, expr: ast.Expr) -> Value | int | float:
+        """An operand of arithmetic or of a `keras.ops` function: one tensor, or a number."""
+        result = self.evaluate(expr)
+        if isinstance(result, _Tensors):
+            return self.single(result, expr)
+        if is_number(result):
+            return result
+        if isinstance(expr, ast.Name) and isinstance(result, str):
+            raise KdslNameError(
+                f"unknown tensor `{expr.id}`",
+                expr.span,
+                hint=did_you_mean(expr.id, self.values) or f"tensors defined so far: {', '.join(self.values)}",
+            )
+        raise KdslArgumentError("arithmetic needs a tensor or a number here", expr.span)
+
+    def operation(
+        self, kind: Operation, operands: list[Value | int | float], span: Span, settings: dict | None = None
+    ) -> Any:
+        """A `keras.ops` function of tensors, as a node with no weights; of numbers alone, a number."""
+        if all(is_number(x) for x in operands) and kind.function in _PYTHON_ARITHMETIC:
+            return _fold(kind.function, operands, span)
+        try:
+            config = kind.config(operands, **(settings or {}))
+        except KdslError as error:
+            raise error.at(span) from None
+        layer = Layer(self.namer.next(kind.default_name), kind, config, span)
+        return self.apply(layer, [x for x in operands if isinstance(x, Value)], span)
+
+    def operation_call(self, call: ast.Call, piped: Value | None) -> Any:
+        """`tanh(x)`, `maximum(a, b)`, `softmax(x, axis=-1)`: a `keras.ops` function called by name."""
+        kind = CALLABLE[call.func.id]
+        operands = [piped] if piped is not None else []
+        operands += [self.operand(arg) for arg in call.args]
+        if len(operands) != kind.arity:
+            raise KdslArgumentError(
+                f"`{kind.function}` takes {kind.arity} tensor(s), got {len(operands)}",
+                call.span,
+                hint=f"write `{kind.function}({', '.join('xy'[: kind.arity])})`",
+            )
+        settings = {}
+        for keyword in call.keywords:
+            if keyword.name not in {arg.name for arg in kind.args}:
+                raise KdslArgumentError(
+                    f"`{kind.function}` takes no `{keyword.name}`",
+                    keyword.span,
+                    hint=f"it takes {', '.join(arg.name for arg in kind.args)}" if kind.args else None,
+                )
+            settings[keyword.name] = config_value(keyword.value)
+        return self.operation(kind, operands, call.span, settings)
 
     def single(self, result: Any, expr: ast.Expr) -> Value:
         if not isinstance(result, _Tensors):
@@ -374,12 +458,17 @@ class _ModelBuilder:
         if isinstance(stage, ast.Name):
             if stage.id in self.shared:
                 return self.apply(self.shared_call(stage.id), [value], span)
-            if catalogue.lookup(stage.id) or stage.id in self.models.defs:
+            if catalogue.lookup(stage.id) or stage.id in self.models.defs or stage.id in CALLABLE:
                 return self.call(ast.Call(stage, [], [], stage.span), value)
             if stage.id in self.values:
                 raise KdslArgumentError(f"`{stage.id}` is a tensor; `|>` needs a layer on its right", stage.span)
             raise self.unknown_layer(stage)
-        raise KdslArgumentError("`|>` needs a layer on its right, like `dense(10)`", stage.span)
+        arithmetic = isinstance(stage, ast.BinOp | ast.Negative)
+        raise KdslArgumentError(
+            "`|>` needs a layer on its right, like `dense(10)`",
+            stage.span,
+            hint="`|>` binds loosest: `(x |> dense(8)) + x` adds after the layer" if arithmetic else None,
+        )
 
     def shared_call(self, name: str) -> Layer:
         self.shared_used.add(name)
@@ -388,7 +477,7 @@ class _ModelBuilder:
     def unknown_layer(self, name: ast.Name) -> KdslNameError:
         if name.id in self.values:
             return KdslNameError(f"`{name.id}` is a tensor, not a layer", name.span)
-        known = catalogue.spellings() + list(self.shared) + list(self.models.defs)
+        known = catalogue.spellings() + list(CALLABLE) + list(self.shared) + list(self.models.defs)
         what = "layer or model" if len(self.models.defs) > 1 else "layer"
         return KdslNameError(
             f"unknown {what} `{name.id}`",
@@ -407,6 +496,8 @@ class _ModelBuilder:
             return self.apply(layer, inputs, call.span, states)
         if func in self.models.defs:
             return self.call_model(call, inputs)
+        if func in CALLABLE:
+            return self.operation_call(call, piped)
         kind = catalogue.lookup(func)
         if kind is None:
             raise self.unknown_layer(call.func)
@@ -430,7 +521,10 @@ class _ModelBuilder:
                 if not is_valid_name(name):
                     raise KdslArgumentError('a layer `name` must be a name like "encoder"', keyword.value.span)
             elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
-                value = self.setting(self.argument(keyword.value), keyword.value)
+                if isinstance(keyword.value, ast.Name) and keyword.value.id in self.values:
+                    value = keyword.value.id  # settings are never tensors: `activation=relu` beside a tensor `relu`
+                else:
+                    value = self.setting(self.argument(keyword.value), keyword.value)
                 given.append(Given(value, keyword.value.span, keyword.name, keyword.span))
         config = kind.bind(given, call.span)
         states = self.call_keywords(call, kind, allow_settings=True)
@@ -477,6 +571,8 @@ class _ModelBuilder:
         """An argument of a layer call: calls of things that are not layers (`l2(0.01)`) are settings,
         and a bare layer name (`time_distributed(flatten)`) is that layer with its defaults."""
         if isinstance(expr, ast.Call) and not self.is_layer_or_model(expr.func.id):
+            if expr.func.id in CALLABLE and expr.args:  # `dense(tanh(x), 8)`; not a setting like `relu()`
+                return self.evaluate(expr)
             return config_value(expr)
         if isinstance(expr, ast.Name) and expr.id not in self.values and catalogue.lookup(expr.id):
             return self.call(ast.Call(expr, [], [], expr.span), None)

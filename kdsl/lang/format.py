@@ -9,9 +9,10 @@ from kdsl import catalogue
 from kdsl.catalogue.args import REQUIRED, FnSpec, format_value
 from kdsl.catalogue.base import LayerKind
 from kdsl.catalogue.functions import format_spec
+from kdsl.catalogue.operations import CALLABLE, Operation
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.errors import KdslUnsupportedError
-from kdsl.ir.graph import Graph, Layer, LayerSpec, Nested, NestedCall, TrainSpec
+from kdsl.ir.graph import Graph, Layer, LayerSpec, Nested, NestedCall, Node, TrainSpec
 from kdsl.naming import KEYWORDS, LayerNamer, is_valid_name
 
 INDENT = "    "
@@ -79,7 +80,8 @@ class _Names:
     """Fresh, valid names for the tensors and shared layers of the printed model."""
 
     def __init__(self, graph: Graph, models: set[str]):
-        self.used = set(KEYWORDS) | models | {v.name for v in (*graph.inputs, *graph.outputs)}
+        # not a function's name either: a tensor named `relu` would hide the setting `activation=relu`
+        self.used = set(KEYWORDS) | models | set(CALLABLE) | {v.name for v in (*graph.inputs, *graph.outputs)}
         self.of: dict[int, str] = {id(v): v.name for v in (*graph.inputs, *graph.outputs)}
 
     def fresh(self, base: str) -> str:
@@ -89,6 +91,76 @@ class _Names:
             name = f"{base}_{count}"
         self.used.add(name)
         return name
+
+
+SUM, PRODUCT, UNARY, ATOM = 1, 2, 3, 4  # how tightly each form of expression binds
+PRECEDENCE = {"+": SUM, "-": SUM, "*": PRODUCT, "/": PRODUCT}
+
+
+class _Expressions:
+    """Operations printed as arithmetic. An operation's result read once, by the next operation, is written inside
+    that one's expression (`h = f * h + (1 - f) * c`) when the text then makes its nodes in the graph's order, which
+    names them as the graph does; every other result gets a statement of its own."""
+
+    def __init__(self, graph: Graph, names: _Names, body: list[str]):
+        self.names, self.body = names, body
+        self.reads: dict[int, list[Node | NestedCall]] = {}
+        for step in graph.calls():
+            for value in step.inputs:
+                self.reads.setdefault(id(value), []).append(step)
+        self.outputs = {id(value) for value in graph.outputs}
+        self.pending: dict[int, tuple[str, int, list[Node]]] = {}  # value -> text, precedence, nodes in order
+
+    def flush(self) -> None:
+        """Give every expression still waiting for its reader a statement, in the order of its nodes."""
+        for key, (text, _, nodes) in self.pending.items():
+            if key not in self.names.of:  # a model output has its name already
+                self.names.of[key] = self.names.fresh(nodes[-1].outputs[0].name)
+            self.body.append(f"{self.names.of[key]} = {text}")
+        self.pending = {}
+
+    def add(self, node: Node) -> None:
+        kind: Operation = node.layer.kind
+        tensors = iter(node.inputs)
+        operands = [next(tensors) if c is None else c for c in node.layer.config["constants"]]
+        read = [id(x) for x in operands if not isinstance(x, float) and id(x) in self.pending]
+        waiting = list(self.pending)
+        if read != waiting[len(waiting) - len(read) :]:  # written inline, they would be made in another order
+            self.flush()
+            read = []
+        texts = [self.operand(x) for x in operands]
+        inlined = [self.pending.pop(key) for key in read]  # the rest waits below, for a later reader
+        if kind.symbol is None:
+            text, precedence = f"{kind.function}({', '.join(t for t, _ in texts)})", ATOM
+        elif kind.arity == 1:
+            text, precedence = f"-{_bracketed(texts[0], UNARY)}", UNARY
+        else:
+            precedence = PRECEDENCE[kind.symbol]
+            left, right = _bracketed(texts[0], precedence), _bracketed(texts[1], precedence + 1)
+            text = f"{left} {kind.symbol} {right}"
+        (out,) = node.outputs
+        readers = self.reads.get(id(out), [])
+        nodes = [n for _, _, inner in inlined for n in inner] + [node]
+        self.pending[id(out)] = (text, precedence, nodes)
+        if id(out) in self.outputs or len(readers) != 1 or not _is_operation(readers[0]):
+            self.flush()
+
+    def operand(self, x) -> tuple[str, int]:
+        if isinstance(x, float):
+            return format_value(x), ATOM if x >= 0 else UNARY
+        if id(x) in self.pending:
+            text, precedence, _ = self.pending[id(x)]
+            return text, precedence
+        return self.names.of[id(x)], ATOM
+
+
+def _is_operation(step: Node | NestedCall) -> bool:
+    return isinstance(step, Node) and isinstance(step.layer.kind, Operation)
+
+
+def _bracketed(operand: tuple[str, int], needed: int) -> str:
+    text, precedence = operand
+    return text if precedence >= needed else f"({text})"
 
 
 def _model_text(graph: Graph) -> str:
@@ -102,6 +174,7 @@ def _model_text(graph: Graph) -> str:
         calls[id(step.layer)] = calls.get(id(step.layer), 0) + 1
     shared: dict[int, str] = {}
     body: list[str] = []
+    expressions = _Expressions(graph, names, body)
     for layer in graph.top_layers():
         if isinstance(layer, Layer) and calls[id(layer)] > 1:
             variable = layer.name
@@ -114,6 +187,16 @@ def _model_text(graph: Graph) -> str:
             body.append(f"layer {variable} = {_call_text(layer.kind, layer.config, [], own_name)}")
     for node in steps:
         layer = node.layer
+        if _is_operation(node):
+            if namer.peek(layer.kind.default_name) != layer.name:
+                raise KdslUnsupportedError(
+                    f"operation `{layer.name}` has a name `.kd` cannot give it",
+                    hint=f"`.kd` names operations as Keras does: `{namer.peek(layer.kind.default_name)}` here",
+                )
+            namer.next(layer.kind.default_name)
+            expressions.add(node)
+            continue
+        expressions.flush()
         recurrent = not isinstance(node, NestedCall) and isinstance(layer.kind, Recurrent)
         split = 1 if recurrent else len(node.inputs)
         inputs = [names.of[id(v)] for v in node.inputs[:split]]

@@ -82,6 +82,10 @@ class _ToAst(Transformer):
         return self.name_of(token)
 
     @v_args(meta=True)
+    def negative_dim(self, meta, children):
+        return ast.Literal(-int(children[0]), self.span(meta))
+
+    @v_args(meta=True)
     def layer_decl(self, meta, children):
         name, value = children
         return ast.LayerDecl(self.name_of(name), value, self.span(meta))
@@ -108,6 +112,35 @@ class _ToAst(Transformer):
     def pipe(self, meta, children):
         value, stage = children
         return ast.Pipe(value, stage, self.span(meta))
+
+    def _binary(self, op: str, meta, children) -> ast.BinOp:
+        left, right = children
+        at = left.span
+        operator = _operator_after(self.text, at.end_line, at.end_column)
+        return ast.BinOp(op, left, right, self.span(meta), _point(self.text, self.file, *operator))
+
+    @v_args(meta=True)
+    def add(self, meta, children):
+        return self._binary("add", meta, children)
+
+    @v_args(meta=True)
+    def subtract(self, meta, children):
+        return self._binary("subtract", meta, children)
+
+    @v_args(meta=True)
+    def multiply(self, meta, children):
+        return self._binary("multiply", meta, children)
+
+    @v_args(meta=True)
+    def true_divide(self, meta, children):
+        return self._binary("true_divide", meta, children)
+
+    @v_args(meta=True)
+    def negative(self, meta, children):
+        (operand,) = children
+        if isinstance(operand, ast.Literal) and type(operand.value) in (int, float):
+            return ast.Literal(-operand.value, self.span(meta))
+        return ast.Negative(operand, self.span(meta))
 
     @v_args(meta=True)
     def name(self, meta, children):
@@ -184,6 +217,19 @@ def parse_file(path: str | Path) -> ast.Module:
 
 def _point(text: str, file: str, line: int, column: int, width: int = 1) -> Span:
     return Span(file, line, column, line, column + width - 1, text)
+
+
+def _operator_after(text: str, line: int, column: int) -> tuple[int, int]:
+    """Where the operator after a left operand ending at (line, column) is: past spaces, comments and `)`."""
+    lines = text.split("\n")
+    row, col = line - 1, column  # col indexes the character after the operand
+    while row < len(lines):
+        rest = lines[row][col:]
+        stripped = rest.lstrip(" \t\f\r)")
+        if stripped and not stripped.startswith("#"):
+            return row + 1, col + len(rest) - len(stripped) + 1
+        row, col = row + 1, 0
+    return line, column
 
 
 def _describe(terminal: str) -> str:

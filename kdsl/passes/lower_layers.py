@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdsl.catalogue.base import normalize_axis
+from kdsl.catalogue.operations import OPERATIONS
 from kdsl.errors import KdslUnsupportedError
 from kdsl.passes.layer_rules import RULES, activate, broadcast_to_axis, rule, sum_all
 
@@ -91,6 +92,13 @@ def merge(ctx, config, inputs, masks, types):
     if any(m is not None for m in masks):
         ctx.set_mask(sum_all(ctx.b, masks, "maximum") if all(m is not None for m in masks) else None)
     return [sum_all(ctx.b, inputs, "add" if ctx.layer.kind.name == "add" else "mul")]
+
+
+@rule(*(op.name for op in OPERATIONS.values()))
+def operation(ctx, config, inputs, masks, types):
+    """A `keras.ops` function: its IR op on the tensors and the constants, in the order they were written."""
+    kind = ctx.layer.kind
+    return [getattr(ctx.b, kind.op)(*kind.operands(config, inputs))]
 
 
 @rule("time_distributed")

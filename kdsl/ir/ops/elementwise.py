@@ -63,6 +63,12 @@ class Arithmetic(Elementwise):
         return [unbroadcast(b, p, x) if p is not None else None for p, x in zip(partials, eqn.inputs)]
 
 
+def _where_greater(b, x, y, g):
+    """`g` where x > y, and the rest of `g`: how `maximum` and `minimum` share a gradient between their operands."""
+    first = b.d_relu(b.sub(x, y), g)  # g where x - y > 0
+    return first, b.sub(g, first)
+
+
 # fmt: off
 ARITHMETIC = [
     Arithmetic("add", np.add, "({0} + {1})", lambda b, x, y, out, g: (g, g)),
@@ -70,12 +76,14 @@ ARITHMETIC = [
     Arithmetic("mul", np.multiply, "({0} * {1})", lambda b, x, y, out, g: (b.mul(g, y), b.mul(g, x))),
     Arithmetic("div", np.divide, "({0} / {1})", lambda b, x, y, out, g: (b.div(g, y), b.neg(b.mul(g, b.div(out, y))))),
     Arithmetic("neg", np.negative, "(-{0})", lambda b, x, out, g: (b.neg(g),)),
-    Arithmetic("maximum", np.maximum, "max({0}, {1})", lambda b, x, y, out, g: (None, None)),  # of masks only
+    Arithmetic("maximum", np.maximum, "max({0}, {1})", lambda b, x, y, out, g: _where_greater(b, x, y, g)),
+    Arithmetic("minimum", np.minimum, "min({0}, {1})", lambda b, x, y, out, g: _where_greater(b, y, x, g)),
     Arithmetic("exp", np.exp, "math.exp({0})", lambda b, x, out, g: (b.mul(g, out),)),
     Arithmetic("log", np.log, "math.log({0})", lambda b, x, out, g: (b.div(g, x),)),
     Arithmetic("square", np.square, "({0} * {0})", lambda b, x, out, g: (b.mul(g, b.mul(x, 2.0)),)),
     Arithmetic("abs", np.abs, "abs({0})", lambda b, x, out, g: (b.mul(g, b.sign(x)),)),
     Arithmetic("sign", np.sign, "np.float32(np.sign({0}))", lambda b, x, out, g: (None,)),
+    Arithmetic("sqrt", np.sqrt, "math.sqrt({0})", lambda b, x, out, g: (b.div(b.mul(g, 0.5), out),)),
     Arithmetic("rsqrt", lambda x: 1 / np.sqrt(x), "(np.float32(1.0) / math.sqrt({0}))",
                lambda b, x, out, g: (b.mul(g, b.mul(b.mul(out, b.mul(out, out)), -0.5)),)),
 ]
