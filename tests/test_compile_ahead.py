@@ -56,8 +56,8 @@ def _pair(seed: int):
 def test_the_second_entry_compiles_in_another_process_into_the_cache(started):
     compiled, reference = _pair(0)
     compiled.warm_up(["forward", "train_step"])
-    assert len(started) == 1  # one second process, for train_step
-    assert compile_ahead._cached(compiled.runner.module, "train_step")
+    assert len(started) == 1  # one second process, for the forward pass (train_step has more kernels)
+    assert compile_ahead._cached(compiled.runner.module, "forward")
     _checked(compiled, reference)
     again, _ = _pair(0)  # the same module, its entries cached: no second process
     again.warm_up(["forward", "train_step"])

@@ -281,10 +281,12 @@ class CompiledModel:
             if not entries and optimizer is None:
                 return
             compiled = [e for e in entries if self.runner.entry_kernels(e) != []]  # none: nothing to compile
-            # the entries after the first compile in another process meanwhile, where one can
-            ahead = self.runner.compile_ahead({e: self._zeros(e) for e in compiled[1:]})
+            # the entry of the most kernels compiles here, the others in another process meanwhile, where one can
+            # (it starts later, being a new process)
+            here = max(compiled, key=lambda e: len(self.runner.entry_kernels(e) or ()), default=None)
+            ahead = self.runner.compile_ahead({e: self._zeros(e) for e in compiled if e != here})
             with CompileStatus(self.graph.name, verbose, summary) as status:
-                for entry in entries:
+                for entry in sorted(entries, key=lambda e: e != here):
                     if entry in compiled:
                         if entry in ahead.entries:
                             ahead.wait()
