@@ -23,7 +23,7 @@ from kdsl.lang import load_file, parse_file
 from kdsl.lang.ast import dump
 from kdsl.lang.format import format_setting, to_kd
 from kdsl.memory import machine_memory
-from kdsl.model import Model, load_model
+from kdsl.model import Model, Sequential, load_model
 from kdsl.summary import summary
 
 DEFAULT_DATA = "mnist_small"
@@ -180,7 +180,7 @@ def _convert(args: argparse.Namespace) -> int:
         if args.to or args.model:
             raise KdslError(f"{args.source} is a Keras model: `--to` and `--model` are for a .kd file",
                             hint=f"kdsl convert {args.source} -o model.kd")  # fmt: skip
-        imported = read_keras_model(args.source, Model, partial=args.partial)
+        imported = read_keras_model(args.source, Model, partial=args.partial, sequential_class=Sequential)
         for reason in imported.left_out:
             print(f"left out: {reason}", file=sys.stderr)
         text = imported.model.to_kd()

@@ -365,6 +365,7 @@ class Sequential(Model):
         self._output: KerasTensor | None = None
         self._waiting: list[Layer] = []  # layers added before the model had an input
         self._compile_args: dict | None = None  # a compile() made before then
+        self._built: tuple[KerasTensor, Graph] | None = None  # the graph, for the output it was built up to
         for layer in layers or []:
             self.add(layer)
 
@@ -441,7 +442,9 @@ class Sequential(Model):
                 "this Sequential model has no input shape yet",
                 hint="start it with kdsl.Input(shape=...), give its first layer input_shape=, or give it data first",
             )
-        return _graph_from_calls(self._name, [self._input], [self._output])
+        if self._built is None or self._built[0] is not self._output:  # built anew once a layer is added
+            self._built = (self._output, _graph_from_calls(self._name, [self._input], [self._output]))
+        return self._built[1]
 
 
 def _refuse_operations_in_keras_files(graph: Graph) -> None:
@@ -577,7 +580,7 @@ def load_model(path: str | Path) -> Model:
     from kdsl.runtime.saving import read_saved, restore
 
     if is_keras_file(path):
-        return read_keras_model(path, Model).model
+        return read_keras_model(path, Model, sequential_class=Sequential).model
 
     saved = read_saved(path)
     model = Model.from_graph(saved.graph)

@@ -66,7 +66,7 @@ def test_converted_kd_text_is_checked_and_loads_back_to_the_same_graph(name, tmp
     assert main(["check", str(tmp_path / "m.kd")]) == 0
     again = kdsl.Model.from_graph(load(text, "m.kd").model(model.name))
     assert again.to_kd() == text
-    assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]
+    assert again.graph.structure() == model.graph.structure()  # a Sequential's `.kd` text loads as functional
     again.load_weights(tmp_path / "m.npz")
     for got, want in zip(again.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -522,3 +522,15 @@ def test_weights_files_keras_wrote_load_into_the_same_model(name):
     model.load_weights(DATA / f"{name}.weights.h5")
     for got, want in zip(predict(model, arrays(name, "input")), arrays(name, "output"), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_keras_sequential_loads_as_a_sequential_with_its_train_block():
+    """As Keras loads one: `layers` without the InputLayer, so that `layers[0]` is the first layer Keras lists."""
+    with zipfile.ZipFile(DATA / "embedding_lstm.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert config["class_name"] == "Sequential"
+    model = kdsl.load_model(DATA / "embedding_lstm.keras")
+    assert isinstance(model, kdsl.Sequential)
+    expected = [layer["config"]["name"] for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
+    assert [layer.name for layer in model.layers] == expected
+    assert model.graph.train is not None  # the compile settings, which `compile()` without arguments uses

@@ -51,16 +51,19 @@ def is_keras_file(path: str | Path) -> bool:
     return str(path).lower().endswith(KERAS_SUFFIXES)
 
 
-def read_keras_model(path: str | Path, model_class: type[Model], partial: bool = False) -> Imported:
-    """The kdsl model (made by `model_class`, kdsl's `Model`) of a Keras `.keras` archive or legacy `.h5` file:
+def read_keras_model(
+    path: str | Path, model_class: type[Model], partial: bool = False, sequential_class: type[Model] | None = None
+) -> Imported:
+    """The kdsl model (made by `model_class`, kdsl's `Model`, or `sequential_class` for a Sequential model) of a
+    Keras `.keras` archive or legacy `.h5` file:
     layers, weights and train block. With `partial`, the model up to the layers kdsl refuses, which `left_out`
     lists (a partial model has no train block: its outputs are not the ones the model was compiled for)."""
     if not Path(path).is_file():
         raise KdslError(f"{path}: no such file")
     try:
         if str(path).lower().endswith(".keras"):
-            return _load_archive(path, model_class, partial)
-        return _load_legacy(path, model_class, partial)
+            return _load_archive(path, model_class, partial, sequential_class)
+        return _load_legacy(path, model_class, partial, sequential_class)
     except KdslError as error:
         if error.message.startswith(str(path)):
             raise
@@ -91,7 +94,9 @@ def _json(data: bytes, name: str) -> Any:
         raise KdslError(f"`{name}` is not JSON ({error})") from None
 
 
-def _load_archive(path: str | Path, model_class: type[Model], partial: bool) -> Imported:
+def _load_archive(
+    path: str | Path, model_class: type[Model], partial: bool, sequential_class: type[Model] | None
+) -> Imported:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -107,7 +112,7 @@ def _load_archive(path: str | Path, model_class: type[Model], partial: bool) -> 
         if "model.weights.npz" in archive.namelist():
             raise KdslError("its weights are in NPZ form; kdsl reads the HDF5 `model.weights.h5`",
                             hint="save it again with Keras's default weights format")  # fmt: skip
-        imported = build_model(config, model_class, partial)
+        imported = build_model(config, model_class, partial, sequential_class)
         graph = infer_shapes(imported.model.graph)
         h5 = open_h5(_member(archive, "model.weights.h5", _weights_limit(graph)), "model.weights.h5")
         with h5:
@@ -115,7 +120,9 @@ def _load_archive(path: str | Path, model_class: type[Model], partial: bool) -> 
     return _finished(imported, weights, config.get("compile_config"), partial)
 
 
-def _load_legacy(path: str | Path, model_class: type[Model], partial: bool) -> Imported:
+def _load_legacy(
+    path: str | Path, model_class: type[Model], partial: bool, sequential_class: type[Model] | None
+) -> Imported:
     h5 = open_h5(str(path), str(path))
     with h5:
         if "model_config" not in h5.attrs:
@@ -125,7 +132,7 @@ def _load_legacy(path: str | Path, model_class: type[Model], partial: bool) -> I
         training = None
         if "training_config" in h5.attrs:
             training = _json(_attribute(h5, "training_config"), "training_config")
-        imported = build_model(config, model_class, partial)
+        imported = build_model(config, model_class, partial, sequential_class)
         weights = read_legacy_weights(h5, infer_shapes(imported.model.graph), str(path))
     return _finished(imported, weights, training, partial)
 

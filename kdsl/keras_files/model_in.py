@@ -32,9 +32,12 @@ class Imported:
     left_out: list[str] = field(default_factory=list)
 
 
-def build_model(serialized: Any, model_class: type[Model], partial: bool = False) -> Imported:
-    """The kdsl model (made by `model_class`, kdsl's functional `Model`) of a serialized Keras model (`config.json`,
-    or a legacy file's `model_config`).
+def build_model(
+    serialized: Any, model_class: type[Model], partial: bool = False, sequential_class: type[Model] | None = None
+) -> Imported:
+    """The kdsl model (made by `model_class`, kdsl's functional `Model`, or for a Sequential model by
+    `sequential_class` where given, so that its `layers` are a Sequential's, as Keras loads it) of a serialized
+    Keras model (`config.json`, or a legacy file's `model_config`).
 
     With `partial`, a layer kdsl refuses and every layer after it are left out instead, and the model ends where
     they began: its outputs are the original outputs still computed and the tensors the left-out layers read.
@@ -55,9 +58,9 @@ def build_model(serialized: Any, model_class: type[Model], partial: bool = False
     left_out: list[str] | None = [] if partial else None
     nested: dict[str, Imported] = {}
     if serialized["class_name"] == "Sequential":
-        model = _sequential(name, config, entries, _Context(model_class, left_out, nested))
+        model = _sequential(name, config, entries, _Context(model_class, left_out, nested, sequential_class))
     else:
-        model = _functional(name, config, entries, _Context(model_class, left_out, nested))
+        model = _functional(name, config, entries, _Context(model_class, left_out, nested, sequential_class))
     for outer, inner in nested.items():  # a nested model's layers are `outer/layer` in kdsl, its group's in Keras
         paths.update({f"{outer}/{layer}": f"{paths[outer]}/{path}" for layer, path in inner.paths.items()})
     return Imported(model, paths, left_out or [])
@@ -71,12 +74,14 @@ class _Context:
     model_class: type[Model]
     left_out: list[str] | None
     nested: dict[str, Imported]
+    sequential_class: type[Model] | None = None
 
 
 def _layer(entry: dict, context: _Context) -> Layer | Model:
     """The kdsl layer of a serialized layer, or the kdsl model of a model nested as a layer."""
     if entry["class_name"] in MODEL_CLASSES:
-        context.nested[_name(entry)] = build_model(entry, context.model_class)
+        nested = build_model(entry, context.model_class, sequential_class=context.sequential_class)
+        context.nested[_name(entry)] = nested
         return context.nested[_name(entry)].model
     return make_layer(entry, _name(entry))
 
@@ -143,20 +148,24 @@ def _sequential(name: str, config: dict, entries: list[dict], context: _Context)
     else:
         raise KdslError(f"Sequential model `{name}` was saved before it was built: it has no input shape",
                         hint="build it in Keras (give it an Input, or call it on data) before saving")  # fmt: skip
-    x = inputs
+    x, called = inputs, []
     for position, entry in enumerate(entries):
         try:
-            outputs = _call(_layer(entry, context), [x], None, entry)
+            called.append(_layer(entry, context))
+            outputs = _call(called[-1], [x], None, entry)
             if len(outputs) != 1:
                 raise refuse(_name(entry), entry["class_name"], f"gives {len(outputs)} outputs, a Sequential layer one")
         except Refusal as error:
             _refused(error, context.left_out)
             context.left_out += [f"layer `{_name(later)}` ({later['class_name']}): after a layer left out"
                          for later in entries[position + 1 :]]  # fmt: skip
+            called = called[:position]
             break
         x = outputs[0]
     if x is inputs:
         raise KdslError(f"model `{name}`: no layer could be converted", hint="; ".join(context.left_out or []))
+    if context.sequential_class is not None:
+        return context.sequential_class([inputs, *called], name=name)
     return context.model_class(inputs, x, name=name)
 
 
