@@ -573,14 +573,24 @@ def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> li
     return sorted(calls.values(), key=lambda call: call.order)
 
 
-def load_model(path: str | Path) -> Model:
+def load_model(path: str | Path, custom_objects: Any = None, compile: bool = True, safe_mode: bool = True) -> Model:
     """A model saved by `Model.save` as `.kdz`, compiled and ready to go on training where it stopped; or a Keras
-    `.keras` (or legacy `.h5`) model, with its weights and its compile settings as train block."""
-    from kdsl.keras_files import is_keras_file, read_keras_model
+    `.keras` (or legacy `.h5`) model, with its weights and its compile settings as train block, compiled with them
+    unless `compile=False` and its optimizer going on from the state Keras saved, as Keras loads it."""
+    from kdsl.keras_files import is_keras_file, load_keras_model
     from kdsl.runtime.saving import read_saved, restore
 
+    if custom_objects:
+        raise KdslUnsupportedError("`custom_objects`: kdsl loads Keras's own classes only",
+                                   hint="a model with a custom layer cannot be loaded")  # fmt: skip
+    if not safe_mode:
+        raise KdslUnsupportedError("`safe_mode=False`: kdsl never runs code from a file, so there is nothing to allow",
+                                   hint="leave safe_mode at True")  # fmt: skip
     if is_keras_file(path):
-        return read_keras_model(path, Model, sequential_class=Sequential).model
+        return load_keras_model(path, Model, Sequential, compile)
+    if not compile:
+        raise KdslArgumentError(f"{path}: a .kdz model always loads compiled, to go on training where it stopped",
+                                hint="leave compile at True")  # fmt: skip
 
     saved = read_saved(path)
     model = Model.from_graph(saved.graph)

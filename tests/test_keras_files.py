@@ -534,3 +534,45 @@ def test_a_keras_sequential_loads_as_a_sequential_with_its_train_block():
     expected = [layer["config"]["name"] for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
     assert [layer.name for layer in model.layers] == expected
     assert model.graph.train is not None  # the compile settings, which `compile()` without arguments uses
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        kdsl.optimizers.Adam(learning_rate=0.01, amsgrad=True),
+        kdsl.optimizers.RMSprop(learning_rate=0.01, momentum=0.5, centered=True),
+        kdsl.optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True),
+    ],
+    ids=["adam-amsgrad", "rmsprop-centered", "sgd-nesterov"],
+)
+def test_a_loaded_model_trains_on_from_the_optimizer_state_saved(optimizer, tmp_path):
+    """`load_model` compiles a Keras file's model and gives its optimizer the step, learning rate and slots the file
+    holds: its next step is the one the model that saved it makes (that model's export matches Keras's own)."""
+    model = kdsl.load_model(DATA / "embedding_lstm.keras", compile=False)
+    inputs, outputs = arrays("embedding_lstm", "input")[0], arrays("embedding_lstm", "output")[0]
+    labels = outputs.argmax(axis=-1)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", target="numpy")
+    for _ in range(3):
+        model.train_on_batch(inputs, labels)
+    model.save(tmp_path / "m.keras")
+    back = kdsl.load_model(tmp_path / "m.keras")
+    assert back.optimizer.iterations == 3
+    model.train_on_batch(inputs, labels)
+    back.train_on_batch(inputs, labels)
+    for got, want in zip(back.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_load_model_takes_keras_arguments_and_refuses_what_it_cannot_honour(tmp_path):
+    model = kdsl.load_model(DATA / "embedding_lstm.keras", compile=False)
+    with pytest.raises(KdslError, match="not compiled"):
+        model.trainer  # noqa: B018
+    assert kdsl.load_model(DATA / "embedding_lstm.keras").optimizer.name == "adam"  # its compile settings
+    with pytest.raises(KdslError, match="custom_objects"):
+        kdsl.load_model(DATA / "embedding_lstm.keras", custom_objects={"MyLayer": object})
+    with pytest.raises(KdslError, match="safe_mode=False"):
+        kdsl.load_model(DATA / "embedding_lstm.keras", safe_mode=False)
+    model.compile(optimizer="sgd", loss="mse", target="numpy")
+    model.save(tmp_path / "m.kdz")
+    with pytest.raises(KdslError, match="always loads compiled"):
+        kdsl.load_model(tmp_path / "m.kdz", compile=False)

@@ -10,6 +10,7 @@ HDF5 is read and written through `h5py` (the optional extra `kdsl[keras]`); Tens
 from kdsl.keras_files.files import (
     KERAS_SUFFIXES,
     is_keras_file,
+    load_keras_model,
     load_keras_weights,
     read_keras_model,
     save_keras_model,
@@ -19,6 +20,7 @@ from kdsl.keras_files.files import (
 __all__ = [
     "KERAS_SUFFIXES",
     "is_keras_file",
+    "load_keras_model",
     "load_keras_weights",
     "read_keras_model",
     "save_keras_model",

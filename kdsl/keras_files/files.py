@@ -21,13 +21,14 @@ from kdsl.files import write_atomically
 from kdsl.ir.graph import Graph, TrainSpec
 from kdsl.keras_files.model_in import Imported, build_model
 from kdsl.keras_files.model_out import model_config
-from kdsl.keras_files.optimizer_state import optimizer_variables
+from kdsl.keras_files.optimizer_state import optimizer_variables, restore_optimizer_variables
 from kdsl.keras_files.training import train_spec
 from kdsl.keras_files.weights_h5 import (
     h5py_module,
     open_h5,
     read_keras_weights,
     read_legacy_weights,
+    read_optimizer_variables,
     weight_paths,
     write_keras_weights,
 )
@@ -117,6 +118,7 @@ def _load_archive(
         h5 = open_h5(_member(archive, "model.weights.h5", _weights_limit(graph)), "model.weights.h5")
         with h5:
             weights = read_keras_weights(h5, graph, imported.paths, "model.weights.h5")
+            imported.optimizer_variables = read_optimizer_variables(h5, "model.weights.h5")
     return _finished(imported, weights, config.get("compile_config"), partial)
 
 
@@ -236,3 +238,15 @@ def _with_training(model: Model) -> Graph:
         optimizer_name = optimizer.pop("name")
         graph = dataclasses.replace(graph, train=TrainSpec(losses, FnSpec(optimizer_name, optimizer), metrics))
     return graph
+
+
+def load_keras_model(path: str | Path, model_class: type[Model], sequential_class: type[Model], compile: bool) -> Model:
+    """`keras.models.load_model`: the model of a Keras file, compiled with its compile settings where it has them
+    and `compile`, its optimizer then going on from the state Keras saved."""
+    imported = read_keras_model(path, model_class, sequential_class=sequential_class)
+    model = imported.model
+    if compile and model.graph.train is not None:
+        model.compile()
+        if imported.optimizer_variables:
+            restore_optimizer_variables(model, imported.optimizer_variables, str(path))
+    return model

@@ -24,12 +24,13 @@ CALL_ARGUMENTS = {"training": (None, False), "mask": (None,)}  # call arguments 
 
 @dataclass
 class Imported:
-    """The kdsl model; for each of its layers, the group of `model.weights.h5` that holds its weights; and, for a
-    partial conversion, what was left out and why."""
+    """The kdsl model; for each of its layers, the group of `model.weights.h5` that holds its weights; for a
+    partial conversion, what was left out and why; and the optimizer's variables Keras saved, if any."""
 
     model: Model
     paths: dict[str, str]
     left_out: list[str] = field(default_factory=list)
+    optimizer_variables: list = field(default_factory=list)
 
 
 def build_model(

@@ -1,5 +1,6 @@
 """A model's optimizer state as Keras 3 saves its optimizer's variables (`optimizer/vars` of the weights
-file), so that Keras goes on training a model kdsl trained with the same step count and slots.
+file), so that Keras goes on training a model kdsl trained with the same step count and slots, and kdsl one
+that Keras trained.
 
 Keras's optimizer holds its step count, its learning rate, then its slots: for each kind of slot (or pair, for
 Adam's momentum and velocity, which alternate), one per trainable weight in the model's weight order.
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdsl.errors import KdslError
 from kdsl.ir.graph import Graph
 from kdsl.runtime import optimizers
 
@@ -49,3 +51,34 @@ def optimizer_variables(model: Model, graph: Graph) -> tuple[str, list[np.ndarra
     for group in KERAS_SLOT_ORDER[optimizer.name]:
         variables += [by_name[name][slot] for name in ordered for slot in group if slot in by_name[name]]
     return optimizer.name, variables
+
+
+def restore_optimizer_variables(model: Model, variables: list[np.ndarray], source: str) -> None:
+    """Give the compiled `model`'s optimizer the step count, learning rate and slots of Keras's `variables` (as
+    `optimizer_variables` lays them out; only the first two where Keras had not stepped yet), so that training
+    goes on where Keras stopped."""
+    trainer = model.trainer
+    optimizer, names = trainer.optimizer, trainer.compiled.param_names
+    trainable = [names[i] for i in trainer.compiled.trainable]
+    state = model.state
+    weights = dict(zip(state.names, state.weights))
+    slots = [optimizer.create_slots(weights[name]) for name in trainable]
+    by_name = dict(zip(trainable, slots))
+    ordered = [name for name in state.names if name in by_name]
+    places = [by_name[name][slot] for group in KERAS_SLOT_ORDER[optimizer.name] for name in ordered
+              for slot in group if slot in by_name[name]]  # fmt: skip
+    if len(variables) == 2:  # built but never stepped: no slots yet
+        places = []
+    elif len(variables) != 2 + len(places):
+        raise KdslError(f"{source}: its optimizer saved {len(variables)} variables, where {optimizer.name} as "
+                        f"compiled keeps {2 + len(places)} for this model", hint="load it with compile=False, "
+                        "then compile it with the optimizer it was trained with")  # fmt: skip
+    for index, (place, value) in enumerate(zip(places, variables[2:]), 2):
+        if value.shape != place.shape:
+            raise KdslError(f"{source}: optimizer variable {index} is {list(value.shape)}, the slot it fills "
+                            f"{list(place.shape)}")  # fmt: skip
+        place[...] = value
+    optimizer.iterations = int(variables[0])
+    optimizer.learning_rate = float(variables[1])
+    optimizer.slots = slots if places else []
+    trainer.compiled.sync_optimizer(optimizer)

@@ -99,6 +99,25 @@ def read_keras_weights(h5: Any, graph: Graph, paths: dict[str, str], source: str
     return weights
 
 
+def read_optimizer_variables(h5: Any, source: str) -> list[np.ndarray]:
+    """The optimizer's variables Keras 3 saved (`optimizer/vars/0`, `1`, ...), in order; none where it saved none
+    (a model never trained)."""
+    h5py = h5py_module()
+    group = member(h5, "optimizer/vars")
+    if not isinstance(group, h5py.Group):
+        return []
+    variables = []
+    for index in range(len(group)):
+        dataset = member(group, str(index))
+        where = f"optimizer/vars/{index}"
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiu":
+            raise KdslError(f"{source}: `{where}` is not an optimizer variable")
+        if dataset.external or dataset.is_virtual:
+            raise KdslError(f"{source}: `{where}` keeps its data outside the file, which kdsl does not read")
+        variables.append(np.asarray(dataset[()]))
+    return variables
+
+
 def write_keras_weights(
     h5: Any, graph: Graph, weights: dict[str, np.ndarray], optimizer: tuple[str, list[np.ndarray]] | None
 ) -> None:
