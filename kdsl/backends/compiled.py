@@ -280,18 +280,19 @@ class CompiledModel:
             entries = [e for e in entries or self.compilation.programs if e not in self._warm]
             if not entries and optimizer is None:
                 return
-            compiled = [e for e in entries if self.runner.entry_kernels(e) != []]  # none: nothing to compile
+            kernels = {e: self.runner.entry_kernels(e) for e in entries}
+            zeros = {e: self._zeros(e) for e in entries if kernels[e] != []}  # none: nothing to compile
             # the entry of the most kernels compiles here, the others in another process meanwhile, where one can
             # (it starts later, being a new process)
-            here = max(compiled, key=lambda e: len(self.runner.entry_kernels(e) or ()), default=None)
-            ahead = self.runner.compile_ahead({e: self._zeros(e) for e in compiled if e != here})
+            here = max(zeros, key=lambda e: len(kernels[e] or ()), default=None)
+            ahead = self.runner.compile_ahead({e: arrays for e, arrays in zeros.items() if e != here})
             with CompileStatus(self.graph.name, verbose, summary) as status:
                 for entry in sorted(entries, key=lambda e: e != here):
-                    if entry in compiled:
+                    if entry in zeros:
                         if entry in ahead.entries:
                             ahead.wait()
-                        status.step(entry, self.runner.entry_kernels(entry))
-                        self.runner.run(entry, self._zeros(entry), self.state)
+                        status.step(entry, kernels[entry])
+                        self.runner.run(entry, zeros[entry], self.state)
                     self._warm.add(entry)
                 if optimizer is not None:
                     status.step(f"{optimizer.name} update", None)

@@ -45,12 +45,16 @@ def optimizer_variables(model: Model, graph: Graph) -> tuple[str, list[np.ndarra
         return None
     weights = dict(zip(state.names, state.weights))
     slots = optimizer.slots or [optimizer.create_slots(weights[name]) for name in trainable]  # before the first step
-    by_name = dict(zip(trainable, slots))
-    ordered = [name for name in state.names if name in by_name]  # Keras's trainable_variables order
     variables = [np.asarray(optimizer.iterations, np.int64), np.asarray(optimizer.learning_rate, np.float32)]
-    for group in KERAS_SLOT_ORDER[optimizer.name]:
-        variables += [by_name[name][slot] for name in ordered for slot in group if slot in by_name[name]]
-    return optimizer.name, variables
+    return optimizer.name, variables + _in_keras_order(optimizer.name, dict(zip(trainable, slots)), state.names)
+
+
+def _in_keras_order(optimizer: str, slots: dict[str, dict[str, np.ndarray]], names: list[str]) -> list[np.ndarray]:
+    """The slot arrays (`slots` by trainable weight) in the order of Keras's optimizer variables: by slot group, then
+    by weight in the model's order (`names`, Keras's trainable_variables order)."""
+    ordered = [name for name in names if name in slots]
+    return [slots[name][slot] for group in KERAS_SLOT_ORDER[optimizer] for name in ordered
+            for slot in group if slot in slots[name]]  # fmt: skip
 
 
 def restore_optimizer_variables(model: Model, variables: list[np.ndarray], source: str) -> None:
@@ -63,10 +67,7 @@ def restore_optimizer_variables(model: Model, variables: list[np.ndarray], sourc
     state = model.state
     weights = dict(zip(state.names, state.weights))
     slots = [optimizer.create_slots(weights[name]) for name in trainable]
-    by_name = dict(zip(trainable, slots))
-    ordered = [name for name in state.names if name in by_name]
-    places = [by_name[name][slot] for group in KERAS_SLOT_ORDER[optimizer.name] for name in ordered
-              for slot in group if slot in by_name[name]]  # fmt: skip
+    places = _in_keras_order(optimizer.name, dict(zip(trainable, slots)), state.names)
     if len(variables) == 2:  # built but never stepped: no slots yet
         places = []
     elif len(variables) != 2 + len(places):

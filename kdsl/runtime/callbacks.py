@@ -374,10 +374,8 @@ class BackupAndRestore(Callback):
             raise ValueError(f"it holds {len(weights)} weights, the model has {len(model_weights)}")
         self.model.state.weights = [weights[f"weight/{i}"] for i in range(len(model_weights))]
         optimizer = trainer.optimizer
-        optimizer.iterations = int(state["optimizer"]["iterations"])
-        optimizer.learning_rate = float(state["optimizer"]["learning_rate"])
         trained = [model_weights[i] for i in trainer.compiled.trainable]
-        optimizer.slots = [optimizer.create_slots(w) for w in trained] if optimizer.iterations else []
+        optimizer.resume(state["optimizer"]["iterations"], state["optimizer"]["learning_rate"], trained)
         for key, value in slots.items():
             _, index, name = key.split("/")
             optimizer.slots[int(index)][name][...] = value

@@ -78,6 +78,12 @@ class Optimizer:
     def create_slots(self, weight: np.ndarray) -> dict[str, np.ndarray]:
         return {}
 
+    def resume(self, iterations: int, learning_rate: float, weights: Sequence[np.ndarray]) -> None:
+        """Go on from a saved state: its step count and learning rate, and new slots for `weights` (the trainable
+        ones, in the order of their updates) for the caller to fill; none before a first step."""
+        self.iterations, self.learning_rate = int(iterations), float(learning_rate)
+        self.slots = [self.create_slots(w) for w in weights] if self.iterations else []
+
     def slots_per_weight(self) -> int:
         """How many arrays the size of a weight this optimizer keeps for each weight (its memory, beside them)."""
         return len(self.create_slots(np.zeros(1, np.float32)))

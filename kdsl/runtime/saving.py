@@ -249,10 +249,9 @@ def _restore(model: Model, saved: Saved) -> None:
     trainer = model.trainer
     names = trainer.compiled.param_names
     model.set_weights([weights[name] for name in names])
-    optimizer.iterations = state["optimizer"]["iterations"]
-    optimizer.learning_rate = float(state["optimizer"]["learning_rate"])
     trainable = [names[i] for i in trainer.compiled.trainable]
-    optimizer.slots = [optimizer.create_slots(weights[n]) for n in trainable] if optimizer.iterations else []
+    saved = state["optimizer"]
+    optimizer.resume(saved["iterations"], saved["learning_rate"], [weights[n] for n in trainable])
     saved_order = [n for n in state["param_names"] if n in set(trainable)]  # the slots' order in the archive
     for key, value in slots.items():
         index, name = key.split("/", 1)
