@@ -71,17 +71,17 @@ def _trained(ranks: int, model: Path, out: Path, *args: str) -> list[np.ndarray]
         return [saved[f"w{i}"] for i in range(len(saved.files))]
 
 
-def _one_process(model_file: Path, masks=None, loads: Path | None = None,
-                 weighted: bool = False) -> tuple[kdsl.Model, dict]:  # fmt: skip
-    """The model trained in this process on the global batches (dropout masks from `masks(model)` when given),
-    from the weights in `loads` when given, with the sample weights when `weighted`; and its `History` logs."""
+def _one_process(model_file: Path, masks=None, loads: Path | None = None, weighted: bool = False,
+                 samples: int = SAMPLES) -> tuple[kdsl.Model, dict]:  # fmt: skip
+    """The model trained in this process on the global batches of `samples` (dropout masks from `masks(model)` when
+    given), from the weights in `loads` when given, with the sample weights when `weighted`; and its `History`."""
     model = kdsl.load_model_file(model_file)
     model.compile(seed=SEED)
     if loads is not None:
         model.load_weights(loads)
     if masks is not None:
         model.state.dropout_masks = masks(model)
-    x, y, weights = synthetic_data(model, SAMPLES)
+    x, y, weights = synthetic_data(model, samples)
     history = model.fit(x, y, batch_size=BATCH, verbose=0, sample_weight=weights if weighted else None)
     return model, history.history
 
@@ -126,9 +126,26 @@ def test_strategy_arguments_of_tensorflow_are_refused():
         kdsl.distribute.MultiWorkerMirroredStrategy(cluster_resolver=object())
 
 
-def test_synchronized_batch_normalization_is_refused_across_replicas_and_changes_nothing_alone(tmp_path):
-    """One replica normalizes by the global batch either way, as Keras's `synchronized=True` on one device; several
-    would need the statistics reduced inside the step's kernels, which is not done, so it is refused."""
+def test_synchronized_batch_normalization_alone_normalizes_by_keras_synchronized_moments(tmp_path):
+    """One replica: the batch's statistics as Keras's synchronized moments, E(x²) - E(x)² from the sums, checked
+    against NumPy's; then a training run equal to plain BatchNormalization's to float32 rounding."""
+    path = tmp_path / "normalized.kd"
+    path.write_text(
+        "model Normalized(x: f32[batch, 16]) -> y {\n"
+        "    h = batch_normalization(x, synchronized=true)\n"
+        "    y = dense(h, 3, activation=softmax)\n"
+        "}\n"
+    )
+    model = kdsl.load_model_file(path)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", target="numpy", seed=SEED)
+    x = np.random.default_rng(SEED).normal(3.0, 2.0, (BATCH, 16)).astype(np.float32)
+    model.train_on_batch(x, np.arange(BATCH) % 3)
+    features, momentum = x.astype(np.float64), 0.99
+    mean = features.mean(axis=0)
+    variance = np.maximum((features**2).mean(axis=0) - mean**2, 0.0)
+    moving_mean, moving_variance = model.get_layer("batch_normalization").get_weights()[2:]
+    np.testing.assert_allclose(moving_mean, (1 - momentum) * mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(moving_variance, momentum + (1 - momentum) * variance, rtol=0, atol=1e-6)
     synchronized = _model_file(tmp_path, "synchronized", "    h     = batch_normalization(h, synchronized=true)\n")
     trained = []
     for path in (_model_file(tmp_path, "plain"), synchronized):
@@ -137,12 +154,7 @@ def test_synchronized_batch_normalization_is_refused_across_replicas_and_changes
         x, y, _ = synthetic_data(model, SAMPLES)
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         trained.append(model.get_weights())
-    for plain, same in zip(*trained, strict=True):
-        np.testing.assert_array_equal(plain, same)
-    with MirroredStrategy(communicator=_Rank(0, 2)).scope():
-        model = kdsl.load_model_file(synchronized)
-        with pytest.raises(KdslUnsupportedError, match="synchronized=True across 2 replicas"):
-            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", target="numpy")
+    _close(*trained)
 
 
 def test_outside_mpiexec_one_replica_same_weights_no_mpi_import(tmp_path):
@@ -270,6 +282,23 @@ def test_two_replicas_batchnorm_statistics_per_replica(tmp_path):
     _close(replicas, model.get_weights())
     statistics_of_the_global_batch = _one_process(model_file)[0].get_weights()  # what the test tells apart
     assert max(np.abs(a - b).max() for a, b in zip(replicas, statistics_of_the_global_batch)) > 1e-3
+
+
+@needs_mpi
+def test_two_replicas_synchronized_batchnorm_equal_one_process(tmp_path):
+    """mnist_lstm with `synchronized=True`: the replicas sum their shards' statistics inside the step, and the
+    gradients back through them, so two replicas train as one process on the global batches: 64, 64 and 1 (the
+    second replica has no rows in the last and takes part in its sums with zeros), samples weighted."""
+    model_file = _model_file(tmp_path, "synchronized", "    h     = batch_normalization(h, synchronized=true)\n")
+    replicas = _trained(2, model_file, tmp_path / "two.npz", "--samples", "129", "--weighted")
+    one, history = _one_process(model_file, weighted=True, samples=129)
+    _close(replicas, one.get_weights())
+    logs = json.loads((tmp_path / "two.json").read_text())
+    for key, values in history.items():
+        np.testing.assert_allclose(logs["history"][key], values, rtol=0, atol=1e-5)
+    per_replica = _trained(2, _model_file(tmp_path, "per_replica"), tmp_path / "per_replica.npz", "--samples", "129",
+                           "--weighted")  # fmt: skip
+    assert max(np.abs(a - b).max() for a, b in zip(replicas, per_replica)) > 1e-3  # what the test tells apart
 
 
 @needs_mpi

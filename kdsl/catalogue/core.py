@@ -160,8 +160,8 @@ class BatchNormalization(LayerKind):
         initializer_arg("moving_variance", "ones"),
         regularizer_arg("beta"),
         regularizer_arg("gamma"),
-        # statistics of the global batch across replicas: one process has one replica, where it changes
-        # nothing; a distribution strategy of several refuses it (`Strategy.check_model`)
+        # statistics of the global batch, summed across the replicas of a distribution strategy (Keras's rule,
+        # E(x²) - E(x)², on one replica too)
         Arg("synchronized", boolean, False),
     )
     unsupported = {

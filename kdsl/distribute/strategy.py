@@ -9,7 +9,9 @@ shares in order (the last replicas taking fewer samples, or none). After the bac
 summed across the replicas in a few flat buckets, each replica's weighed by its share of the global batch's
 samples: kdsl's losses are means over the batch, so the sum is the gradient of the whole global batch, and every
 replica applies the same update. Moving statistics (BatchNormalization's) are each replica's own batch's,
-averaged after each step (as Keras reads its per-replica mirrored statistics: their mean). Losses and metrics
+averaged after each step (as Keras reads its per-replica mirrored statistics: their mean); with
+`synchronized=True` the step's kernels sum the statistics (and their gradients) across the replicas, so every
+replica normalizes by the global batch's. Losses and metrics
 are summed as (total, count) pairs, so the logs are those of the whole global batch.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import time
 import weakref
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from kdsl.distribute.communicator import Communicator, LocalCommunicator, world
-from kdsl.errors import KdslUnsupportedError
+from kdsl.errors import KdslError, KdslUnsupportedError
+from kdsl.ir.ops.replicas import ReplicaSum, summing
 
 BUCKET_BYTES = 4 * 2**20  # a few buckets for a big model, one for a small one: each all-reduce call costs latency
 
@@ -49,6 +53,7 @@ class Strategy:
         self.bucket_bytes = bucket_bytes
         self.reduce_seconds = 0.0  # time in gradient all-reduces so far (waiting for slower replicas included)
         self._buckets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._replica_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each step's sums' sizes
 
     @property
     def num_replicas_in_sync(self) -> int:
@@ -82,19 +87,6 @@ class Strategy:
                 "training on several processes with target='cuda'",
                 hint="train with target='cpu' under mpiexec; the gradients are all-reduced in host memory",
             )
-
-    def check_model(self, graph: Any) -> None:
-        """BatchNormalization's `synchronized=True` would normalize by the global batch's statistics, reduced
-        across the replicas inside the step's kernels: not done, so refused with several replicas."""
-        if self.num_replicas_in_sync == 1:
-            return
-        for layer in graph.layers():
-            if layer.config.get("synchronized"):
-                raise KdslUnsupportedError(
-                    f"layer `{layer.name}`: synchronized=True across {self.num_replicas_in_sync} replicas",
-                    hint="leave synchronized=False: each replica normalizes by its own shard's statistics, and the "
-                    "moving statistics are averaged across replicas after each step",
-                )
 
     def synchronize(self, state: Any) -> None:
         """Before training: every replica takes the chief's weights (in one flat buffer), and a dropout stream of
@@ -139,13 +131,44 @@ class Strategy:
         if self.num_replicas_in_sync == 1:
             return compiled.train_step(inputs, labels, weights)
         rows = inputs[0].shape[0]
-        loss = compiled.train_step(inputs, labels, weights) if rows else 0.0
         share = rows / global_rows if global_rows else 1.0 / self.num_replicas_in_sync
+        if rows:
+            calls = self._replica_calls[compiled] = []
+            with summing(functools.partial(self._replica_sum, share, calls)):
+                loss = compiled.train_step(inputs, labels, weights)
+        else:
+            loss = 0.0
+            self._replay_replica_sums(compiled)
         started = time.perf_counter()
         self._sum_gradients(compiled, share)
-        self._average_statistics(compiled)
+        self._average_statistics(compiled, ran=rows > 0)
         self.reduce_seconds += time.perf_counter() - started
         return loss
+
+    def _replica_sum(self, share: float, calls: list, buffer: np.ndarray, gradient: bool) -> None:
+        """A sum the step's kernels ask for (synchronized BatchNormalization's), noted in `calls`. A gradient is
+        summed as the replicas' gradients are, each weighed by its share, then divided by this replica's share,
+        since the gradients it flows into will be weighed by it again."""
+        calls.append((buffer.size, gradient))
+        if gradient:
+            buffer *= np.float32(share)
+        self.communicator.allreduce(buffer)
+        if gradient:
+            buffer /= np.float32(share)
+
+    def _replay_replica_sums(self, compiled: Any) -> None:
+        """A replica with no rows (the last batch's) takes part in the sums the others' steps make, with zeros."""
+        calls = self._replica_calls.get(compiled)
+        if calls is None:
+            if not any(isinstance(eqn.op, ReplicaSum) for eqn in compiled.training.lowered.program.eqns):
+                return
+            raise KdslError(
+                f"replica {self.replica_id} has no samples in the first global batch, and the step sums "
+                "synchronized BatchNormalization's statistics across the replicas",
+                hint=f"use a global batch of at least {self.num_replicas_in_sync} samples",
+            )
+        for size, _ in calls:
+            self.communicator.allreduce(np.zeros(size, np.float32))
 
     def _sum_gradients(self, compiled: Any, share: float) -> None:
         """Each bucket packed (scaled by `share`) and its all-reduce started before the next is packed."""
@@ -164,15 +187,18 @@ class Strategy:
             request.wait()
             _unpack(buffer, [grads[i] for i in indices])
 
-    def _average_statistics(self, compiled: Any) -> None:
-        """The moving statistics the step updated, averaged over the replicas."""
+    def _average_statistics(self, compiled: Any, ran: bool) -> None:
+        """The moving statistics the step updated, averaged over the replicas that ran it (`ran`: this one did;
+        a replica with no rows in a last batch keeps its earlier ones, and takes the others' average)."""
         updated = [compiled.state.host[i] for i, _ in compiled.training.lowered.updates]
         if not updated:
             return
-        flat = np.concatenate([w.reshape(-1) for w in updated])
+        flat = np.concatenate([*(w.reshape(-1) for w in updated), [1.0]]).astype(np.float32)
+        if not ran:
+            flat.fill(0.0)
         self.communicator.allreduce(flat)
-        flat /= np.float32(self.num_replicas_in_sync)
-        _unpack(flat, updated)
+        flat /= flat[-1]
+        _unpack(flat[:-1], updated)
 
     def reduce_sum(self, values: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         """(total, count) pairs summed over the replicas, in one call."""

@@ -58,10 +58,8 @@ def batch_normalization(ctx, config, inputs, masks, types):
     shaped = {name: broadcast_to_axis(b, v, axis, x.rank) for name, v in ctx.params.items()}
     if ctx.training and config["trainable"]:
         axes = tuple(a for a in range(x.rank) if a != axis)
-        n = b.count(x, axes=axes)
-        mean = b.div(b.reduce_sum(x, axes=axes, keepdims=True), n)
+        mean, variance = (_replica_moments if config["synchronized"] else _moments)(b, x, axes)
         centred = b.sub(x, mean)
-        variance = b.div(b.reduce_sum(b.square(centred), axes=axes, keepdims=True), n)
         momentum = config["momentum"]
         for name, batch_value in (("moving_mean", mean), ("moving_variance", variance)):
             flat = b.reshape_like(batch_value, ctx.params[name])
@@ -74,6 +72,23 @@ def batch_normalization(ctx, config, inputs, masks, types):
     if config["center"]:
         y = b.add(y, shaped["beta"])
     return [y]
+
+
+def _moments(b, x, axes):
+    """The batch's mean and (biased) variance, in two passes."""
+    n = b.count(x, axes=axes)
+    mean = b.div(b.reduce_sum(x, axes=axes, keepdims=True), n)
+    variance = b.div(b.reduce_sum(b.square(b.sub(x, mean)), axes=axes, keepdims=True), n)
+    return mean, variance
+
+
+def _replica_moments(b, x, axes):
+    """The global batch's mean and variance, from the sums of x and x² and the counts of every replica's shard:
+    Keras's synchronized moments, E(x²) - E(x)² (at least 0)."""
+    n = b.replica_sum(b.count(x, axes=axes))
+    mean = b.div(b.replica_sum(b.reduce_sum(x, axes=axes, keepdims=True)), n)
+    squares = b.div(b.replica_sum(b.reduce_sum(b.square(x), axes=axes, keepdims=True)), n)
+    return mean, b.maximum(b.sub(squares, b.square(mean)), 0.0)
 
 
 @rule("concatenate")

@@ -105,7 +105,6 @@ class Trainer:
         self._optimizer = get_optimizer(optimizer)
         self.strategy = current_strategy()  # that of the `strategy.scope()` compiling the model
         self.strategy.check_target(target)
-        self.strategy.check_model(graph)
         trained = graph.param_count(trainable=True)
         require(
             BYTES_PER_NUMBER * (graph.param_count() + trained * (1 + self._optimizer.slots_per_weight())),

@@ -19,14 +19,17 @@ from kdsl.backends.compile_status import Kernel
 from kdsl.backends.cpu import support
 from kdsl.backends.cpu.emitter import Emitter
 from kdsl.backends.cpu.ops import RULES
-from kdsl.backends.cpu.support import blas, entry, layout, loop_products, spin
+from kdsl.backends.cpu.support import blas, entry, layout, loop_products, replicas, spin
 from kdsl.backends.cpu.support.register_tiles import VECTOR_BITS
 from kdsl.backends.modules import source_digest
+from kdsl.ir.ops.replicas import replica_sum
 from kdsl.ir.program import Entry
 from kdsl.passes.fuse import Plan
 
 # the support modules whose `__all__` a generated module imports (the scalar helpers it compiles itself)
-SUPPORT_MODULES = (blas, entry, layout, loop_products, spin)
+SUPPORT_MODULES = (blas, entry, layout, loop_products, replicas, spin)
+
+replicas.use_replica_sum(replica_sum)  # the kernels' sums across replicas go to the strategy running the step
 
 # every fast-math flag except "no NaNs / no infinities": a diverging loss must still show as NaN
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"

@@ -17,6 +17,7 @@ from kdsl.ir.ops.base import Op
 from kdsl.ir.ops.elementwise import OneHot
 from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul, MatMulTN
 from kdsl.ir.ops.reduce import Count, LogSoftmax, ReduceSum, Softmax, SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad
+from kdsl.ir.ops.replicas import ReplicaSum
 from kdsl.ir.ops.scan import Scan
 from kdsl.ir.ops.shape import Concat, Fill, Flip, Gather, GatherGrad, Repeat, Reshape, ReshapeLike, Split, Transpose
 from kdsl.ir.program import Eqn, Var
@@ -187,6 +188,15 @@ def _count(em: Emitter, eqn: Eqn) -> None:
     em.bind(eqn.out, f"np.float32({dims or 1})")
 
 
+def _replica_sum(em: Emitter, eqn: Eqn) -> None:
+    """Summed in a copy (the input may be read again), through the support package's call back to the host."""
+    (x,), y = eqn.inputs, eqn.out
+    total = em.fresh("total")
+    em.line(f"{total} = np.full(1, {em.ref(x)}, np.float32)" if x.rank == 0 else f"{total} = {em.ref(x)}.copy()")
+    em.line(f"replica_sum({total}.reshape({total}.size), {bool(eqn.attrs.get('gradient', False))})")
+    em.line(f"{em.ref(y)} = {total}[0]" if y.rank == 0 else f"{em.ref(y)}[...] = {total}")
+
+
 def _row_softmax(em: Emitter, x: Var, y: Var, idx: list[str], log: bool) -> None:
     row = "".join(f"{i}, " for i in idx)
     x_at, y_at = (lambda j: f"{em.ref(x)}[{row}{j}]"), (lambda j: f"{em.ref(y)}[{row}{j}]")
@@ -320,6 +330,7 @@ RULES: dict[type[Op], Rule] = {
     GatherMatMulGrads: _gather_matmul_grads,
     ReduceSum: _reduce_sum,
     Count: _count,
+    ReplicaSum: _replica_sum,
     Softmax: _softmax,
     LogSoftmax: _softmax,
     SoftmaxCrossEntropy: _softmax_cross_entropy,

@@ -16,6 +16,7 @@ from kdsl.backends.row_templates import row_softmax_lines, softmax_cross_entropy
 from kdsl.ir.ops.base import Op
 from kdsl.ir.ops.elementwise import OneHot
 from kdsl.ir.ops.reduce import Count, LogSoftmax, ReduceSum, Softmax, SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad
+from kdsl.ir.ops.replicas import ReplicaSum
 from kdsl.ir.ops.shape import Concat, Fill, Flip, Gather, GatherGrad, Repeat, Split, Transpose
 from kdsl.ir.program import Eqn
 
@@ -53,6 +54,12 @@ def _count(w: KernelWriter, eqn: Eqn) -> None:
     w.over(())
     dims = " * ".join(w.size(eqn.inputs[0], a) for a in eqn.attrs["axes"])
     w.line(f"{w.at(eqn.out, [])} = {F}({dims or 1})")
+
+
+def _replica_sum(w: KernelWriter, eqn: Eqn) -> None:
+    """The CUDA target trains as one replica (`Strategy.check_target`), where the sum is the value."""
+    idx = w.over(eqn.out.shape)
+    w.line(f"{w.at(eqn.out, idx)} = {w.at(eqn.inputs[0], idx)}")
 
 
 def _row_softmax(w: KernelWriter, x, y, row: list[str], log: bool) -> None:
@@ -175,6 +182,7 @@ def _fill(w: KernelWriter, eqn: Eqn) -> None:
 WRITERS: dict[type[Op], Callable[[KernelWriter, Eqn], None]] = {
     ReduceSum: _reduce_sum,
     Count: _count,
+    ReplicaSum: _replica_sum,
     Softmax: _softmax,
     LogSoftmax: _softmax,
     SoftmaxCrossEntropy: _softmax_cross_entropy,

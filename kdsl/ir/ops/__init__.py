@@ -1,8 +1,9 @@
 """The registry of primitive ops, by name. Each family lives in its own module."""
 
-from kdsl.ir.ops import elementwise, linalg, reduce, scan, shape
+from kdsl.ir.ops import elementwise, linalg, reduce, replicas, scan, shape
 from kdsl.ir.ops.base import Op
 
-OPS: dict[str, Op] = {op.name: op for family in (elementwise, linalg, reduce, shape, scan) for op in family.OPS}
+FAMILIES = (elementwise, linalg, reduce, replicas, shape, scan)
+OPS: dict[str, Op] = {op.name: op for family in FAMILIES for op in family.OPS}
 
 __all__ = ["OPS", "Op"]
