@@ -1,7 +1,9 @@
 """The compiler, stage by stage: a model's graph to the programs and plans a backend generates code from.
 
     lower            each layer call becomes primitive ops (`kdsl.passes.lower`)
-    tidy             transposes that cancel, time loops of one step inlined, dead code removed
+    tidy             transposes that cancel, time loops of one step inlined, what a loop's step computes from
+                     its inputs alone computed for every step before the loop (`kdsl.passes.hoist`), dead code
+                     removed
     losses, backprop the training program: losses, regularizers, the gradient of every weight,
                      backpropagation through time for scans (`kdsl.passes.training`), dead code removed
     cse              repeated work merged
@@ -24,6 +26,7 @@ from kdsl.passes.compilation import Compilation
 from kdsl.passes.dce import dce
 from kdsl.passes.fold import fold_gather_projections
 from kdsl.passes.fuse import cse, plan
+from kdsl.passes.hoist import hoist_step_independent
 from kdsl.passes.lower import Lowered, lower
 from kdsl.passes.single_steps import inline_single_steps
 from kdsl.passes.training import Training, add_training, losses_per_output
@@ -44,8 +47,10 @@ TARGET_STAGES: dict[str, Callable[[Program], Program]] = {
 
 
 def tidy(lowered: Lowered) -> Lowered:
-    """Transposes that cancel removed, one-step time loops inlined, dead code removed."""
-    return lowered.rewritten(dce(inline_single_steps(cancel_transposes(lowered.program))))
+    """Transposes that cancel removed, one-step time loops inlined, step-independent work hoisted out of the others,
+    dead code removed."""
+    program = hoist_step_independent(inline_single_steps(cancel_transposes(lowered.program)))
+    return lowered.rewritten(dce(program))
 
 
 def compile_programs(
