@@ -14,20 +14,27 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdsl.catalogue import LAYERS
 from kdsl.catalogue.args import ArgError, Given
 from kdsl.catalogue.base import LayerKind
+from kdsl.catalogue.cells import StepCell
 from kdsl.catalogue.operations import OPERATIONS, Operation, is_number
 from kdsl.catalogue.recurrent import Recurrent
 from kdsl.catalogue.stacked import StackedRNN
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.functional import graph_from_calls
 from kdsl.ir.graph import Layer as IRLayer
-from kdsl.ir.graph import LayerSpec, Node, Value
+from kdsl.ir.graph import LayerSpec, Node, Value, infer_node
 from kdsl.ir.types import BATCH, DTYPE_ALIASES, TensorType
-from kdsl.naming import is_valid_name
-from kdsl.passes.infer import infer_node
+from kdsl.naming import is_valid_name, model_name, snake_case
+from kdsl.runtime.state import CARRYING, ModelState
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kdsl.passes.lower import Carried
 
 
 @dataclass(eq=False)
@@ -95,21 +102,30 @@ class LayerCall:
 
 
 def Input(
-    shape: Sequence[int | str | None],
+    shape: Sequence[int | str | None] | None = None,
     dtype: str = "float32",
     name: str | None = None,
     batch_size: int | None = None,
+    batch_shape: Sequence[int | str | None] | None = None,
 ) -> KerasTensor:
-    """A model input of the given per-sample shape; None (or a name) marks a variable dimension."""
-    if batch_size is not None:
-        raise KdslUnsupportedError(
-            "`Input(batch_size=...)` is not supported", hint="the batch size is chosen per call of fit/predict"
-        )
+    """A model input of the given per-sample shape; None (or a name) marks a variable dimension. As in Keras,
+    `batch_size` (or the first entry of `batch_shape`, the shape with the batch) fixes the batch size, which
+    stateful RNNs need; every batch given to the model then has that many samples."""
+    if batch_shape is not None:
+        if shape is not None or batch_size is not None:
+            raise KdslArgumentError("`Input` takes `batch_shape`, or `shape` with an optional `batch_size`, not both")
+        if not isinstance(batch_shape, Sequence) or not batch_shape:
+            raise KdslArgumentError(f"`Input` batch_shape must be a shape with the batch first, got {batch_shape!r}")
+        batch_size, shape = batch_shape[0], batch_shape[1:]
+    if shape is None:
+        raise KdslArgumentError("`Input` needs a `shape` (or a `batch_shape`)")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise KdslArgumentError(f"`Input` batch_size must be a positive number or None, got {batch_size!r}")
     if dtype not in DTYPE_ALIASES:
         raise KdslArgumentError(f"`Input` dtype must be float32 or int32, got {dtype!r}")
     if name is not None and not is_valid_name(name):
         raise KdslArgumentError(f"`Input` name must be a name like 'pixels', got {name!r}")
-    dims: list[int | str] = [BATCH]
+    dims: list[int | str] = [BATCH if batch_size is None else batch_size]
     for position, dim in enumerate(tuple(shape), start=1):
         if dim is None:
             dims.append(f"d{position}")
@@ -148,12 +164,43 @@ class Layer:
         Sequential model that starts with this layer its input."""
         if name is not None and not is_valid_name(name):
             raise KdslArgumentError(f"a layer name must be a name like 'encoder', got {name!r}")
+        if not hasattr(self, "kind"):
+            self._init_own(name, args, kwargs)
+            return
         input_dim = kwargs.pop("input_dim", None)
         self.input_shape = (input_dim,) if input_dim is not None else kwargs.pop("input_shape", None)
         given = [Given(value) for value in args] + [Given(value, None, key) for key, value in kwargs.items()]
         self.config = self.kind.bind(given)
         self.name = name
         self._ir = IRLayer(name or self.kind.name, self.kind, self.config)
+
+    def _init_own(self, name: str | None, args: tuple, kwargs: dict[str, Any]) -> None:
+        """A layer of the user's own: a subclass with `call`, made of kdsl layers and `kdsl.ops`, as Keras's base
+        `Layer(**kwargs)` takes it; it runs as a cell of `RNN`."""
+        trainable, dtype = kwargs.pop("trainable", True), kwargs.pop("dtype", None)
+        if dtype not in (None, "float32"):
+            raise KdslUnsupportedError(
+                f"layer `{type(self).__name__}`: dtype {dtype!r}", hint="kdsl computes in float32"
+            )
+        if args or kwargs:
+            raise KdslArgumentError(
+                f"`Layer.__init__` of `{type(self).__name__}` takes name, trainable and dtype, got "
+                + ", ".join([*(repr(a) for a in args), *kwargs]),
+                hint="keep your layer's own arguments for its own __init__",
+            )
+        self.name = name or model_name(snake_case(type(self).__name__))
+        self.input_shape, self.built = None, False
+        self.config = {"trainable": bool(trainable)}
+
+    def build(self, input_shape: tuple) -> None:
+        """A layer of the user's own makes its layers here or in `__init__`."""
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> None:
+        raise KdslUnsupportedError(
+            f"`{type(self).__name__}.add_weight`: a layer of your own holds kdsl layers, not weights of its own",
+            hint="make its weights those of layers it calls, e.g. `self.gate = kdsl.layers.Dense(units)` in "
+            "`__init__` and `self.gate(inputs)` in `call`",
+        )
 
     @property
     def trainable(self) -> bool:
@@ -172,6 +219,11 @@ class Layer:
     def __call__(
         self, inputs: KerasTensor | Sequence[KerasTensor], initial_state: Sequence[KerasTensor] | None = None
     ) -> KerasTensor | list[KerasTensor]:
+        if not hasattr(self, "kind"):
+            raise KdslUnsupportedError(
+                f"calling `{type(self).__name__}`, a layer of your own, on tensors",
+                hint="layers of your own run as cells: `kdsl.layers.RNN(cell)`; elsewhere call kdsl layers and ops",
+            )
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if initial_state is not None:
             if not isinstance(self.kind, Recurrent):
@@ -257,19 +309,51 @@ class Embedding(Layer):
     kind = LAYERS["embedding"]
 
 
-class SimpleRNN(Layer):
+class Recurring(Layer):
+    """A layer that may be stateful: its states live in each model that holds it (see `ModelState`)."""
+
+    def _holders(self) -> list[ModelState]:
+        """The states of the live models holding this layer."""
+        return [state for state in list(CARRYING) if any(self._own(c) for c in state.carried)]
+
+    def _own(self, carried: Carried) -> bool:
+        return carried.layer.config is self.config
+
+    @property
+    def states(self) -> list[np.ndarray] | None:
+        """The states a stateful layer carries into the next batch (writing into them changes the model); None
+        before a model holds it, or when it is not stateful, as Keras's."""
+        found = [state.carried_values(self._own) for state in self._holders()]
+        if any(any(a is not b for a, b in zip(values, found[0])) for values in found[1:]):  # nesting shares them
+            raise KdslArgumentError(
+                "this stateful layer is in several models, each with its own states",
+                hint="read them from one: model.get_layer(name).states",
+            )
+        return found[0] if found else None
+
+    def reset_state(self) -> None:
+        """Zeros in the layer's carried states, in every model holding it, as Keras's `reset_state`."""
+        for state in self._holders():
+            state.reset_carried(self._own)
+
+    def reset_states(self) -> None:
+        """Keras's older name of `reset_state`."""
+        self.reset_state()
+
+
+class SimpleRNN(Recurring):
     """Fully connected recurrent layer: `h = activation(x @ kernel + h @ recurrent_kernel + bias)`."""
 
     kind = LAYERS["simple_rnn"]
 
 
-class LSTM(Layer):
+class LSTM(Recurring):
     """Long short-term memory, gates in Keras order i, f, c, o."""
 
     kind = LAYERS["lstm"]
 
 
-class GRU(Layer):
+class GRU(Recurring):
     """Gated recurrent unit, gates in Keras order z, r, h; `reset_after=True` by default, as in Keras."""
 
     kind = LAYERS["gru"]
@@ -326,7 +410,7 @@ class StackedRNNCells:
         self.cells = list(cells)
 
 
-class RNN(Layer):
+class RNN(Recurring):
     """Keras's generic recurrent layer. Around one built-in cell, `RNN(LSTMCell(64))` is `LSTM(64)`, with the same
     weights and numbers, compiled to the same fused time loop (Keras's own runs the cell step by step). Around a
     list of cells (or `StackedRNNCells`) it is the `stacked_rnn` layer, whose cells run one after another."""
@@ -345,18 +429,47 @@ class RNN(Layer):
             self.kind = LAYERS["stacked_rnn"]
             super().__init__(cells, name=name, **kwargs)
             return
+        if isinstance(cells, Layer) and not hasattr(cells, "kind"):  # a cell of the user's own
+            self.kind, self.name, self.input_shape = LAYERS["rnn"], name, None
+            self._own_cell, self._arguments, self._ir = cells, kwargs, None
+            self.config = {"trainable": kwargs.pop("trainable", True)}
+            return
         if not isinstance(cells, Cell):
-            raise KdslUnsupportedError(
-                f"RNN takes SimpleRNNCell, LSTMCell or GRUCell, or a list of them, got {type(cells).__name__}",
-                hint="cells of your own are not supported yet",
+            raise KdslArgumentError(
+                f"RNN takes a cell: SimpleRNNCell, LSTMCell, GRUCell, a layer of your own with `state_size` and "
+                f"`call(inputs, states)`, or a list of cells; got {type(cells).__name__}"
             )
         self.kind = cells.layer.kind
         super().__init__(*cells.args, name=name, **cells.kwargs, **kwargs)
+
+    def as_layer_spec(self) -> LayerSpec:
+        if getattr(self, "_own_cell", None) is not None:
+            raise KdslUnsupportedError(
+                f"a wrapper around RNN over `{self._own_cell.name}`, a cell of your own",
+                hint="write the cell in a `.kd` file (`cell ... { }`), where `bidirectional(rnn(...))` takes it",
+            )
+        return super().as_layer_spec()
+
+    def _trace(self, inputs: KerasTensor | Sequence[KerasTensor]) -> None:
+        """Bind the layer to its own cell traced for the input's features, at the first call."""
+        x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        features = x.type.dims[-1] if isinstance(x, KerasTensor) and x.type.rank == 3 else None
+        if not isinstance(features, int):
+            raise KdslArgumentError(
+                f"RNN over `{self._own_cell.name}` is called on {x!r}",
+                hint="call it on a (batch, timesteps, features) tensor with a fixed number of features",
+            )
+        cell = traced_cell(self._own_cell, features)
+        given = [Given(cell), *(Given(value, None, key) for key, value in self._arguments.items())]
+        self.config = {**self.kind.bind(given), "trainable": self.config["trainable"]}
+        self._ir = IRLayer(self.name or self.kind.name, self.kind, self.config)
 
     def __call__(
         self, inputs: KerasTensor | Sequence[KerasTensor], initial_state: Sequence[Any] | None = None
     ) -> KerasTensor | list[Any]:
         """Over several cells, `initial_state` gives each cell's states in Keras's form: `[[h1, c1], [h2]]`."""
+        if getattr(self, "_own_cell", None) is not None and self._ir is None:
+            self._trace(inputs)
         if initial_state is None or not isinstance(self.kind, StackedRNN):
             return super().__call__(inputs, initial_state)
         counts = self.kind.state_counts(self.config)
@@ -376,7 +489,35 @@ class RNN(Layer):
         return super().__call__(inputs, flat)
 
 
-class Bidirectional(Layer):
+def traced_cell(cell: Layer, features: int) -> StepCell:
+    """One step of a cell written in Python as Keras's are (`state_size`, `call(inputs, states)` returning the
+    output and the new states), as a graph: `call` run once on symbolic tensors, never at each step."""
+    sizes = list(cell.state_size) if isinstance(cell.state_size, list | tuple) else [cell.state_size]
+    if not sizes or not all(isinstance(size, int) and size > 0 for size in sizes):
+        raise KdslArgumentError(
+            f"cell `{cell.name}`: `state_size` is {cell.state_size!r}",
+            hint="give the units of each state: `self.state_size = units`, or a list for several states",
+        )
+    step = KerasTensor(TensorType("f32", (BATCH, features)), name="inputs")
+    states = [KerasTensor(TensorType("f32", (BATCH, size)), name=f"state_{i}") for i, size in enumerate(sizes)]
+    if not cell.built:
+        cell.build((None, features))
+        cell.built = True
+    result = cell.call(step, states)
+    if not (isinstance(result, list | tuple) and len(result) == 2):
+        raise KdslArgumentError(f"cell `{cell.name}`: `call(inputs, states)` returns (output, new_states)")
+    output, new = result
+    new = list(new) if isinstance(new, list | tuple) else [new]
+    if len(new) != len(states) or not all(isinstance(t, KerasTensor) for t in [output, *new]):
+        raise KdslArgumentError(
+            f"cell `{cell.name}`: `call` returned {result!r}",
+            hint=f"return the output and {len(states)} new state(s), computed with kdsl layers and `kdsl.ops`",
+        )
+    graph = graph_from_calls(cell.name, [step, *states], [output, *new])
+    return StepCell(cell.name, graph, tuple((f"state_{i}", size) for i, size in enumerate(sizes)), (None,) * len(new))
+
+
+class Bidirectional(Recurring):
     """Runs a recurrent layer forwards and backwards and merges the two."""
 
     kind = LAYERS["bidirectional"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,14 @@ import numpy as np
 
 from kdsl.catalogue.operations import Operation
 from kdsl.errors import KdslArgumentError, KdslUnsupportedError, did_you_mean
-from kdsl.ir.graph import Graph, Nested, Node, Value
-from kdsl.ir.graph import Layer as IRLayer
+from kdsl.functional import graph_from_calls
+from kdsl.ir.graph import Graph, Nested, Value, infer_node
 from kdsl.ir.nesting import call_nested, check_inputs, nest
 from kdsl.lang import load_file
 from kdsl.lang.format import to_kd
 from kdsl.layers import Input, KerasTensor, Layer, LayerCall
-from kdsl.naming import LayerNamer, is_valid_name, model_name
-from kdsl.passes.infer import infer_node, infer_shapes
+from kdsl.naming import model_name
+from kdsl.passes.infer import infer_shapes
 from kdsl.runtime.state import ModelState
 from kdsl.summary import summary
 
@@ -32,18 +32,20 @@ _INFERENCE = threading.Lock()  # held while a model's forward pass alone is comp
 class Model:
     """A model built from `.kd` text or from Keras-style layer calls: `Model(inputs, outputs)`."""
 
+    keras_class = "Functional"  # what Keras calls a model of this class, nested in another
+
     def __init__(
         self,
         inputs: KerasTensor | Sequence[KerasTensor],
         outputs: KerasTensor | Sequence[KerasTensor],
         name: str | None = None,
     ):
-        self._graph = _graph_from_calls(
+        self._graph = graph_from_calls(
             model_name("functional") if name is None else name, _as_list(inputs), _as_list(outputs)
         )
 
     def __repr__(self) -> str:
-        return f"<{'Sequential' if isinstance(self, Sequential) else 'Functional'} name={self.name}>"
+        return f"<{self.keras_class} name={self.name}>"
 
     @classmethod
     def from_graph(cls, graph: Graph) -> Model:
@@ -353,11 +355,21 @@ class Model:
                 raise KdslArgumentError(f"weight {i} (`{name}`) must have shape {old.shape}, got {new.shape}")
             old[...] = new
 
+    def reset_state(self) -> None:
+        """Zeros in the states its stateful RNNs carry from batch to batch, as their `reset_state` in Keras."""
+        self.state.reset_carried()
+
+    def reset_states(self) -> None:
+        """Keras's older name of `reset_state`."""
+        self.reset_state()
+
 
 class Sequential(Model):
     """A stack of single-input, single-output layers. Its input comes, as in Keras, from a `kdsl.Input(shape=...)`
     first, from the `input_shape` (or `input_dim`) of its first layer, or else from the first data it is given
     (`fit`, `predict`, `evaluate`...): until then its layers wait, and `compile()` waits with them."""
+
+    keras_class = "Sequential"
 
     def __init__(self, layers: Sequence[KerasTensor | Layer | Model] | None = None, name: str | None = None):
         self._name = model_name("sequential") if name is None else name
@@ -443,7 +455,7 @@ class Sequential(Model):
                 hint="start it with kdsl.Input(shape=...), give its first layer input_shape=, or give it data first",
             )
         if self._built is None or self._built[0] is not self._output:  # built anew once a layer is added
-            self._built = (self._output, _graph_from_calls(self._name, [self._input], [self._output]))
+            self._built = (self._output, graph_from_calls(self._name, [self._input], [self._output]))
         return self._built[1]
 
 
@@ -478,99 +490,6 @@ def _as_list(tensors: KerasTensor | Sequence[KerasTensor]) -> list[KerasTensor]:
         if not isinstance(item, KerasTensor):
             raise KdslArgumentError(f"expected a tensor from kdsl.Input or a layer call, got {item!r}")
     return items
-
-
-def _graph_from_calls(name: str, inputs: list[KerasTensor], outputs: list[KerasTensor]) -> Graph:
-    """Walk back from the outputs to the inputs and build a fresh IR graph with Keras-style names."""
-    if not is_valid_name(name):
-        raise KdslArgumentError(f"a model name must be a name like 'classifier', got {name!r}")
-    calls = _calls_in_order(outputs, inputs)
-    namer, names = LayerNamer(), set()
-    values: dict[int, Value] = {}
-    for position, tensor in enumerate(inputs):
-        input_name = tensor.name or ("input_layer" if position == 0 else f"input_layer_{position}")
-        if input_name in names:
-            raise KdslArgumentError(f"two model inputs are named {input_name!r}")
-        names.add(input_name)
-        values[id(tensor)] = Value(input_name, tensor.type, tensor.masked)
-    layers: dict[int, IRLayer | Nested] = {}
-    for layer in (call.layer for call in calls):
-        if id(layer) in layers:
-            continue
-        if layer.name is not None and not namer.reserve(layer.name):
-            raise KdslArgumentError(f"two layers are named {layer.name!r}")
-        if isinstance(layer, Model):
-            keras = "Sequential" if isinstance(layer, Sequential) else "Functional"
-            layers[id(layer)] = nest(layer.graph, layer.name, keras, layer)
-        else:  # the layer's own configuration, not a copy: `layer.trainable = False` reaches the model
-            layers[id(layer)] = IRLayer(layer.name, layer.kind, layer.config)
-    _check_unshared(name, layers.values())
-    for nested in layers.values():
-        if isinstance(nested, Nested):  # their layers were named first, as Keras names a layer when it is made
-            namer.avoid(layer.name for layer in nested.graph.layers())
-    nodes, named = [], set()
-    for call in calls:
-        target = layers[id(call.layer)]
-        if isinstance(target, Nested):
-            inlined, nested_call = call_nested(target, [values[id(t)] for t in call.inputs])
-            nodes += inlined
-            outputs_of_call = nested_call.outputs
-            for value in outputs_of_call:
-                value.name = target.name
-        else:
-            if id(target) not in named:
-                named.add(id(target))
-                namer.wrapped(target.config)
-            if target.name is None:
-                target.name = namer.next(call.layer.default_name or target.kind.name)
-            outputs_of_call = [Value(target.name) for _ in call.outputs]
-            nodes.append(Node(target, [values[id(t)] for t in call.inputs], outputs_of_call))
-        for tensor, value in zip(call.outputs, outputs_of_call):
-            values[id(tensor)] = value
-    for tensor in outputs:
-        value = values[id(tensor)]
-        if value.name in names:
-            suffix = 1
-            while f"{value.name}_{suffix}" in names:
-                suffix += 1
-            value.name = f"{value.name}_{suffix}"
-        names.add(value.name)
-    graph = Graph(name, [values[id(t)] for t in inputs], [values[id(t)] for t in outputs], nodes)
-    graph.declared_outputs = [None] * len(outputs)
-    return infer_shapes(graph)
-
-
-def _check_unshared(model: str, layers: Iterable[IRLayer | Nested]) -> None:
-    """Refuse a layer both inside a nested model and elsewhere in the model (Keras would share its weights; kdsl
-    holds a nested model's layers apart). Layers are known by their configuration, which their copies share."""
-    owners: dict[int, IRLayer | Nested] = {}
-    for owner in layers:
-        for layer in owner.layers if isinstance(owner, Nested) else [owner]:
-            if owners.setdefault(id(layer.config), owner) is not owner:
-                raise KdslUnsupportedError(
-                    f"a layer of nested model `{owner.name}` is also used elsewhere in model `{model}`",
-                    hint="call that layer only inside the nested model, or build the model from the layers alone",
-                )
-
-
-def _calls_in_order(outputs: list[KerasTensor], inputs: list[KerasTensor]) -> list[LayerCall]:
-    """The layer calls between inputs and outputs, in the order they were made (as Keras lists layers)."""
-    calls: dict[int, LayerCall] = {}
-    known_inputs = {id(t) for t in inputs}
-    pending = list(outputs)
-    while pending:
-        tensor = pending.pop()
-        if id(tensor) in known_inputs:
-            continue
-        if tensor.call is None:
-            raise KdslArgumentError(
-                f"an output depends on an input that is not among the model's inputs ({tensor!r})",
-                hint="pass every Input the outputs depend on to Model(inputs=[...])",
-            )
-        if id(tensor.call) not in calls:
-            calls[id(tensor.call)] = tensor.call
-            pending.extend(tensor.call.inputs)
-    return sorted(calls.values(), key=lambda call: call.order)
 
 
 def load_model(path: str | Path, custom_objects: Any = None, compile: bool = True, safe_mode: bool = True) -> Model:

@@ -72,6 +72,22 @@ class ModelLayer:
         raise AttributeError(f"layer `{self.name}` has no attribute or weight `{name}`")
 
     @property
+    def states(self) -> list[np.ndarray] | None:
+        """A stateful RNN's carried states as the model holds them (writing into them changes the model); None for
+        a layer that carries none, as in Keras."""
+        return self._model.state.carried_values(self._own) or None
+
+    def reset_state(self) -> None:
+        """Zeros in a stateful RNN's carried states, as Keras's `reset_state`."""
+        self._model.state.reset_carried(self._own)
+
+    def reset_states(self) -> None:
+        self.reset_state()
+
+    def _own(self, carried) -> bool:
+        return carried.layer is self._layer
+
+    @property
     def trainable(self) -> bool:
         return self._layer.config["trainable"]
 

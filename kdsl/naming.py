@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -65,3 +66,9 @@ def model_name(base: str) -> str:
     count = _model_names[base]
     _model_names[base] += 1
     return base if count == 0 else f"{base}_{count}"
+
+
+def snake_case(name: str) -> str:
+    """Keras's name for an instance of a class of the user's own: `MinimalGRUCell` -> `minimal_gru_cell`."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdsl.layers import KerasTensor
+from kdsl.errors import KdslUnsupportedError
+from kdsl.layers import Concatenate, KerasTensor
 from kdsl.layers import operate as _apply
 
-__all__ = ["abs", "absolute", "add", "divide", "exp", "log", "maximum", "minimum", "multiply", "negative", "relu",
-           "sigmoid", "softmax", "sqrt", "square", "subtract", "tanh", "true_divide"]  # fmt: skip
+__all__ = ["abs", "absolute", "add", "concatenate", "divide", "exp", "log", "maximum", "minimum", "multiply",
+           "negative", "relu", "sigmoid", "softmax", "sqrt", "square", "subtract", "tanh", "true_divide"]  # fmt: skip
 
 
 def add(x1: Any, x2: Any) -> KerasTensor:
@@ -87,3 +88,12 @@ abs = absolute  # Keras spells it both ways
 
 def softmax(x: Any, axis: int = -1) -> KerasTensor:
     return _apply("softmax", x, axis=axis)
+
+
+def concatenate(xs: list[KerasTensor], axis: int = 0) -> KerasTensor:
+    """Tensors joined along `axis` (Keras's default, 0, is the batch axis: refused), as a `Concatenate` layer."""
+    if axis == 0:
+        raise KdslUnsupportedError(
+            "`ops.concatenate` along axis 0, the batch axis", hint="join the features: `axis=-1`"
+        )
+    return Concatenate(axis=axis)(list(xs))

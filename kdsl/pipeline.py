@@ -73,9 +73,10 @@ def compile_programs(
 def _entries(graph: Graph, inference: Lowered, training: Training | None) -> list[Entry]:
     """The functions a backend exposes, with the names of their arguments and results."""
     data = [v.name for v in graph.inputs]
-    params = [name for name, _, _ in inference.params]
+    params = [name for name, _, _ in inference.params] + [state.name for state, _ in inference.carried]
     masks = [f"mask/{name}" for name, mask in zip(graph.output_names, inference.masks) if mask is not None]
-    entries = [Entry("forward", inference.program, [*data, *params], [*graph.output_names, *masks])]
+    carried = [f"update/{params[i]}" for i, _ in inference.updates]  # a stateful RNN's states, after inference too
+    entries = [Entry("forward", inference.program, [*data, *params], [*graph.output_names, *carried, *masks])]
     if training is not None:
         noise = [f"{n.layer}/keep{i}" for i, n in enumerate(training.lowered.noise)]
         targets = [v.name for v in [*training.targets, *training.sample_weights]]

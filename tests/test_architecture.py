@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kdsl"
 LAYERS = [
     ["kdsl.errors", "kdsl.files", "kdsl.naming", "kdsl.memory", "kdsl.status_line", "kdsl.backends.cpu.support"],
     ["kdsl.ir", "kdsl.catalogue"],
-    ["kdsl.lang", "kdsl.ir.printer", "kdsl.passes", "kdsl.summary"],
+    ["kdsl.lang", "kdsl.ir.printer", "kdsl.passes", "kdsl.summary", "kdsl.functional"],
     ["kdsl.runtime.state", "kdsl.runtime.initializers", "kdsl.runtime.optimizers", "kdsl.runtime.schedules",
      "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics", "kdsl.distribute"],
     ["kdsl.backends"],

@@ -86,8 +86,8 @@ def test_arguments_are_checked_like_keras():
         L.Dense(unit=3)
     with pytest.raises(KdslArgumentError, match="unknown activation"):
         L.Dense(3, activation="rleu")
-    with pytest.raises(KdslUnsupportedError, match="stateful"):
-        L.LSTM(3, stateful=True)
+    with pytest.raises(KdslUnsupportedError, match="unroll"):
+        L.LSTM(3, unroll=True)
     with pytest.raises(KdslArgumentError, match="fraction"):
         L.Dropout(1.5)
     with pytest.raises(KdslArgumentError, match="recurrent layer"):
@@ -108,8 +108,8 @@ def test_model_refuses_outputs_from_inputs_it_was_not_given():
 
 
 def test_input_validation():
-    with pytest.raises(KdslUnsupportedError):
-        kdsl.Input(shape=(3,), batch_size=8)
+    with pytest.raises(KdslArgumentError, match="batch_size"):
+        kdsl.Input(shape=(3,), batch_size=0)
     with pytest.raises(KdslArgumentError):
         kdsl.Input(shape=(0,))
     with pytest.raises(KdslArgumentError):

@@ -54,9 +54,23 @@ def small_gru_stack() -> str:
     return source
 
 
-@pytest.fixture(scope="module", params=["mnist_lstm", "gru_stack", "masked", "dense"])
+# a cell of one's own: its x-products hoisted before the loop, its loop the state's product and gates
+CELL = """
+cell MinimalGRU(units) (x, h: f32[batch, units]) -> h {
+    f = dense(concatenate(x, h), units, activation=sigmoid)
+    h = f * h + (1 - f) * dense(x, units, activation=tanh)
+}
+model OwnCell(seq: f32[batch, time, 3]) -> y {
+    y = rnn(seq, MinimalGRU(4)) |> dense(2, activation=softmax)
+}
+train OwnCell { loss = sparse_categorical_crossentropy  optimizer = sgd }
+"""
+
+
+@pytest.fixture(scope="module", params=["mnist_lstm", "gru_stack", "masked", "dense", "cell"])
 def pair(request):
-    sources = {"mnist_lstm": small_mnist_lstm(), "gru_stack": small_gru_stack(), "masked": MASKED, "dense": DENSE}
+    sources = {"mnist_lstm": small_mnist_lstm(), "gru_stack": small_gru_stack(), "masked": MASKED, "dense": DENSE,
+               "cell": CELL}  # fmt: skip
     source = sources[request.param]
     graph = next(iter(load(source, "t.kd").models.values()))
     reference, compiled = compile_model(graph, target="numpy"), compile_model(graph, target="cuda")

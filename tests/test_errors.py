@@ -115,7 +115,7 @@ def test_misspelled_argument_suggests_the_real_one():
     "call, keyword",
     [
         ("lstm(x, unit=64)", "unit"),
-        ("lstm(x, 8, stateful=true)", "stateful"),
+        ("lstm(x, 8, unroll=true)", "unroll"),
         ("dense(x, 8, kernel_constraint=max_norm(2))", "kernel_constraint"),
     ],
 )
@@ -162,7 +162,7 @@ def test_unknown_training_function(setting, needle, message, hint):
 @pytest.mark.parametrize(
     "call, argument, hint",
     [
-        ("lstm(x, 8, stateful=true)", "stateful", "initial_state"),
+        ("lstm(x, 8, time_major=true)", "time_major", "(batch, timesteps, features)"),
         ("gru(x, 8, unroll=true)", "unroll", "remove `unroll`"),
         ("simple_rnn(x, 8, kernel_constraint=max_norm(2))", "kernel_constraint", "constraints"),
         ("dense(x, 8, kernel_constraint=max_norm(2))", "kernel_constraint", "constraints"),

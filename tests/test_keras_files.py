@@ -576,3 +576,15 @@ def test_load_model_takes_keras_arguments_and_refuses_what_it_cannot_honour(tmp_
     model.save(tmp_path / "m.kdz")
     with pytest.raises(KdslError, match="always loads compiled"):
         kdsl.load_model(tmp_path / "m.kdz", compile=False)
+
+
+def test_compile_settings_kdsl_cannot_compile_name_the_file(tmp_path):
+    """An empty loss for a model of two outputs: the error names the file, as every error reading one does."""
+
+    def edit(document):
+        document["compile_config"]["loss"] = {}
+
+    damaged = rewritten(tmp_path, "two_inputs_two_outputs.keras", edited_config(edit))
+    with pytest.raises(KdslError, match="no loss for output") as raised:
+        kdsl.load_model(damaged)
+    assert str(damaged) in raised.value.message

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kdsl as keras
-from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.errors import KdslArgumentError
 from kdsl.layers import Add, Concatenate, Multiply
 
 
@@ -112,8 +112,8 @@ def test_rnn_of_a_cell_trains_as_the_layer_and_compiles_to_its_time_loop(cell, l
     assert f"rnn ({layer})" in report and "one compiled time loop" in report
 
 
-def test_rnn_refuses_what_it_cannot_compile():
-    with pytest.raises(KdslUnsupportedError, match="SimpleRNNCell, LSTMCell or GRUCell"):
+def test_rnn_refuses_what_is_not_a_cell():
+    with pytest.raises(KdslArgumentError, match="SimpleRNNCell, LSTMCell, GRUCell, a layer of your own"):
         keras.layers.RNN(object())
 
 

@@ -2,7 +2,7 @@
 
 Hypothesis draws the layer arguments, shapes, batch sizes and sequence lengths (down to 1) and the padding of
 masked sequences; both sides get the same float32 weights and inputs, so any difference beyond float32 rounding
-is kdsl's equations or semantics. Layers are declared by name (`layer rnn = ...`) so their parameters are found
+is kdsl's equations or semantics. Layers are declared by name (`layer recurrent = ...`) so their parameters are found
 by that prefix.
 """
 
@@ -198,10 +198,10 @@ def test_recurrent(
     layer = rnn_layer(kind, units, activation, gate, use_bias, **flags)
     outputs = ["y", *(f"out_s{i}" for i in range(N_STATES[kind]) if return_state)]
     state_arg = f", initial_state=[{', '.join(states)}]" if states else ""
-    body += [f"layer rnn = {layer}", f"{', '.join(outputs)} = rnn(seq{state_arg})"]
+    body += [f"layer recurrent = {layer}", f"{', '.join(outputs)} = recurrent(seq{state_arg})"]
     model, weights = build(model_text(inputs, body, outputs), seed)
 
-    reference = rnn_reference(kind, params(weights, "rnn"), activation, gate)
+    reference = rnn_reference(kind, params(weights, "recurrent"), activation, gate)
     expected = reference(embedded(weights, arrays, masked), mask=mask, initial_state=initial_states or None, **flags)
     assert_outputs(model.forward(*arrays, *initial_states), as_list(expected))
 
@@ -222,11 +222,11 @@ def test_recurrent_every_padding_in_one_batch(kind, go_backwards, initial):
     state_arg = f", initial_state=[{', '.join(names)}]" if names else ""
     body = [
         f"layer emb = embedding({VOCAB}, {features}, mask_zero=true)",
-        f"layer rnn = {rnn_layer(kind, units, 'tanh', 'sigmoid', True, **flags)}",
-        f"{', '.join(outputs)} = rnn(emb(ids){state_arg})",
+        f"layer recurrent = {rnn_layer(kind, units, 'tanh', 'sigmoid', True, **flags)}",
+        f"{', '.join(outputs)} = recurrent(emb(ids){state_arg})",
     ]
     model, weights = build(model_text(inputs, body, outputs), 12)
-    reference = rnn_reference(kind, params(weights, "rnn"), "tanh", "sigmoid")
+    reference = rnn_reference(kind, params(weights, "recurrent"), "tanh", "sigmoid")
     x = kr.embedding(ids, weights["emb/embeddings"])
     expected = reference(x, mask=kr.embedding_mask(ids), initial_state=states or None, **flags)
     assert_outputs(model.forward(ids, *states), expected)
@@ -619,11 +619,11 @@ def _torch_model(kind: str, batch: int, steps: int, features: int, units: int):
     inputs = {"x": f"f32[batch, {steps}, {features}]", **{s: f"f32[batch, {units}]" for s in states}}
     outputs = ["y", *(f"out_{s}" for s in states)]
     layer = f"{kind}({units}, return_sequences=true, return_state=true)"
-    body = [f"layer rnn = {layer}", f"{', '.join(outputs)} = rnn(x, initial_state=[{', '.join(states)}])"]
+    body = [f"layer recurrent = {layer}", f"{', '.join(outputs)} = recurrent(x, initial_state=[{', '.join(states)}])"]
     model, weights = build(model_text(inputs, body, outputs), 16)
     rng = np.random.default_rng(17)
     arrays = [normal(rng, batch, steps, features), *(normal(rng, batch, units) for _ in states)]
-    return model, params(weights, "rnn"), arrays
+    return model, params(weights, "recurrent"), arrays
 
 
 def test_lstm_matches_torch():

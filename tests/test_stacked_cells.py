@@ -192,12 +192,12 @@ def test_what_cannot_run_is_refused_clearly():
     inputs = keras.Input(shape=(4, 3))
     with pytest.raises(KdslArgumentError, match="a cell takes no `return_sequences`"):
         L.RNN([L.LSTMCell(3, return_sequences=True), L.LSTMCell(2)])
-    with pytest.raises(KdslUnsupportedError, match="SimpleRNNCell, LSTMCell or GRUCell, or a list"):
+    with pytest.raises(KdslArgumentError, match="SimpleRNNCell, LSTMCell, GRUCell, a layer of your own"):
         L.RNN(object())
     with pytest.raises(KdslArgumentError, match="a recurrent cell"):
         L.RNN([L.LSTMCell(3), L.Dense(2)])
-    with pytest.raises(KdslUnsupportedError, match="stateful"):
-        L.RNN([L.LSTMCell(3), L.LSTMCell(2)], stateful=True)
+    with pytest.raises(KdslUnsupportedError, match="unroll"):
+        L.RNN([L.LSTMCell(3), L.LSTMCell(2)], unroll=True)
     with pytest.raises(KdslUnsupportedError, match="zero_output_for_mask"):
         L.RNN([L.LSTMCell(3), L.LSTMCell(2)], zero_output_for_mask=True)
     h = keras.Input(shape=(3,))

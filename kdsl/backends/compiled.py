@@ -25,6 +25,7 @@ from kdsl.backends.cpu import support
 from kdsl.backends.cpu.codegen import generate_module, module_kernels
 from kdsl.backends.cpu.policy import splits_by_rows
 from kdsl.backends.modules import load_module
+from kdsl.errors import KdslArgumentError
 from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.interpret import bind_sizes, run_program
 from kdsl.ir.types import concrete
@@ -195,12 +196,15 @@ class CompiledModel:
         return self.forward_with_masks(*inputs)[0]
 
     def forward_with_masks(self, *inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-        """The model outputs for one batch, and each output's padding mask (None where it has none)."""
+        """The model outputs for one batch, and each output's padding mask (None where it has none). Stateful
+        RNNs keep their final states for the next batch."""
         arrays = [*self._inputs(inputs), *self.state.host]
         with self._running:  # the results copied out of the entry's buffers before another call reuses them
             results = [np.array(x) for x in self.runner.run("forward", arrays, self.state)]
-        count = len(self.graph.outputs)
-        return results[:count], self._masks(results[count:])
+            count, updates = len(self.graph.outputs), self.inference.updates
+            carried = results[count : count + len(updates)]
+            self.runner.store_updates(self.state, [(i, value) for (i, _), value in zip(updates, carried)])
+        return results[:count], self._masks(results[count + len(updates) :])
 
     def _masks(self, present: list) -> list[np.ndarray | None]:
         """The masks a program returned for the outputs that have one, as one entry per output."""
@@ -213,7 +217,8 @@ class CompiledModel:
         targets: Sequence[np.ndarray],
         sample_weights: Sequence[np.ndarray | None] | None = None,
     ) -> float:
-        """Loss of one batch; leaves its gradients in `grads` and new BatchNormalization statistics in the weights.
+        """Loss of one batch; leaves its gradients in `grads`, new BatchNormalization statistics in the weights and
+        stateful RNNs' final states in theirs.
 
         `sample_weights` (one per output, or None for all ones) weigh each sample's loss, as in Keras.
         """
@@ -309,9 +314,19 @@ class CompiledModel:
     def _inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"model `{self.graph.name}` takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
-        return [
+        arrays = [
             np.asarray(x, np.int32 if v.type.dtype == "i32" else np.float32) for x, v in zip(inputs, self.graph.inputs)
         ]
+        for array, value in zip(arrays, self.graph.inputs):
+            batch = value.type.dims[0]
+            if isinstance(batch, int) and array.shape[:1] != (batch,):
+                raise KdslArgumentError(
+                    f"model `{self.graph.name}` has a fixed batch size of {batch} (input `{value.name}`), as "
+                    f"stateful RNNs need: every batch has that many samples, got {array.shape[0] if array.ndim else 0}",
+                    hint=f"give batches of exactly {batch} samples: batch_size={batch} in fit, predict and "
+                    f"evaluate, with a number of samples that is a multiple of {batch}",
+                )
+        return arrays
 
     # --- generated code -----------------------------------------------------------------------------
 
@@ -326,7 +341,8 @@ class CompiledModel:
 
 def export(compilation: Compilation, state: ModelState, directory: Path | str, parallel: bool | None = None) -> Path:
     """Write a standalone CPU module `<model>.py`, the support package it imports (a copy of
-    `kdsl.backends.cpu.support`), its metadata `<model>.json` and the state's weights `<model>.npz`."""
+    `kdsl.backends.cpu.support`), its metadata `<model>.json` and the state's weights (and the states stateful
+    RNNs carry) `<model>.npz`."""
     directory = Path(directory)
     (directory / STANDALONE_SUPPORT).mkdir(parents=True, exist_ok=True)
     for file in Path(support.__file__).parent.glob("*.py"):
@@ -346,8 +362,10 @@ def export(compilation: Compilation, state: ModelState, directory: Path | str, p
             {"name": n, "shape": list(w.shape), "trainable": i in state.trainable}
             for i, (n, w) in enumerate(zip(state.names, state.weights))
         ],
+        "states": [{"name": c.name, "shape": list(c.type.dims)} for c in state.carried],  # stateful RNNs', in the .npz
         "functions": {e.name: {"arguments": e.argument_names, "results": e.result_names} for e in compilation.entries},
     }
     write_atomically(stem.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
-    write_atomically(stem.with_suffix(".npz"), npz_bytes(dict(zip(state.names, state.weights))))
+    carried = dict(zip([c.name for c in state.carried], state.carried_values()))
+    write_atomically(stem.with_suffix(".npz"), npz_bytes(dict(zip(state.names, state.weights)) | carried))
     return stem.with_suffix(".py")

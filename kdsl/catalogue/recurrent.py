@@ -40,12 +40,12 @@ RECURRENT_ARGS = (
     Arg("return_sequences", boolean, False),
     Arg("return_state", boolean, False),
     Arg("go_backwards", boolean, False),
+    Arg("stateful", boolean, False),
     Arg("seed", seed, None),
 )
 RECURRENT_ACTIVATION = Arg("recurrent_activation", activation, "sigmoid")
 
 RECURRENT_UNSUPPORTED = {
-    "stateful": "stateful RNNs are not implemented; pass the carried state as `initial_state=[...]`",
     "unroll": "kdsl always compiles the whole time loop into one kernel; remove `unroll`",
     "time_major": "inputs are (batch, timesteps, features)",
     "use_cudnn": "kdsl picks the kernel itself; `kdsl compile --explain` shows which",
@@ -54,6 +54,17 @@ RECURRENT_UNSUPPORTED = {
     "bias_constraint": CONSTRAINT_HINT,
     "activity_regularizer": ACTIVITY_HINT,
 }
+
+
+def expect_static_batch(kind: LayerKind, x: TensorType) -> None:
+    """A stateful RNN keeps one state per sample of a batch: its batch size must be a number, as in Keras."""
+    if not isinstance(x.dims[0], int):
+        raise KdslShapeError(
+            f"`{kind.name}` with `stateful=true` needs a static batch size, found dynamic batch size: "
+            f"sequence shape {show(x)}",
+            hint="give the model's input a fixed batch size: `Input(shape=..., batch_size=4)` in Python, "
+            "`x: f32[4, timesteps, features]` in a .kd file",
+        )
 
 
 class Recurrent(LayerKind):
@@ -80,6 +91,8 @@ class Recurrent(LayerKind):
         expect_rank(self, x, 3, "(batch, timesteps, features)")
         fixed(self, x.dims[2], "number of input features")
         batch, steps = x.dims[0], x.dims[1]
+        if config["stateful"]:
+            expect_static_batch(self, x)
         states = [(name, TensorType("f32", (batch, units))) for name, units in self.state_units(config)]
         if initial:
             if len(initial) != len(states):
@@ -111,6 +124,13 @@ class Recurrent(LayerKind):
 
     def bias_shape(self, config: Config) -> tuple[int, ...]:
         return (self.gates * config["units"],)
+
+    def carried(self, config: Config, inputs: Sequence[TensorType]) -> list[tuple[str, TensorType]]:
+        """The states a stateful layer keeps from one batch to the next (none otherwise), named and typed."""
+        if not config["stateful"]:
+            return []
+        batch = inputs[0].dims[0]
+        return [(name, TensorType("f32", (batch, units))) for name, units in self.state_units(config)]
 
     def output_masks(self, config, input_masks: Sequence[bool]) -> list[bool]:
         sequence_masked = bool(input_masks) and input_masks[0] and config["return_sequences"]

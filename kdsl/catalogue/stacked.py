@@ -13,7 +13,7 @@ from kdsl.ir.types import TensorType
 
 CELL_KINDS = ("simple_rnn", "lstm", "gru")
 _cell = layer_arg(CELL_KINDS, "a recurrent cell like `lstm(32)`")
-_RNN_ONLY = ("return_sequences", "return_state", "go_backwards")
+_RNN_ONLY = ("return_sequences", "return_state", "go_backwards", "stateful")
 
 
 def cells(value: Any) -> tuple[LayerSpec, ...]:
@@ -45,9 +45,10 @@ class StackedRNN(Recurrent):
         Arg("return_sequences", boolean, False),
         Arg("return_state", boolean, False),
         Arg("go_backwards", boolean, False),
+        Arg("stateful", boolean, False),
     )
     unsupported = {
-        **{k: v for k, v in RECURRENT_UNSUPPORTED.items() if k in ("stateful", "unroll", "time_major")},
+        **{k: v for k, v in RECURRENT_UNSUPPORTED.items() if k in ("unroll", "time_major")},
         "zero_output_for_mask": "a masked step repeats the previous output, as Keras's default does",
     }
     max_inputs = None  # the sequence, then every cell's initial states

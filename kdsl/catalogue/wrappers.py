@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from kdsl.catalogue.args import Arg, one_of
@@ -10,7 +11,7 @@ from kdsl.errors import KdslShapeError
 from kdsl.ir.graph import LayerSpec
 from kdsl.ir.types import TensorType
 
-RECURRENT_KINDS = ("simple_rnn", "lstm", "gru", "stacked_rnn")
+RECURRENT_KINDS = ("simple_rnn", "lstm", "gru", "stacked_rnn", "rnn")
 
 
 def _inner(config) -> LayerSpec:
@@ -54,6 +55,12 @@ class Bidirectional(LayerKind):
             for direction in ("forward", "backward")
             for p in params
         ]
+
+    def carried(self, config, inputs: Sequence[TensorType]) -> list[tuple[str, TensorType]]:
+        """A stateful layer's states, the forward copy's then the backward's, as Keras's two layers keep them."""
+        inner = _inner(config)
+        states = inner.kind.carried(inner.config, inputs)
+        return [(f"{direction}_{name}", type) for direction in ("forward", "backward") for name, type in states]
 
     def output_masks(self, config, input_masks):
         inner = _inner(config)

@@ -246,7 +246,10 @@ def load_keras_model(path: str | Path, model_class: type[Model], sequential_clas
     imported = read_keras_model(path, model_class, sequential_class=sequential_class)
     model = imported.model
     if compile and model.graph.train is not None:
-        model.compile()
+        try:
+            model.compile()
+        except KdslError as error:  # compile settings the reading let through, as an empty loss
+            raise KdslError(f"{path}: its compile settings: {error.message}", hint=error.hint) from None
         if imported.optimizer_variables:
             restore_optimizer_variables(model, imported.optimizer_variables, str(path))
     return model

@@ -126,16 +126,13 @@ def _input(entry: dict, several: bool = False) -> KerasTensor:
     shape = config.get("batch_shape", config.get("batch_input_shape"))
     if not isinstance(shape, list) or not shape:
         raise KdslError(f"input `{name}` has no `batch_shape`")
-    if shape[0] is not None:
-        raise refuse(name, "InputLayer", f"a fixed batch size ({shape[0]!r}) is not supported",
-                     hint="kdsl's batch size is chosen per call of fit/predict")  # fmt: skip
     dtype = config.get("dtype") or "float32"
     dtype = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
     if dtype not in INPUT_DTYPES:
         raise refuse(name, "InputLayer", f"dtype {dtype!r}: kdsl's inputs are float32 or int32 (token ids)")
     try:
         dims = [f"{name}_d{i}" if d is None and several else d for i, d in enumerate(shape[1:], start=1)]
-        return Input(shape=dims, dtype=INPUT_DTYPES[dtype], name=name)
+        return Input(shape=dims, dtype=INPUT_DTYPES[dtype], name=name, batch_size=shape[0])  # fixed: stateful RNNs
     except KdslError as error:
         raise refuse(name, "InputLayer", error.message, error.hint) from None
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from kdsl.catalogue.args import FnSpec
+from kdsl.catalogue.cells import StepCell
 from kdsl.catalogue.functions import REGULARIZERS
 from kdsl.catalogue.stacked import StackedRNN
+from kdsl.errors import KdslUnsupportedError
 from kdsl.ir.graph import Graph, Layer, LayerSpec, Nested, NestedCall, Node, Value
 from kdsl.ir.types import TensorType
 from kdsl.keras_files.layout import CELL_CLASSES
@@ -128,6 +130,11 @@ def _arguments(config: dict[str, Any], leave_out: tuple[str, ...] = ()) -> dict[
 
 
 def _value(value: Any) -> Any:
+    if isinstance(value, StepCell):
+        raise KdslUnsupportedError(
+            f"the cell `{value.name}` cannot be written into a `.keras` file: Keras would need its Python class",
+            hint="save the model as `.kdz`, which keeps the cell's `.kd` definition",
+        )
     if isinstance(value, LayerSpec):
         return _serialized_layer(value)
     if isinstance(value, FnSpec):

@@ -118,6 +118,30 @@ class ModelDef:
 
 
 @dataclass
+class CellDef:
+    """`cell NAME(parameters) (x, state: type, ...) -> output { ... }`: one step of a recurrent cell."""
+
+    name: Name
+    parameters: list[Name]
+    step_input: Name
+    states: list[InputDecl]
+    output: Name
+    body: list[Assign | LayerDecl]
+    span: Span = field(compare=False, repr=False)
+
+    def text(self) -> str:
+        """The definition as written (less the indentation of its first line), for printing a model that uses the
+        cell back to `.kd` text."""
+        span = self.span
+        lines = (span.source or "").split("\n")[span.line - 1 : span.end_line]
+        if not lines:
+            return ""
+        lines[-1] = lines[-1][: span.end_column]
+        indent, lines[0] = lines[0][: span.column - 1], lines[0][span.column - 1 :]
+        return "\n".join([lines[0], *(line.removeprefix(indent) for line in lines[1:])])
+
+
+@dataclass
 class Setting:
     """`key [output] = value [, weight 0.2]` inside a train block."""
 
@@ -138,7 +162,7 @@ class TrainDef:
 @dataclass
 class Module:
     file: str
-    items: list[ModelDef | TrainDef]
+    items: list[ModelDef | TrainDef | CellDef]
 
 
 def dump(node: object, indent: int = 0) -> str:

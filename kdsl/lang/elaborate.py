@@ -5,6 +5,8 @@ Positional arguments of a layer call are its inputs when they are tensors (`dens
 unapplied layer, which `|>`, `layer NAME = ...` and wrappers like `bidirectional` take.
 A call of another model of the file (`code = Encoder(x)`) nests that model, as calling a
 Keras model on tensors does; models may be written in any order, but none may call itself.
+A `cell` of the file is one step of a recurrent cell, made with its arguments where `rnn`
+takes it (`rnn(seq, MinimalGRU(32))`) into a `StepCell`, the step's own small graph.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from kdsl import catalogue
 from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
+from kdsl.catalogue.cells import STEP_REFUSED, CellRNN, CellSource, StepCell
 from kdsl.catalogue.datasets import dataset
 from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
 from kdsl.catalogue.operations import CALLABLE, NEGATIVE, OPERATIONS, Operation, is_number
@@ -88,10 +91,17 @@ def _elaborate(module: ast.Module) -> Program:
     program = Program(module.file)
     models = _Models()
     for item in module.items:
-        if isinstance(item, ast.ModelDef):
-            if item.name.id in models.defs:
-                raise KdslNameError(f"model `{item.name.id}` is defined twice", item.name.span)
-            models.defs[item.name.id] = item
+        if isinstance(item, ast.ModelDef | ast.CellDef):
+            name = item.name.id
+            if name in models.defs or name in models.cells:
+                first = "model" if name in models.defs else "cell"
+                raise KdslNameError(f"{first} `{name}` is defined twice", item.name.span)
+            if isinstance(item, ast.CellDef):
+                if catalogue.lookup(name) or name in CALLABLE:
+                    raise KdslNameError(f"`{name}` is already a layer name; pick another", item.name.span)
+                models.cells[name] = item
+            else:
+                models.defs[name] = item
     program.models = {name: models.graph(name) for name in models.defs}
     for item in module.items:
         if isinstance(item, ast.TrainDef):
@@ -180,6 +190,7 @@ class _Models:
 
     def __init__(self) -> None:
         self.defs: dict[str, ast.ModelDef] = {}
+        self.cells: dict[str, ast.CellDef] = {}
         self.built: dict[str, Graph] = {}
         self.building: list[str] = []  # the models being built, each calling the next
 
@@ -196,6 +207,37 @@ class _Models:
             self.built[name] = _ModelBuilder(self.defs[name], self).build()
             self.building.pop()
         return self.built[name]
+
+    def cell(self, call: ast.Call) -> StepCell:
+        """The cell `call` names, made with its arguments: `MinimalGRU(32)`, `MinimalGRU(units=32)`."""
+        definition = self.cells[call.func.id]
+        parameters = [p.id for p in definition.parameters]
+        signature = f"{definition.name.id}({', '.join(parameters)})"
+        if len(call.args) > len(parameters):
+            raise KdslArgumentError(
+                f"cell `{signature}` takes {len(parameters)} parameter(s), got {len(call.args) + len(call.keywords)}",
+                call.span,
+                hint=f"write `{signature}` with a value for each parameter",
+            )
+        bound = {name: config_value(arg) for name, arg in zip(parameters, call.args)}
+        for keyword in call.keywords:
+            if keyword.name not in parameters:
+                raise KdslArgumentError(
+                    f"cell `{signature}` has no parameter `{keyword.name}`",
+                    keyword.span,
+                    hint=did_you_mean(keyword.name, parameters) or f"its parameters: {', '.join(parameters) or 'none'}",
+                )
+            if keyword.name in bound:
+                raise KdslArgumentError(f"parameter `{keyword.name}` is given twice", keyword.span)
+            bound[keyword.name] = config_value(keyword.value)
+        missing = [name for name in parameters if name not in bound]
+        if missing:
+            raise KdslArgumentError(
+                f"cell `{signature}` takes {len(parameters)} parameter(s), got {len(bound)}",
+                call.span,
+                hint=f"give `{missing[0]}` too: `{signature}`",
+            )
+        return _CellBuilder(definition, self, {name: bound[name] for name in parameters}).build()
 
 
 def _called_models(model: ast.ModelDef, names: dict[str, ast.ModelDef]) -> list[str]:
@@ -241,14 +283,7 @@ class _ModelBuilder:
         for name in _called_models(self.model, self.models.defs):  # named first, as a Keras model's layers are
             if name not in self.models.building:
                 self.namer.avoid(layer.name for layer in self.models.graph(name).layers())
-        for statement in self.model.body:
-            if isinstance(statement, ast.LayerDecl):
-                self.declare_layer(statement)
-            else:
-                self.assign(statement)
-        for name, layer in self.shared.items():
-            if name not in self.shared_used:
-                raise KdslNameError(f"layer `{name}` is declared but never called", layer.span)
+        self.run_body(self.model.body)
         outputs, declared, spans = [], [], []
         for out in self.model.outputs:
             if out.name.id not in self.values:
@@ -264,16 +299,27 @@ class _ModelBuilder:
             spans.append(out.span)
         return Graph(self.model.name.id, inputs, outputs, self.nodes, declared, None, self.model.span, spans)
 
+    def run_body(self, body: list[ast.Assign | ast.LayerDecl]) -> None:
+        for statement in body:
+            if isinstance(statement, ast.LayerDecl):
+                self.declare_layer(statement)
+            else:
+                self.assign(statement)
+        for name, layer in self.shared.items():
+            if name not in self.shared_used:
+                raise KdslNameError(f"layer `{name}` is declared but never called", layer.span)
+
     def declare_input(self, decl: ast.InputDecl) -> Value:
         name = decl.name.id
         if name in self.values:
             raise KdslNameError(f"input `{name}` is declared twice", decl.name.span)
         type_ = self.tensor_type(decl.type)
-        if not type_.dims or type_.dims[0] != BATCH:
+        fixed_batch = len(type_.dims) > 1 and isinstance(type_.dims[0], int)  # f32[4, ...]: for stateful RNNs
+        if not type_.dims or not (type_.dims[0] == BATCH or fixed_batch):
             raise KdslShapeError(
                 f"input `{name}` must start with the batch dimension",
                 decl.type.span,
-                hint=f"write `{decl.type.dtype.id}[batch, ...]`",
+                hint=f"write `{decl.type.dtype.id}[batch, ...]`, or a number for a fixed batch size (stateful RNNs)",
             )
         value = Value(name, type_)
         self.values[name] = value
@@ -308,8 +354,9 @@ class _ModelBuilder:
     def declare_layer(self, decl: ast.LayerDecl) -> None:
         name = decl.name.id
         taken = catalogue.lookup(name) or name in CALLABLE or name in self.shared or name in RESERVED
-        if taken or name in self.models.defs:
+        if taken or name in self.models.defs or name in self.models.cells:
             what = "model" if name in self.models.defs else "function" if name in CALLABLE else "layer"
+            what = "cell" if name in self.models.cells else what
             raise KdslNameError(f"`{name}` is already a {what} name; pick another", decl.name.span)
         result = self.evaluate(decl.value)
         if not isinstance(result, _Unapplied):
@@ -488,6 +535,8 @@ class _ModelBuilder:
     def call(self, call: ast.Call, piped: Value | None) -> Any:
         func = call.func.id
         inputs = [piped] if piped is not None else []
+        if func in self.models.cells:
+            raise self.misplaced_cell(call)
         if func in self.shared:
             layer = self.shared_call(func)
             for arg in call.args:
@@ -503,6 +552,10 @@ class _ModelBuilder:
             raise self.unknown_layer(call.func)
         given = []
         for arg in call.args:
+            cell = self.cell_argument(arg, kind)
+            if cell is not None:
+                given.append(Given(cell, arg.span))
+                continue
             result = self.argument(arg)
             if isinstance(result, _Tensors):
                 inputs.extend(result)
@@ -521,7 +574,10 @@ class _ModelBuilder:
                 if not is_valid_name(name):
                     raise KdslArgumentError('a layer `name` must be a name like "encoder"', keyword.value.span)
             elif keyword.name not in ("initial_state", *CALL_KEYWORDS_REFUSED):
-                if isinstance(keyword.value, ast.Name) and keyword.value.id in self.values:
+                cell = self.cell_argument(keyword.value, kind)
+                if cell is not None:
+                    value = cell
+                elif isinstance(keyword.value, ast.Name) and keyword.value.id in self.values:
                     value = keyword.value.id  # settings are never tensors: `activation=relu` beside a tensor `relu`
                 else:
                     value = self.setting(self.argument(keyword.value), keyword.value)
@@ -537,6 +593,34 @@ class _ModelBuilder:
         self.namer.wrapped(config)
         layer = Layer(name or self.namer.next(kind.name), kind, config, call.span)
         return self.apply(layer, inputs, call.span, states)
+
+    def cell_argument(self, expr: ast.Expr, kind: catalogue.LayerKind) -> StepCell | None:
+        """A cell made for `rnn` (`rnn(seq, MinimalGRU(32))`; a bare `MinimalGRU` has no arguments); None where
+        `expr` is not a cell."""
+        call = ast.Call(expr, [], [], expr.span) if isinstance(expr, ast.Name) else expr
+        if not isinstance(call, ast.Call) or call.func.id in self.values or call.func.id in self.shared:
+            return None
+        name = call.func.id
+        if name in self.models.cells:
+            if not isinstance(kind, CellRNN):
+                raise self.misplaced_cell(call)
+            return self.models.cell(call)
+        known = self.is_layer_or_model(name) or name in CALLABLE
+        if isinstance(kind, CellRNN) and isinstance(expr, ast.Call) and not known:
+            raise KdslNameError(
+                f"unknown cell `{name}`",
+                call.func.span,
+                hint=did_you_mean(name, self.models.cells)
+                or "define it: `cell NAME(units) (x, h: f32[batch, units]) -> h { ... }`",
+            )
+        return None
+
+    def misplaced_cell(self, call: ast.Call) -> KdslArgumentError:
+        return KdslArgumentError(
+            f"cell `{call.func.id}` is one step of a recurrent layer, not a tensor or a layer",
+            call.span,
+            hint=f"run it over a sequence: `rnn(seq, {call.func.id}(...))`",
+        )
 
     def is_layer_or_model(self, name: str) -> bool:
         return catalogue.lookup(name) is not None or name in self.shared or name in self.models.defs
@@ -622,6 +706,109 @@ class _ModelBuilder:
         outputs = [Value(layer.name) for _ in range(kind.num_outputs(layer.config))]
         self.nodes.append(Node(layer, [*inputs, *(states or [])], outputs, span))
         return _Tensors(outputs)
+
+
+class _CellBuilder(_ModelBuilder):
+    """The body of a `cell`, its parameters bound, as one step's graph: [x, *states] -> [output, *new states]."""
+
+    def __init__(self, cell: ast.CellDef, models: _Models, bound: dict[str, Any]):
+        super().__init__(cell, models)
+        self.cell, self.bound = cell, bound
+        self.assigned: dict[str, Span] = {}
+
+    def build(self) -> StepCell:
+        cell, name = self.cell, self.cell.name.id
+        seen: dict[str, str] = {}
+        declared = [(p, "parameter") for p in cell.parameters] + [(cell.step_input, "input")]
+        for decl_name, what in declared + [(decl.name, "state") for decl in cell.states]:
+            if decl_name.id in seen:
+                raise KdslNameError(
+                    f"`{decl_name.id}` is both a {seen[decl_name.id]} and a {what} of cell `{name}`", decl_name.span
+                )
+            seen[decl_name.id] = what
+        if not cell.states:
+            raise KdslArgumentError(
+                f"cell `{name}` has no state",
+                cell.step_input.span,
+                hint=f"declare the states after the input: `({cell.step_input.id}, h: f32[batch, units])`",
+            )
+        step_input = Value(cell.step_input.id)  # typed by the `rnn` that runs the cell
+        self.values[step_input.name] = step_input
+        states = [self.declare_state(decl) for decl in cell.states]
+        self.run_body(cell.body)
+        new_states = []
+        for decl, old in zip(cell.states, states):
+            if self.values[decl.name.id] is old:
+                raise KdslNameError(
+                    f"state `{decl.name.id}` of cell `{name}` is never given a new value",
+                    decl.name.span,
+                    hint=f"assign it in the cell's body: `{decl.name.id} = ...`",
+                )
+            new_states.append(self.values[decl.name.id])
+        if cell.output.id not in self.values:
+            raise KdslNameError(
+                f"output `{cell.output.id}` of cell `{name}` is never assigned",
+                cell.output.span,
+                hint=did_you_mean(cell.output.id, self.values) or "name a state or a tensor of the body",
+            )
+        graph = Graph(
+            name, [step_input, *states], [self.values[cell.output.id], *new_states], self.nodes, span=cell.span
+        )
+        widths = tuple((decl.name.id, value.type.dims[1]) for decl, value in zip(cell.states, states))
+        assigned = tuple(self.assigned[decl.name.id] for decl in cell.states)
+        return StepCell(name, graph, widths, assigned, CellSource(cell.text(), tuple(self.bound.items())))
+
+    def declare_state(self, decl: ast.InputDecl) -> Value:
+        type_ = self.tensor_type(decl.type)
+        if type_.dtype != "f32" or type_.rank != 2 or type_.dims[0] != BATCH:
+            raise KdslShapeError(
+                f"state `{decl.name.id}` must be f32[batch, units], got {type_}",
+                decl.type.span,
+                hint="a state is one vector per sample",
+            )
+        value = Value(decl.name.id, type_)
+        self.values[decl.name.id] = value
+        return value
+
+    def tensor_type(self, expr: ast.TensorTypeExpr) -> TensorType:
+        dims = [ast.Literal(self.parameter(d), d.span) if isinstance(d, ast.Name) and d.id in self.bound else d
+                for d in expr.dims]  # fmt: skip
+        return super().tensor_type(ast.TensorTypeExpr(expr.dtype, dims, expr.span))
+
+    def parameter(self, name: ast.Name) -> int:
+        value = self.bound[name.id]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise KdslShapeError(
+                f"parameter `{name.id}` is `{value}` here, not a size", name.span, hint="sizes are whole numbers ≥ 1"
+            )
+        return value
+
+    def assign(self, statement: ast.Assign) -> None:
+        super().assign(statement)
+        for target in statement.targets:
+            self.assigned[target.id] = statement.span
+
+    def evaluate(self, expr: ast.Expr) -> Any:
+        if isinstance(expr, ast.Name) and expr.id in self.bound and expr.id not in self.values:
+            return self.bound[expr.id]
+        return super().evaluate(expr)
+
+    def call(self, call: ast.Call, piped: Value | None) -> Any:
+        func, cell = call.func.id, self.cell.name.id
+        if func == cell:
+            raise KdslArgumentError(f"cell `{cell}` calls itself", call.func.span, hint="a step cannot run a cell")
+        if func in self.models.defs:
+            raise KdslArgumentError(
+                f"cell `{cell}` calls model `{func}`",
+                call.func.span,
+                hint="a step calls layers and operations; call the model before or after the `rnn`",
+            )
+        kind = catalogue.lookup(func)
+        if kind is not None and kind.name in STEP_REFUSED:
+            raise KdslUnsupportedError(
+                f"`{kind.name}` cannot be called inside cell `{cell}`", call.func.span, hint=STEP_REFUSED[kind.name]
+            )
+        return super().call(call, piped)
 
 
 def _fits_positional(kind: catalogue.LayerKind, identifier: str) -> bool:

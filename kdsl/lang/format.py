@@ -1,13 +1,15 @@
 """IR back to `.kd` text (`model.to_kd()`): parsing the text gives back an equal graph. A model that nests
-others comes after them, calling each by its name."""
+others comes after them, calling each by its name; the cells its `rnn` layers run come first, as written."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kdsl import catalogue
 from kdsl.catalogue.args import REQUIRED, FnSpec, format_value
 from kdsl.catalogue.base import LayerKind
+from kdsl.catalogue.cells import StepCell
 from kdsl.catalogue.functions import format_spec
 from kdsl.catalogue.operations import CALLABLE, Operation
 from kdsl.catalogue.recurrent import Recurrent
@@ -23,7 +25,8 @@ def to_kd(*graphs: Graph) -> str:
     models: dict[str, Graph] = {}
     for graph in graphs:
         _with_nested(graph, models)
-    texts = [_model_text(graph) for graph in models.values()]
+    texts = _cell_texts(models.values())
+    texts += [_model_text(graph) for graph in models.values()]
     texts += [_train_text(graph.name, graph.train) for graph in models.values() if graph.train is not None]
     return "\n\n".join(texts) + "\n"
 
@@ -46,7 +49,36 @@ def _with_nested(graph: Graph, models: dict[str, Graph]) -> None:
         )
 
 
+def _cell_texts(graphs: Iterable[Graph]) -> list[str]:
+    """The definition of each cell the models run, once, in the order of their first use."""
+    definitions: dict[str, str] = {}
+    for graph in graphs:
+        for layer in graph.layers():
+            for cell in _cells_in(layer.config):
+                definition = _traced_cell_text(cell) if cell.source is None else cell.source.definition
+                known = definitions.setdefault(cell.name, definition)
+                if known != definition:
+                    raise KdslUnsupportedError(
+                        f"two different cells are named `{cell.name}`: `.kd` makes a cell by its name",
+                        hint="give the cells different names",
+                    )
+    return list(definitions.values())
+
+
+def _cells_in(config: Mapping[str, Any]) -> list[StepCell]:
+    """The cells a layer's configuration holds (a wrapper's layer's too)."""
+    found: list[StepCell] = []
+    for value in config.values():
+        if isinstance(value, StepCell):
+            found.append(value)
+        elif isinstance(value, LayerSpec):
+            found += _cells_in(value.config)
+    return found
+
+
 def format_setting(value: Any) -> str:
+    if isinstance(value, StepCell):
+        return str(value)
     if isinstance(value, FnSpec):
         return format_spec(value)
     if isinstance(value, LayerSpec):
@@ -79,10 +111,12 @@ def _call_text(kind: LayerKind, config: dict[str, Any], leading: list[str], name
 class _Names:
     """Fresh, valid names for the tensors and shared layers of the printed model."""
 
-    def __init__(self, graph: Graph, models: set[str]):
-        # not a function's name either: a tensor named `relu` would hide the setting `activation=relu`
-        self.used = set(KEYWORDS) | models | set(CALLABLE) | {v.name for v in (*graph.inputs, *graph.outputs)}
+    def __init__(self, graph: Graph, models: set[str], given: Mapping[int, str] | None = None):
+        """`given`: names of values (by id) other than their own, as a cell's new states take their states'."""
         self.of: dict[int, str] = {id(v): v.name for v in (*graph.inputs, *graph.outputs)}
+        self.of.update(given or {})
+        # not a function's name either: a tensor named `relu` would hide the setting `activation=relu`
+        self.used = set(KEYWORDS) | models | set(CALLABLE) | set(self.of.values())
 
     def fresh(self, base: str) -> str:
         name, count = base, 0
@@ -164,8 +198,34 @@ def _bracketed(operand: tuple[str, int], needed: int) -> str:
 
 
 def _model_text(graph: Graph) -> str:
+    names = _Names(graph, {op.name for op in graph.top_layers() if isinstance(op, Nested)})
+    inputs = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
+    outputs = [
+        f"{v.name}: {declared}" if declared is not None else v.name
+        for v, declared in zip(graph.outputs, graph.declared_outputs or [None] * len(graph.outputs))
+    ]
+    signature = outputs[0] if len(outputs) == 1 else f"({', '.join(outputs)})"
+    lines = [f"model {graph.name}({inputs}) -> {signature} {{", *(INDENT + line for line in _body(graph, names)), "}"]
+    return "\n".join(lines)
+
+
+def _traced_cell_text(cell: StepCell) -> str:
+    """A cell traced from Python, written as a `.kd` cell with no parameters: its new states assigned to its
+    states' names."""
+    step, *states = cell.graph.inputs
+    output, *new = cell.graph.outputs
+    if any(value in cell.graph.inputs for value in new):
+        raise KdslUnsupportedError(f"cell `{cell.name}` returns a state unchanged, which `.kd` cannot write")
+    given = {id(value): state.name for value, state in zip(new, states)}
+    names = _Names(cell.graph, set(), given)
+    typed = ", ".join(f"{state.name}: f32[batch, {width}]" for state, (_, width) in zip(states, cell.states))
+    header = f"cell {cell.name}() ({step.name}, {typed}) -> {names.of[id(output)]} {{"
+    return "\n".join([header, *(INDENT + line for line in _body(cell.graph, names)), "}"])
+
+
+def _body(graph: Graph, names: _Names) -> list[str]:
+    """A model's or a cell's statements."""
     nested = [op for op in graph.top_layers() if isinstance(op, Nested)]
-    names = _Names(graph, {model.name for model in nested})
     namer = LayerNamer()
     namer.avoid(layer.name for model in nested for layer in model.graph.layers())  # as the parser names them
     steps = graph.calls()
@@ -221,14 +281,8 @@ def _model_text(graph: Graph) -> str:
                 names.of[id(value)] = names.fresh(value.name)
             targets.append(names.of[id(value)])
         body.append(f"{', '.join(targets)} = {call}")
-    inputs = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
-    outputs = [
-        f"{v.name}: {declared}" if declared is not None else v.name
-        for v, declared in zip(graph.outputs, graph.declared_outputs or [None] * len(graph.outputs))
-    ]
-    signature = outputs[0] if len(outputs) == 1 else f"({', '.join(outputs)})"
-    lines = [f"model {graph.name}({inputs}) -> {signature} {{", *(INDENT + line for line in body), "}"]
-    return "\n".join(lines)
+    expressions.flush()
+    return body
 
 
 def _train_text(model: str, train: TrainSpec) -> str:

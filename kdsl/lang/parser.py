@@ -58,6 +58,26 @@ class _ToAst(Transformer):
         return ast.ModelDef(self.name_of(name), inputs, outputs, body, self.span(meta))
 
     @v_args(meta=True)
+    def cell(self, meta, children):
+        # children: NAME, parameters, NAME (the step input), input* (None for a trailing comma), NAME, statement*
+        name, parameters, step_input, *rest = [c for c in children if c is not None]
+        states = [c for c in rest if isinstance(c, ast.InputDecl)]
+        output = next(c for c in rest if isinstance(c, Token))
+        body = [c for c in rest if isinstance(c, (ast.Assign, ast.LayerDecl))]
+        return ast.CellDef(
+            self.name_of(name),
+            parameters,
+            self.name_of(step_input),
+            states,
+            self.name_of(output),
+            body,
+            self.span(meta),
+        )
+
+    def cell_parameters(self, children):
+        return [self.name_of(c) for c in children if c is not None]
+
+    @v_args(meta=True)
     def input(self, meta, children):
         name, type_ = children
         return ast.InputDecl(self.name_of(name), type_, self.span(meta))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from kdsl.errors import KdslArgumentError, KdslError, KdslShapeError
-from kdsl.ir.graph import Graph, Node
+from kdsl.errors import KdslError, KdslShapeError
+from kdsl.ir.graph import Graph, infer_node
 from kdsl.ir.nesting import check_inputs
 
 
@@ -33,29 +31,3 @@ def infer_shapes(graph: Graph) -> Graph:
                 hint="fix the declaration or the layers before it",
             )
     return graph
-
-
-def infer_node(node: Node) -> None:
-    """Type one node's outputs from its inputs' types; give its layer parameters on the first call."""
-    layer, kind = node.layer, node.layer.kind
-    count = len(node.inputs)
-    if count < kind.min_inputs or (kind.max_inputs is not None and count > kind.max_inputs):
-        raise KdslArgumentError(f"`{kind.name}` cannot take {count} input tensor(s)")
-    types = [value.type for value in node.inputs]
-    outputs = kind.output_types(layer.config, types)
-    params = kind.params(layer.config, types)
-    inner = layer.config.get("layer")  # a wrapper's layer: frozen on its own too, as Keras tracks its variables
-    if not layer.config["trainable"] or (inner is not None and not inner.config["trainable"]):
-        params = [replace(p, trainable=False) for p in params]
-    if layer.params is not None and [(p.name, p.shape) for p in layer.params] != [(p.name, p.shape) for p in params]:
-        first = ", ".join(f"{p.name}{list(p.shape)}" for p in layer.params)
-        now = ", ".join(f"{p.name}{list(p.shape)}" for p in params)
-        raise KdslShapeError(
-            f"shared layer `{layer.name}` is called on an input of shape {types[0].keras_shape()} "
-            f"that needs weights {now}, but its first call made {first}",
-            hint="call a shared layer only on inputs of the same feature size",
-        )
-    layer.params = params  # again on a later call: `trainable` may have changed since
-    masks = kind.output_masks(layer.config, [value.masked for value in node.inputs])
-    for value, type_, masked in zip(node.outputs, outputs, masks, strict=True):
-        value.type, value.masked = type_, masked

@@ -6,7 +6,7 @@ Rules register with `@rule("dense")` in `kdsl.passes.lower_layers` and `kdsl.pas
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdsl.ir.builder import Builder
@@ -27,6 +27,7 @@ class LayerContext:
     params: dict[str, Var]
     training: bool
     lowering: _Lowering
+    carried: list[Var] = field(default_factory=list)  # a stateful layer's carried states not yet taken
     new_mask: Var | None = None  # the output mask, for layers that make their own (embedding, merges)
     mask_set: bool = False  # whether `new_mask` decides (None then means: no mask)
 
@@ -41,6 +42,16 @@ class LayerContext:
 
     def update(self, name: str, value: Var) -> None:
         self.lowering.updates.append((self.params[name], value))
+
+    def take_carried(self, count: int) -> list[Var]:
+        """The next `count` states a stateful layer carries across batches (its cells' and directions' in turn), or
+        none for a layer that carries none."""
+        taken, self.carried = self.carried[:count], self.carried[count:]
+        return taken
+
+    def carry(self, states: list[Var], final: list[Var]) -> None:
+        """The step leaves `final` in the carried `states`, for the next batch to start from."""
+        self.lowering.updates += zip(states, final, strict=True)
 
 
 Rule = Callable[[LayerContext, dict[str, Any], list[Var], list[Var | None], list[TensorType]], list[Var]]

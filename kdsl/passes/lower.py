@@ -1,9 +1,10 @@
 """Lowering: a graph of layer calls becomes one program of primitive ops.
 
 Program inputs are, in order, the model inputs, every parameter (in Keras's `get_weights`
-order), and, when training, the dropout keep-masks the host draws for each step.
-Outputs are the model outputs, then (training) the new moving statistics of each
-BatchNormalization, then the mask of each output that has one. Masks from
+order), the states that stateful recurrent layers carry from one batch to the next, and,
+when training, the dropout keep-masks the host draws for each step.
+Outputs are the model outputs, then the updates: (training) the new moving statistics of each
+BatchNormalization and the final carried states, then the mask of each output that has one. Masks from
 `embedding(mask_zero=true)` travel beside the values they belong to, as float 0/1 tensors
 of shape (batch, timesteps); losses and metrics weigh each timestep by them, as Keras does.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kdsl.catalogue.recurrent import Recurrent
+from kdsl.catalogue.wrappers import Bidirectional
+from kdsl.errors import KdslUnsupportedError
 from kdsl.ir.builder import Builder
-from kdsl.ir.graph import Graph, Node, ParamSpec
+from kdsl.ir.graph import Graph, Layer, Node, ParamSpec
 from kdsl.ir.program import Program, Var
 from kdsl.ir.types import TensorType
-from kdsl.passes import lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
+from kdsl.passes import lower_cells, lower_layers, lower_recurrent  # noqa: F401  (they register their rules)
 from kdsl.passes.layer_rules import RULES, LayerContext
 
 
@@ -30,6 +34,35 @@ class Noise:
     layer: str
 
 
+@dataclass(frozen=True)
+class Carried:
+    """A state a stateful recurrent layer carries from one batch to the next: zeros at first, then each step's
+    final state. Not a weight (Keras keeps it outside the layer's weights): a program input after the weights."""
+
+    layer: Layer
+    name: str  # "lstm/states/h"
+    type: TensorType
+
+
+def carried_states(graph: Graph) -> list[Carried]:
+    """Every stateful recurrent layer's states, in the order of the graph's nodes."""
+    found: list[Carried] = []
+    called: set[int] = set()
+    for node in graph.nodes:
+        kind = node.layer.kind
+        if not isinstance(kind, Recurrent | Bidirectional):
+            continue
+        states = kind.carried(node.layer.config, [v.type for v in node.inputs])
+        if states and id(node.layer) in called:
+            raise KdslUnsupportedError(
+                f"stateful layer `{node.layer.name}` is called more than once",
+                hint="a stateful layer keeps one state per batch row: call it once, or make one layer per call",
+            )
+        called.add(id(node.layer))
+        found += [Carried(node.layer, f"{node.layer.name}/states/{name}", type) for name, type in states]
+    return found
+
+
 @dataclass
 class Lowered:
     program: Program
@@ -37,8 +70,9 @@ class Lowered:
     params: list[tuple[str, ParamSpec, Var]]  # (full name "layer/param", spec, variable)
     noise: list[Noise]
     outputs: list[Var]
-    updates: list[tuple[int, Var]] = field(default_factory=list)  # (param index, new value) after a step
+    updates: list[tuple[int, Var]] = field(default_factory=list)  # (index, new value) of a param or carried state
     masks: list[Var | None] = field(default_factory=list)  # each output's padding mask, or None
+    carried: list[tuple[Carried, Var]] = field(default_factory=list)  # indexed after the params by `updates`
 
     def rewritten(self, program: Program) -> Lowered:
         """The same lowering with its program rewritten by a pass, which may rename the program's results."""
@@ -47,7 +81,7 @@ class Lowered:
         updates = [(index, next(results)) for index, _ in self.updates]
         masks = [None if mask is None else next(results) for mask in self.masks]
         assert next(results, None) is None
-        return Lowered(program, self.inputs, self.params, self.noise, outputs, updates, masks)
+        return Lowered(program, self.inputs, self.params, self.noise, outputs, updates, masks, self.carried)
 
 
 class _Lowering:
@@ -76,22 +110,24 @@ class _Lowering:
                 params.append((f"{layer.name}/{spec.name}", spec, var))
                 named[spec.name] = var
             layer_params[id(layer)] = named
+        carried = [(state, b.var(state.type, state.name, exact=True)) for state in carried_states(self.graph)]
         for node in self.graph.nodes:
-            self.lower_node(node, env, masks, layer_params[id(node.layer)])
+            own = [var for state, var in carried if state.layer is node.layer]
+            self.lower_node(node, env, masks, layer_params[id(node.layer)], own)
         outputs = [env[id(v)] for v in self.graph.outputs]
         output_masks = [masks.get(id(v)) for v in self.graph.outputs]
-        index = {id(var): i for i, (_, _, var) in enumerate(params)}
+        index = {id(var): i for i, var in enumerate([*(var for _, _, var in params), *(var for _, var in carried)])}
         updates = [(index[id(p)], value) for p, value in self.updates]
         program = b.program(
-            [*inputs, *(var for _, _, var in params), *(n.var for n in self.noise)],
+            [*inputs, *(var for _, _, var in params), *(var for _, var in carried), *(n.var for n in self.noise)],
             [*outputs, *(value for _, value in updates), *(m for m in output_masks if m is not None)],
         )
-        return Lowered(program, inputs, params, self.noise, outputs, updates, output_masks)
+        return Lowered(program, inputs, params, self.noise, outputs, updates, output_masks, carried)
 
-    def lower_node(self, node: Node, env, masks, params: dict[str, Var]) -> None:
+    def lower_node(self, node: Node, env, masks, params: dict[str, Var], carried: list[Var]) -> None:
         layer = node.layer
         self.b.origin = layer.name
-        ctx = LayerContext(self.b, layer, params, self.training, self)
+        ctx = LayerContext(self.b, layer, params, self.training, self, carried=list(carried))
         inputs = [env[id(v)] for v in node.inputs]
         in_masks = [masks.get(id(v)) for v in node.inputs]
         outputs = RULES[layer.kind.name](ctx, layer.config, inputs, in_masks, [v.type for v in node.outputs])

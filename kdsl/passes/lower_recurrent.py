@@ -3,10 +3,12 @@
 The input projection x·W + b of every timestep is one matmul before the scan (time-major,
 so step t reads a contiguous slice); only h·U and the gate math stay in the loop. A
 masked step keeps the previous state: state = h + m·(h_new - h), m the step's 0/1 mask.
+`run_steps` is that loop for any cell, `rnn`'s over cells of the user's own included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kdsl.catalogue.stacked import cell_prefix
@@ -126,45 +128,81 @@ def run_recurrent(
     if ctx.training and config["recurrent_dropout"] > 0:
         state_type = x.type.with_dims((batch, units))
         weights["recurrent_keep"] = ctx.noise(state_type, config["recurrent_dropout"], config["seed"])
+    carried = ctx.take_carried(len(STATES[kind]))  # a stateful layer's: given initial states still update them
+    initial = initial or carried
+
+    def step(bb: Builder, xs: list[Var], consts: dict[str, Var], states: list[Var]) -> tuple[Var, list[Var]]:
+        new = CELLS[kind](Cell(bb, config, xs[0], consts), *states)
+        return new[0], new
+
+    widths = [units] * len(STATES[kind])
+    run = run_steps(b, step, x, initial, widths, units, [projected], weights, mask, go_backwards, zero_output_for_mask)
+    if carried:
+        ctx.carry(carried, run.states)
+    return run
+
+
+Step = Callable[[Builder, list[Var], dict[str, Var], list[Var]], tuple[Var, list[Var]]]
+"""One step of a cell, written into the loop body's builder: (builder, the step's slices of `xs`, the constants,
+the states) -> (the step's output, the new states)."""
+
+
+def run_steps(
+    b: Builder,
+    step: Step,
+    x: Var,
+    initial: list[Var],
+    widths: list[int],
+    output_width: int,
+    xs: list[Var],
+    consts: dict[str, Var],
+    mask: Var | None,
+    go_backwards: bool,
+    zero_output_for_mask: bool = False,
+    output_is_state: bool = True,
+) -> Run:
+    """The time loop of any cell over the batch-major sequence `x`, reading time-major `xs` at each step: the states
+    start at `initial` (zeros of `widths` when none are given), a masked step keeps the previous states and repeats
+    the previous output (or outputs zeros, `zero_output_for_mask`). `output_is_state`: the step's output is its first
+    new state, so that it needs no carry of its own."""
+    batch = x.shape[0]
     # Keras carries the last output separately from the state, starting at zeros: it differs from h
     # only while leading steps are masked and the initial state is not zero
-    carry_output = mask is not None and bool(initial) and not zero_output_for_mask
+    carry_output = not output_is_state or (mask is not None and bool(initial) and not zero_output_for_mask)
     if not initial:
-        initial = [b.fill(x, value=0.0, lead=1, tail=(units,)) for _ in STATES[kind]]
-    carries = [*initial, b.fill(x, value=0.0, lead=1, tail=(units,))] if carry_output else list(initial)
-
-    xs = [projected]
+        initial = [b.fill(x, value=0.0, lead=1, tail=(width,)) for width in widths]
+    carries = [*initial, b.fill(x, value=0.0, lead=1, tail=(output_width,))] if carry_output else list(initial)
     if mask is not None:
-        xs.append(b.reshape(b.transpose(mask, perm=(1, 0)), shape=(mask.shape[1], batch, 1)))
-    body = _cell_body(kind, config, carries, xs, weights, len(initial), carry_output, zero_output_for_mask)
+        xs = [*xs, b.reshape(b.transpose(mask, perm=(1, 0)), shape=(mask.shape[1], batch, 1))]
+    body = _step_body(step, carries, xs, consts, len(initial), mask is not None, carry_output, zero_output_for_mask)
     outs = b.scan(
-        *carries, *xs, *weights.values(), body=body, num_carry=len(carries), num_xs=len(xs), reverse=go_backwards
+        *carries, *xs, *consts.values(), body=body, num_carry=len(carries), num_xs=len(xs), reverse=go_backwards
     )
     states, sequence = outs[: len(initial)], outs[len(carries)]
     last = outs[len(initial)] if carry_output else states[0]
     return Run(sequence, last, states)
 
 
-def _cell_body(kind, config, carries, xs, weights, num_states, carry_output, zero_output_for_mask) -> Program:
+def _step_body(step, carries, xs, consts, num_states, masked, carry_output, zero_output_for_mask) -> Program:
     bb = Builder()
     inner_carries = [bb.var(v.type, "h") for v in carries]
     inner_xs = [bb.var(v.type.with_dims(v.shape[1:]), "x") for v in xs]
-    inner_weights = {name: bb.var(v.type, name[:1]) for name, v in weights.items()}
+    inner_consts = {name: bb.var(v.type, name[:1]) for name, v in consts.items()}
     states = inner_carries[:num_states]
-    new = CELLS[kind](Cell(bb, config, inner_xs[0], inner_weights), *states)
-    output = new[0]
-    if len(inner_xs) > 1:  # masked: a step whose mask is 0 keeps the previous state
-        step_mask = inner_xs[1]
+    output, new = step(bb, inner_xs[: len(inner_xs) - masked], inner_consts, states)
+    if masked:  # a step whose mask is 0 keeps the previous state
+        step_mask = inner_xs[-1]
         new = [bb.add(old, bb.mul(step_mask, bb.sub(value, old))) for old, value in zip(states, new)]
-        if carry_output:
+        if zero_output_for_mask:
+            output = bb.mul(output, step_mask)
+        elif carry_output:
             previous = inner_carries[-1]
             output = bb.add(previous, bb.mul(step_mask, bb.sub(output, previous)))
-            new.append(output)
-        elif zero_output_for_mask:
-            output = bb.mul(output, step_mask)
         else:
             output = new[0]
-    return bb.program([*inner_carries, *inner_xs, *inner_weights.values()], [*new, output])
+    if carry_output:
+        new = [*new, output]
+    return bb.program([*inner_carries, *inner_xs, *inner_consts.values()], [*new, output])
 
 
 def run_stacked(
@@ -200,10 +238,17 @@ def _under(params: dict[str, Var], prefix: str) -> dict[str, Var]:
     return {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
 
 
+LOOPS: dict[str, Callable[..., Run]] = {}
+"""Recurrent kinds whose loops are lowered in other modules (`rnn`: `kdsl.passes.lower_cells`), each with
+`run_layer`'s arguments after the kind."""
+
+
 def run_layer(ctx, kind: str, config: dict, params: dict[str, Var], inputs, mask, go_backwards, zero_output) -> Run:
     """One direction of a recurrent layer: a single cell's loop, or stacked cells' loops one after another."""
     if kind == "stacked_rnn":
         return run_stacked(ctx, config, params, inputs, mask, go_backwards, zero_output)
+    if kind in LOOPS:
+        return LOOPS[kind](ctx, config, params, inputs, mask, go_backwards, zero_output)
     return run_recurrent(ctx, kind, config, params, inputs, mask, go_backwards, zero_output)
 
 

@@ -1,4 +1,5 @@
-"""One file holds a model: `.kdz`, a zip of its `.kd` source, weights, optimizer state and random state.
+"""One file holds a model: `.kdz`, a zip of its `.kd` source, weights, optimizer state and random state, and
+the states its stateful RNNs carry into the next batch.
 
 Loading it in a new process and training on gives the weights an uninterrupted run would
 have: the optimizer's slots and step count, and the generators that shuffle batches and
@@ -25,6 +26,7 @@ from kdsl.files import npz_bytes, write_atomically
 from kdsl.ir.graph import Graph
 from kdsl.lang import load
 from kdsl.lang.format import to_kd
+from kdsl.passes.lower import carried_states
 from kdsl.runtime.optimizers import CLASSES, SLOT_NAMES
 from kdsl.runtime.schedules import SCHEDULES
 
@@ -91,6 +93,8 @@ def save_model(model: Model, path: str | Path) -> None:
         archive.writestr("state.json", json.dumps(state, indent=1))
         archive.writestr("weights.npz", npz_bytes(dict(zip(trainer.compiled.param_names, trainer.compiled.weights))))
         archive.writestr("optimizer.npz", npz_bytes(slots))
+        carried = dict(zip([c.name for c in model.state.carried], model.state.carried_values()))
+        archive.writestr("states.npz", npz_bytes(carried))
     write_atomically(path, out.getvalue())
 
 
@@ -112,6 +116,7 @@ class Saved:
     weights: dict[str, np.ndarray]
     slots: dict[str, np.ndarray]
     path: str
+    carried: dict[str, np.ndarray]  # stateful RNNs' states, by name (none in archives written before they were)
 
 
 def read_saved(path: str | Path) -> Saved:
@@ -153,7 +158,12 @@ def _read(path: str | Path) -> Saved:
         slot_shapes = {f"{i}/{slot}": shape for i, shape in enumerate(trainable) for slot in SLOT_NAMES}
         slots = _arrays(_member(archive, path, "optimizer.npz", SLOTS_PER_WEIGHT * data), path, "optimizer.npz",
                         slot_shapes)  # fmt: skip
-    return Saved(graph, state, weights, slots, str(path))
+        carried_shapes = {c.name: c.type.dims for c in carried_states(graph)}
+        carried = {}
+        if "states.npz" in archive.namelist():
+            limit = sum(4 * math.prod(shape) + ARRAY_OVERHEAD for shape in carried_shapes.values()) + ARRAY_OVERHEAD
+            carried = _arrays(_member(archive, path, "states.npz", limit), path, "states.npz", carried_shapes)
+    return Saved(graph, state, weights, slots, str(path), carried)
 
 
 def _member(archive: zipfile.ZipFile, path: str | Path, name: str, limit: int) -> bytes:
@@ -231,7 +241,7 @@ def restore(model: Model, saved: Saved) -> None:
 
 
 def _restore(model: Model, saved: Saved) -> None:
-    state, weights, slots, graph = saved.state, saved.weights, saved.slots, saved.graph
+    state, weights, slots, graph, carried = saved.state, saved.weights, saved.slots, saved.graph, saved.carried
     setup = state["compile"]
     optimizer_config = dict(setup["optimizer"])
     if isinstance(optimizer_config["learning_rate"], dict):
@@ -263,3 +273,5 @@ def _restore(model: Model, saved: Saved) -> None:
         slot[name] = value.copy()
     trainer.rng.bit_generator.state = state["random"]["batches"]
     trainer.compiled.rng.bit_generator.state = state["random"]["dropout"]
+    for name, value in zip([c.name for c in model.state.carried], model.state.carried_values()):
+        value[...] = carried.get(name, 0.0)

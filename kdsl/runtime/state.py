@@ -1,5 +1,8 @@
-"""A model's state apart from its compiled programs: its weights, which of them train, and the random
-generator its dropout masks are drawn from.
+"""A model's state apart from its compiled programs: its weights, which of them train, the random
+generator its dropout masks are drawn from, and the states stateful RNNs carry from batch to batch.
+
+The carried states are no weights (Keras keeps them out of a layer's weights): they follow the weights
+in `host`, which the programs take whole, and `weights` and `names` leave them out.
 
 The compiled programs take the weights as arguments; a backend that keeps copies of its own (on a
 GPU) registers as the state's `mirror`, and is told when the host arrays may have been written.
@@ -15,7 +18,8 @@ next kernel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,7 +28,7 @@ import numpy as np
 from kdsl.ir.graph import Graph
 from kdsl.ir.types import concrete
 from kdsl.memory import BYTES_PER_NUMBER, require
-from kdsl.passes.lower import Noise
+from kdsl.passes.lower import Carried, Noise, carried_states
 from kdsl.runtime.initializers import initial_weights
 
 
@@ -38,30 +42,41 @@ class Mirror(Protocol):
         """The host arrays were replaced."""
 
 
+CARRYING: weakref.WeakSet[ModelState] = weakref.WeakSet()  # the live states with carried states, for a layer to reset
+
+
 @dataclass(eq=False)
 class ModelState:
     names: list[str]  # "layer/weight", in Keras's `get_weights` order
-    host: list[np.ndarray]
+    host: list[np.ndarray]  # the weights, then the carried states: every array the programs take after the data
     trainable: list[int]  # indices of the weights that train
     rng: np.random.Generator
     mirror: Mirror | None = field(default=None, repr=False)
     peers: list[ModelState] = field(default_factory=list, repr=False)  # states holding some of the same arrays
+    carried: list[Carried] = field(default_factory=list, repr=False)  # what the arrays after the weights are
 
     @classmethod
     def initial(cls, graph: Graph, seed: int = 0) -> ModelState:
         """New weights for a typed graph, drawn by each layer's initializer from `seed`; dropout then draws from the
-        same generator."""
+        same generator. Carried states start at zeros."""
         specs = [(f"{layer.name}/{p.name}", p) for layer in graph.layers() for p in layer.params or []]
         hint = "make the layers smaller"
         require(BYTES_PER_NUMBER * graph.param_count(), f"model `{graph.name}`'s weights", hint=hint)
         trainable = [i for i, (_, p) in enumerate(specs) if p.trainable]
         rng = np.random.default_rng(seed)
-        return cls([name for name, _ in specs], initial_weights(graph, rng), trainable, rng)
+        carried = carried_states(graph)
+        states = [np.zeros(state.type.dims, np.float32) for state in carried]
+        state = cls([name for name, _ in specs], initial_weights(graph, rng) + states, trainable, rng, carried=carried)
+        if carried:
+            CARRYING.add(state)
+        return state
 
     def share(self, inner: ModelState, prefix: str) -> None:
-        """Hold `inner`'s arrays as the weights named `prefix/<inner's name>`: those of a nested model."""
-        index = {name: i for i, name in enumerate(self.names)}
-        for name, array in zip(inner.names, inner.weights):
+        """Hold `inner`'s arrays as the weights and carried states named `prefix/<inner's name>`: those of a nested
+        model."""
+        index = {name: i for i, name in enumerate([*self.names, *(state.name for state in self.carried)])}
+        inner_names = [*inner.names, *(state.name for state in inner.carried)]
+        for name, array in zip(inner_names, inner._pulled()):
             self.host[index[f"{prefix}/{name}"]] = array
         self.peers.append(inner)
         inner.peers.append(self)
@@ -79,11 +94,25 @@ class ModelState:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """The host arrays, up to date; the caller may write into them."""
+        """The weights' host arrays, up to date; the caller may write into them."""
+        return self._pulled()[: len(self.names)]
+
+    def _pulled(self) -> list[np.ndarray]:
+        """Every host array (weights and carried states), up to date."""
         for state in self._sharing():
             if state.mirror is not None:
                 state.mirror.pull(state.host)
         return self.host
+
+    def carried_values(self, chosen: Callable[[Carried], bool] = lambda state: True) -> list[np.ndarray]:
+        """The carried states `chosen` picks (all by default), up to date; writing into them changes the model."""
+        values = self._pulled()[len(self.names) :]
+        return [value for state, value in zip(self.carried, values, strict=True) if chosen(state)]
+
+    def reset_carried(self, chosen: Callable[[Carried], bool] = lambda state: True) -> None:
+        """The carried states `chosen` picks (all by default) back to zeros, as Keras's `reset_state`."""
+        for value in self.carried_values(chosen):
+            value[...] = 0.0
 
     @weights.setter
     def weights(self, value: Sequence[np.ndarray]) -> None:

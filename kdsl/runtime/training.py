@@ -61,7 +61,8 @@ def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], wha
     arrays = []
     for array, name, type in zip(data, names, types):
         array = np.asarray(array)
-        expected = tuple(None if isinstance(d, str) else d for d in type.dims)
+        # the first axis counts samples, whether or not the model fixes a batch size (its batches are checked)
+        expected = (None, *(None if isinstance(d, str) else d for d in type.dims[1:]))
         shape_ok = array.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, array.shape))
         if not shape_ok:
             shown = str(tuple(expected))
