@@ -8,15 +8,18 @@ The cells: the minimal gated unit (MGU: f = σ([x, h]·W_f + b_f), c = tanh(x·W
 an LSTM written as a cell (Keras's equations, gates from [x, h]), each followed by Dense(10) and softmax
 cross-entropy; batch 64, 28 steps of 28 inputs, 64 units. kdsl's side is `train_on_batch` (SGD); PyTorch's
 `zero_grad`, forward, backward and `step`; JAX's one jitted function returning the new weights. Medians of
-`--repeat` steps after warm-up; "per FLOP" divides a step's time by its work as kdsl counts it, so a custom cell
-and a built-in layer of another size compare.
+`--repeat` steps after warm-up, each side in a process of its own; "per FLOP" divides a step's time by its work as
+kdsl counts it, so a custom cell and a built-in layer of another size compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +28,8 @@ from benchmarks.train_step import median_ms
 
 BATCH, STEPS, INPUTS, UNITS, CLASSES = 64, 28, 28, 64, 10
 LEARNING_RATE = 0.01
+SIDES = {"kdsl": "kdsl", "torch": "torch", "jax": "jax"}  # each side, and the package it needs
+XLA_THREADS = "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={}"
 
 CELLS_KD = f"""
 cell MinimalGatedUnit(units) (x, h: f32[batch, units]) -> h {{
@@ -188,28 +193,43 @@ def jax_step() -> Callable[[], object]:
     return step
 
 
+def side_rows(side: str, repeat: int, threads: int) -> list[tuple[str, float, int | None]]:
+    """One side's (name, ms per step, FLOPs or None) rows, timed in this process."""
+    if side == "kdsl":
+        return [(f"kdsl {name}", median_ms(step, repeat), flops) for name, (step, flops) in kdsl_steps().items()]
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        rows = []
+        for script in (False, True):
+            for name, step in torch_steps(script).items():
+                rows.append((f"{'PyTorch jit.script' if script else 'PyTorch'} {name}", median_ms(step, repeat), None))
+        return rows
+    return [("JAX lax.scan MGU", median_ms(jax_step(), repeat), None)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--side", choices=SIDES, help="time one side here (each runs in a process of its own)")
     args = parser.parse_args()
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    if args.side:
+        print(json.dumps(side_rows(args.side, args.repeat, args.threads)))
+        return
     from benchmarks.__main__ import cpu_report
 
     print(f"CPU: {cpu_report()}; {args.threads} threads; batch {BATCH}, {STEPS} steps, {INPUTS} inputs, {UNITS} units")
     rows: list[tuple[str, float, int | None]] = []
-    for name, (step, flops) in kdsl_steps().items():
-        rows.append((f"kdsl {name}", median_ms(step, args.repeat), flops))
-    if importlib.util.find_spec("torch"):
-        import torch
-
-        torch.set_num_threads(args.threads)
-        for script in (False, True):
-            for name, step in torch_steps(script).items():
-                side = "PyTorch jit.script" if script else "PyTorch"
-                rows.append((f"{side} {name}", median_ms(step, args.repeat), None))
-    if importlib.util.find_spec("jax"):
-        rows.append(("JAX lax.scan MGU", median_ms(jax_step(), args.repeat), None))
+    environment = {**os.environ, "NUMBA_NUM_THREADS": str(args.threads), "XLA_FLAGS": XLA_THREADS.format(args.threads)}
+    for side, package in SIDES.items():
+        if importlib.util.find_spec(package) is None:
+            continue
+        command = [sys.executable, "-m", "benchmarks.cells", "--side", side, "--repeat", str(args.repeat),
+                   "--threads", str(args.threads)]  # fmt: skip
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        rows += [tuple(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
     mgu = next(ms for name, ms, _ in rows if name == "kdsl CustomMGU")
     print(f"{'side':<32}{'ms / step':>10}{'GFLOP/s':>9}{'vs kdsl MGU':>13}")
     for name, ms, flops in rows:

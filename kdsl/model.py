@@ -221,9 +221,15 @@ class Model:
         """The trainer, after saying so when a layer's `trainable` changed since `compile()`, which, as in Keras,
         only the next `compile()` takes into account."""
         trainer = self.trainer
+        flags = [(layer.config["trainable"], getattr(layer.config.get("layer"), "config", {}).get("trainable"))
+                 for layer in self.graph.layers()]  # fmt: skip
+        if flags == getattr(self, "_trainable_flags", None):  # as when last checked: no shapes to infer again
+            return trainer
+        self._trainable_flags = flags
         now = [i for i, p in enumerate(p for layer in infer_shapes(self.graph).layers() for p in layer.params or [])
                if p.trainable]  # fmt: skip
         if now != trainer.compiled.trainable:
+            self._trainable_flags = None  # said again at the next call, until the next compile()
             warnings.warn(
                 "a layer's `trainable` changed after compile(): it takes effect at the next compile(), as in Keras",
                 stacklevel=3,
