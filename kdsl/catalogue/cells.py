@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kdsl.catalogue.args import Arg, ArgError, boolean, format_value
+from kdsl.catalogue.args import Arg, ArgError, format_value
 from kdsl.catalogue.base import Config, expect_float, expect_rank, fixed
-from kdsl.catalogue.recurrent import Recurrent
+from kdsl.catalogue.recurrent import RNN_ARGS, RNN_UNSUPPORTED, Recurrent
 from kdsl.errors import KdslError, KdslShapeError, Span
 from kdsl.ir.graph import Graph, Layer, ParamSpec, infer_node
 from kdsl.ir.types import TensorType
@@ -118,16 +118,9 @@ class CellRNN(Recurrent):
     name, keras = "rnn", "RNN"
     args = (
         Arg("cell", step_cell, positional=True),
-        Arg("return_sequences", boolean, False),
-        Arg("return_state", boolean, False),
-        Arg("go_backwards", boolean, False),
-        Arg("stateful", boolean, False),
+        *RNN_ARGS,
     )
-    unsupported = {
-        "unroll": "kdsl always compiles the whole time loop into one kernel; remove `unroll`",
-        "time_major": "inputs are (batch, timesteps, features)",
-        "zero_output_for_mask": "a masked step repeats the previous output, as Keras's default does",
-    }
+    unsupported = RNN_UNSUPPORTED
     max_inputs = None  # the sequence, then the initial states
 
     def state_units(self, config: Config) -> list[tuple[str, int]]:

@@ -56,6 +56,19 @@ RECURRENT_UNSUPPORTED = {
 }
 
 
+# what `RNN` takes besides its cell(s), and what it refuses, whatever the cells (a stack of them, one of one's own)
+RNN_ARGS = (
+    Arg("return_sequences", boolean, False),
+    Arg("return_state", boolean, False),
+    Arg("go_backwards", boolean, False),
+    Arg("stateful", boolean, False),
+)
+RNN_UNSUPPORTED = {
+    **{k: v for k, v in RECURRENT_UNSUPPORTED.items() if k in ("unroll", "time_major")},
+    "zero_output_for_mask": "a masked step repeats the previous output, as Keras's default does",
+}
+
+
 def expect_static_batch(kind: LayerKind, x: TensorType) -> None:
     """A stateful RNN keeps one state per sample of a batch: its batch size must be a number, as in Keras."""
     if not isinstance(x.dims[0], int):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from kdsl.catalogue.args import Arg, ArgError, boolean
+from kdsl.catalogue.args import Arg, ArgError
 from kdsl.catalogue.base import Config, layer_arg
-from kdsl.catalogue.recurrent import RECURRENT_UNSUPPORTED, Recurrent
+from kdsl.catalogue.recurrent import RNN_ARGS, RNN_UNSUPPORTED, Recurrent
 from kdsl.ir.graph import LayerSpec
 from kdsl.ir.types import TensorType
 
@@ -42,15 +42,9 @@ class StackedRNN(Recurrent):
     name, keras = "stacked_rnn", "RNN"
     args = (
         Arg("cells", cells, positional=True),
-        Arg("return_sequences", boolean, False),
-        Arg("return_state", boolean, False),
-        Arg("go_backwards", boolean, False),
-        Arg("stateful", boolean, False),
+        *RNN_ARGS,
     )
-    unsupported = {
-        **{k: v for k, v in RECURRENT_UNSUPPORTED.items() if k in ("unroll", "time_major")},
-        "zero_output_for_mask": "a masked step repeats the previous output, as Keras's default does",
-    }
+    unsupported = RNN_UNSUPPORTED
     max_inputs = None  # the sequence, then every cell's initial states
 
     def state_units(self, config: Config) -> list[tuple[str, int]]:
