@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from kdsl import catalogue, datasets
 from kdsl.catalogue.args import REQUIRED
 from kdsl.catalogue.datasets import DATASETS
+from kdsl.curves import check_can_write
 from kdsl.distribute import MirroredStrategy
 from kdsl.errors import KdslError, did_you_mean
 from kdsl.ir.graph import Graph
@@ -24,10 +26,13 @@ from kdsl.lang.ast import dump
 from kdsl.lang.format import format_setting, to_kd
 from kdsl.memory import machine_memory
 from kdsl.model import Model, Sequential, load_model
+from kdsl.pictures.model_graph import Options, model_to_dot
+from kdsl.pictures.render import write_picture
 from kdsl.summary import summary
 
 DEFAULT_DATA = "mnist_small"
 MODEL_HELP = "which model of the file (by default the one model no other model of the file calls)"
+PLOT_OPTIONS = [option.name for option in fields(Options)]  # `kdsl plot --show-shapes` ...: plot_model's switches
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help=verbosity)
     train.add_argument("--target", choices=["cpu", "cuda", "numpy"], default="cpu", help="the backend to train on")
     train.add_argument("--out", help="where to save the trained model (default: MODEL.kdz)")
+    train.add_argument("--plot", metavar="FILE", help="draw the training curves to FILE (.png, .svg or .pdf)")
     train.set_defaults(run=_train)
 
     for name, run, text in (("evaluate", _evaluate, "loss and metrics of a saved model on a dataset's test split"),
@@ -136,6 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", metavar="M.keras", help="from .kd: the Keras archive to write")
     convert.add_argument("--model", help=MODEL_HELP)
     convert.set_defaults(run=_convert)
+
+    plot = commands.add_parser("plot", help="draw a model's layers, or its kernels", description=_plot.__doc__)
+    plot.add_argument("file", metavar="FILE")
+    plot.add_argument("-o", "--out", required=True, help="the picture: .svg, .png or .pdf (by Graphviz), or .dot")
+    plot.add_argument("--model", help=MODEL_HELP)
+    for option in PLOT_OPTIONS:
+        plot.add_argument(f"--{option.replace('_', '-')}", action="store_true", help="as plot_model's " + option)
+    plot.add_argument("--rankdir", choices=["TB", "LR"], default="TB", help="top to bottom, or left to right")
+    plot.add_argument("--dpi", type=int, default=200)
+    plot.add_argument("--kernels", action="store_true", help="draw the kernels --explain lists instead of the layers")
+    plot.add_argument("--training", action="store_true", help="with --kernels: the training step's kernels too")
+    plot.add_argument("--batch", type=int, default=32, help="with --kernels: the batch size of the costs")
+    plot.set_defaults(run=_plot)
 
     layers = commands.add_parser("layers", help="list the layers and their arguments", description=_layers.__doc__)
     layers.add_argument("name", nargs="?", help="show one layer's arguments and defaults")
@@ -322,6 +341,8 @@ def _train(args: argparse.Namespace) -> int:
     if graph.train is None:
         raise KdslError(f"model `{graph.name}` has no train block", hint=f"add `train {graph.name} {{ loss = ... }}`")
     recipe = graph.train
+    if args.plot:
+        check_can_write(args.plot)
     losses = [recipe.losses.get(output, recipe.losses.get(None)).loss for output in graph.output_names]
     strategy = MirroredStrategy()  # under `mpiexec -n N`, N replicas; else this process alone
     data = _data(args.data, graph, args.file, say=strategy.is_chief)
@@ -331,14 +352,18 @@ def _train(args: argparse.Namespace) -> int:
         model.compile(seed=args.seed, target=args.target)
     batch_size = recipe.batch_size if args.batch_size is None else args.batch_size  # the global batch
     epochs = recipe.epochs if args.epochs is None else args.epochs  # --epochs 0 trains nothing, as Keras's fit
-    model.fit(arrays["x_train"], arrays["y_train"], batch_size=batch_size, epochs=epochs, verbose=args.verbose,
-              validation_split=recipe.validation_split, shuffle=recipe.shuffle)  # fmt: skip
+    history = model.fit(arrays["x_train"], arrays["y_train"], batch_size=batch_size, epochs=epochs,
+                        verbose=args.verbose, validation_split=recipe.validation_split,
+                        shuffle=recipe.shuffle)  # fmt: skip
     logs = model.evaluate(arrays["x_test"], arrays["y_test"], batch_size=256, return_dict=True)
     out = args.out or f"{graph.name}.kdz"
     model.save(out)  # by the chief alone
     if strategy.is_chief:
         print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         print(f"saved {out}")
+        if args.plot:
+            history.plot(args.plot)
+            print(f"training curves in {args.plot}")
     return 0
 
 
@@ -407,6 +432,26 @@ def _data_help() -> str:
     layout = textwrap.fill(datasets.LAYOUT, 100)
     choice = f"--data, else the train block's `data = ...`, else {DEFAULT_DATA}"
     return f"data: {choice}; a dataset below or an .npz.\n{names}\n\n{layout}"
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """Draw a model as Keras's plot_model does (a box per layer), or with --kernels the kernels the compiler
+    generates for it (a box per kernel --explain lists, coloured by kind, with its layers and costs)."""
+    graph = load_file(args.file).model(args.model)
+    if args.kernels:
+        if args.training and graph.train is None:
+            hint = f"add `train {graph.name} {{ loss = ... }}`, or leave out --training"
+            raise KdslError(f"model `{graph.name}` has no train block: it has no training step", hint=hint)
+        from kdsl.pictures.kernels import kernels_to_dot  # Numba: only the commands that compile import the backends
+        from kdsl.pipeline import compile_programs
+
+        compilation = compile_programs(graph, training=args.training)
+        dot = kernels_to_dot(compilation, batch=args.batch, rankdir=args.rankdir, dpi=args.dpi)
+    else:
+        options = Options(**{option: getattr(args, option) for option in PLOT_OPTIONS})
+        dot = model_to_dot(graph, options, rankdir=args.rankdir, dpi=args.dpi)
+    print(f"wrote {write_picture(dot, args.out)}")
+    return 0
 
 
 def _layers(args: argparse.Namespace) -> int:

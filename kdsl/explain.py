@@ -14,7 +14,7 @@ from kdsl.backends.cpu.policy import prepares_weights, splits_columns
 from kdsl.backends.cpu.support.entry import MIN_ROWS_PER_THREAD_PREPARED
 from kdsl.backends.cpu.support.loop_products import TILE_ROWS, product_limit
 from kdsl.backends.cpu.support.register_tiles import MAX_TILE_ROWS, PANEL, VECTOR_BITS
-from kdsl.ir.graph import Layer
+from kdsl.ir.graph import Graph, Layer
 from kdsl.ir.ops.linalg import GatherMatMul, GatherMatMulGrads, MatMul
 from kdsl.ir.ops.scan import Scan
 from kdsl.ir.program import Eqn, Program
@@ -48,7 +48,7 @@ def format_fused(program: Program, fused: Plan, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _cost(kernels: list[Kernel], fused: Plan, sizes: dict[str, int]) -> tuple[int, int]:
+def kernels_cost(kernels: list[Kernel], fused: Plan, sizes: dict[str, int]) -> tuple[int, int]:
     """(FLOPs, bytes written to memory) of kernels of the plan `fused`, scan bodies counted once per step."""
     flops = written = 0
     for kernel in kernels:
@@ -56,7 +56,7 @@ def _cost(kernels: list[Kernel], fused: Plan, sizes: dict[str, int]) -> tuple[in
             if isinstance(eqn.op, Scan):
                 steps = numel(eqn.inputs[eqn.attrs["num_carry"]].shape[:1], sizes)
                 cell = fused.body(eqn)
-                body_flops, body_bytes = _cost(cell.kernels, cell, sizes)
+                body_flops, body_bytes = kernels_cost(cell.kernels, cell, sizes)
                 flops += steps * body_flops
                 written += steps * body_bytes
                 continue
@@ -197,11 +197,7 @@ def explain(compilation: Compilation, batch: int = 32) -> str:
     For the CUDA target, each kernel's launch is written `<<<blocks, threads per block>>>`, as on a GPU.
     """
     graph, target = compilation.graph, compilation.target
-    sizes = {"batch": batch}
-    for value in graph.inputs:
-        for d in value.type.dims:
-            if isinstance(d, str) and d not in sizes:
-                sizes[d] = 1
+    sizes = cost_sizes(graph, batch)
     lines = [f"model {graph.name}, costs at batch size {batch}" + (", CUDA launches" if target == "cuda" else "")]
     for name in compilation.programs:
         fused = compilation.plans[name]
@@ -213,22 +209,40 @@ def explain(compilation: Compilation, batch: int = 32) -> str:
             kernels = [k for k in by_layer.get(layer.name, []) if k.kind != "view"]
             if not kernels:
                 continue
-            flops, written = _cost(kernels, fused, sizes)
+            flops, written = kernels_cost(kernels, fused, sizes)
             lines.append(
                 f"  {layer.name} ({layer.kind.keras}): {len(kernels)} kernel(s), "
-                f"{_human(flops)}FLOP, {_human(written)}B written"
+                f"{human(flops)}FLOP, {human(written)}B written"
             )
             lines += [f"    - {_describe(k, fused, sizes, target)}" for k in kernels]
             if name == "forward":
                 lines += [f"    not the fastest variant: {reason}" for reason in _not_chosen(layer)]
         rest = [k for k in by_layer.get(None, []) if k.kind != "view"]
         if rest:
-            flops, written = _cost(rest, fused, sizes)
-            lines.append(f"  loss and totals: {len(rest)} kernel(s), {_human(flops)}FLOP, {_human(written)}B written")
+            flops, written = kernels_cost(rest, fused, sizes)
+            lines.append(f"  loss and totals: {len(rest)} kernel(s), {human(flops)}FLOP, {human(written)}B written")
     return "\n".join(lines)
 
 
-def _human(n: float) -> str:
+def cost_sizes(graph: Graph, batch: int) -> dict[str, int]:
+    """The sizes costs are given at: `batch` samples, and 1 for every other variable size (a sequence's steps)."""
+    sizes = {"batch": batch}
+    for value in graph.inputs:
+        for d in value.type.dims:
+            if isinstance(d, str) and d not in sizes:
+                sizes[d] = 1
+    return sizes
+
+
+def listed_kernels(compilation: Compilation, program: str) -> list[Kernel]:
+    """The kernels of `program` that `--explain` lists: those that make code, of a layer of the model or of none
+    (the loss and the totals)."""
+    layers = {layer.name for layer in compilation.graph.layers()}
+    kernels = compilation.plans[program].kernels
+    return [k for k in kernels if k.kind != "view" and (k.origin is None or k.origin in layers)]
+
+
+def human(n: float) -> str:
     for unit in ("", "k", "M", "G"):
         if abs(n) < 1000:
             return f"{n:.3g} {unit}"
@@ -239,4 +253,4 @@ def _human(n: float) -> str:
 def program_flops(program: Program, fused: Plan, sizes: dict[str, int]) -> int:
     """Floating-point operations of one run of `program` (planned as `fused`) at `sizes` (e.g. {"batch": 64}),
     time loops unrolled."""
-    return _cost(fused.kernels, fused, sizes)[0]
+    return kernels_cost(fused.kernels, fused, sizes)[0]

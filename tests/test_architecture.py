@@ -28,9 +28,9 @@ LAYERS = [
     ["kdsl.runtime.state", "kdsl.runtime.initializers", "kdsl.runtime.optimizers", "kdsl.runtime.schedules",
      "kdsl.runtime.update_rules", "kdsl.runtime.update_loops", "kdsl.runtime.metrics", "kdsl.distribute"],
     ["kdsl.backends"],
-    ["kdsl.pipeline", "kdsl.explain", "kdsl.footprint", "kdsl.devices"],
+    ["kdsl.pipeline", "kdsl.explain", "kdsl.footprint", "kdsl.devices", "kdsl.pictures"],
     ["kdsl.runtime", "kdsl.model", "kdsl.model_layers", "kdsl.layers", "kdsl.data", "kdsl.datasets", "kdsl.losses",
-     "kdsl.metrics", "kdsl.models", "kdsl.ops", "kdsl.utils", "kdsl.keras_files"],
+     "kdsl.metrics", "kdsl.models", "kdsl.ops", "kdsl.utils", "kdsl.keras_files", "kdsl.curves"],
     ["kdsl.cli", "kdsl"],
 ]  # fmt: skip
 

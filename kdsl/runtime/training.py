@@ -11,13 +11,15 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kdsl.backends.compiled import CompiledModel
 from kdsl.catalogue.args import FnSpec
 from kdsl.catalogue.functions import LOSSES
+from kdsl.curves import plot_curves
 from kdsl.distribute.strategy import current as current_strategy
 from kdsl.errors import KdslArgumentError
 from kdsl.ir.builder import Builder
@@ -33,16 +35,34 @@ from kdsl.runtime.optimizers import Optimizer
 from kdsl.runtime.optimizers import get as get_optimizer
 from kdsl.runtime.state import ModelState
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Data = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 
 
 @dataclass
 class History:
-    """What `fit` returns: `history[name]` is one value per epoch."""
+    """What `fit` returns: `history[name]` is one value per epoch logged (validation, every `validation_freq`
+    epochs); `logged_at[name]` the epochs (from 0) it was logged at, which lines its values up on a plot."""
 
     history: dict[str, list[float]] = field(default_factory=dict)
     epoch: list[int] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    logged_at: dict[str, list[int]] = field(default_factory=dict)
+
+    def record(self, epoch: int, logs: Mapping[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+            self.logged_at.setdefault(key, []).append(epoch)
+
+    def plot(self, to_file: str | Path | None = None) -> Figure:
+        """The training curves: one panel per quantity, training and validation together, by epoch (from 1);
+        written to `to_file` (.png, .svg or .pdf) when given. Returns the matplotlib Figure."""
+        epochs = {key: self.logged_at.get(key, self.epoch) for key in self.history}  # made by hand: every epoch
+        return plot_curves({key: ([e + 1 for e in epochs[key]], values) for key, values in self.history.items()},
+                           to_file)  # fmt: skip
 
 
 def as_arrays(data: Data, names: Sequence[str], types: Sequence[TensorType], what: str) -> list[np.ndarray]:
@@ -246,9 +266,7 @@ class Trainer:
             skipped = 0
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
-            history.epoch.append(epoch)
-            for key, value in logs.items():
-                history.history.setdefault(key, []).append(value)
+            history.record(epoch, logs)
         for callback in callbacks:
             callback.on_train_end()
         return history
