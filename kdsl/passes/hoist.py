@@ -40,7 +40,6 @@ def _hoisted(b: Builder, scan: Eqn) -> Eqn:
     if not hoisted:
         return scan
     producers = {id(v): eqn for eqn in eqns for v in eqn.outputs}
-    _join_products(b, eqns, producers, kinds, outer)
     sequences = [_outside(b, v, producers, kinds, outer) for v in hoisted]
     carries, xs, weights = body.inputs[:nc], body.inputs[nc : nc + nx], body.inputs[nc + nx :]
     moved = {id(v) for v in hoisted}
@@ -135,25 +134,6 @@ def _worth_hoisting(eqns: list[Eqn], kinds: dict[int, str], outputs: list[Var]) 
                 if id(x) in costly and id(x) not in results:
                     hoisted[id(x)] = x
     return list(hoisted.values())
-
-
-def _join_products(
-    b: Builder, eqns: list[Eqn], producers: dict[int, Eqn], kinds: dict[int, str], outer: dict[int, Var]
-) -> None:
-    """Products of one step value by several weights of the loop (x·W_f, x·W_c), made before the loop as one
-    product by the weights joined, each product's value its columns of it (`outer`)."""
-    groups: dict[int, list[Eqn]] = {}
-    for eqn in eqns:
-        if isinstance(eqn.op, MatMul) and kinds[id(eqn.out)] == STEP and not eqn.attrs.get("transpose_b"):
-            groups.setdefault(id(eqn.inputs[0]), []).append(eqn)
-    for group in groups.values():
-        if len(group) > 1 and all(id(eqn.inputs[1]) in outer for eqn in group):
-            joined = b.concat(*(outer[id(eqn.inputs[1])] for eqn in group), axis=1)
-            product = b.matmul(_outside(b, group[0].inputs[0], producers, kinds, outer), joined)
-            sizes = tuple(eqn.out.shape[-1] for eqn in group)
-            outer.update(
-                (id(eqn.out), piece) for eqn, piece in zip(group, b.split(product, sizes=sizes, axis=product.rank - 1))
-            )
 
 
 def _outside(b: Builder, var: Var, producers: dict[int, Eqn], kinds: dict[int, str], outer: dict[int, Var]) -> Var:
