@@ -2,8 +2,8 @@
 
     lower            each layer call becomes primitive ops (`kdsl.passes.lower`)
     tidy             transposes that cancel, time loops of one step inlined, what a loop's step computes from
-                     its inputs alone computed for every step before the loop (`kdsl.passes.hoist`), products
-                     of one value by several weights made one (`kdsl.passes.merge_products`), dead code removed
+                     its inputs alone computed for every step before the loop (`kdsl.passes.hoist`), dead code
+                     removed
     losses, backprop the training program: losses, regularizers, the gradient of every weight,
                      backpropagation through time for scans (`kdsl.passes.training`), dead code removed
     cse              repeated work merged
@@ -28,7 +28,6 @@ from kdsl.passes.fold import fold_gather_projections
 from kdsl.passes.fuse import cse, plan
 from kdsl.passes.hoist import hoist_step_independent
 from kdsl.passes.lower import Lowered, lower
-from kdsl.passes.merge_products import merge_products
 from kdsl.passes.single_steps import inline_single_steps
 from kdsl.passes.training import Training, add_training, losses_per_output
 from kdsl.passes.transposes import cancel_transposes
@@ -48,9 +47,9 @@ TARGET_STAGES: dict[str, Callable[[Program], Program]] = {
 
 
 def tidy(lowered: Lowered) -> Lowered:
-    """Transposes that cancel removed, one-step time loops inlined, step-independent work hoisted out of the others
-    and their products by one value merged, dead code removed."""
-    program = merge_products(hoist_step_independent(inline_single_steps(cancel_transposes(lowered.program))))
+    """Transposes that cancel removed, one-step time loops inlined, step-independent work hoisted out of the others,
+    dead code removed."""
+    program = hoist_step_independent(inline_single_steps(cancel_transposes(lowered.program)))
     return lowered.rewritten(dce(program))
 
 
