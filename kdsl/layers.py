@@ -492,6 +492,11 @@ class RNN(Recurring):
 def traced_cell(cell: Layer, features: int) -> StepCell:
     """One step of a cell written in Python as Keras's are (`state_size`, `call(inputs, states)` returning the
     output and the new states), as a graph: `call` run once on symbolic tensors, never at each step."""
+    if hasattr(cell, "get_initial_state"):
+        raise KdslUnsupportedError(
+            f"cell `{cell.name}`: initial states from its own `get_initial_state`",
+            hint="leave it out (states start at zeros) and pass other initial states as `initial_state=[...]`",
+        )
     sizes = list(cell.state_size) if isinstance(cell.state_size, list | tuple) else [cell.state_size]
     if not sizes or not all(isinstance(size, int) and size > 0 for size in sizes):
         raise KdslArgumentError(

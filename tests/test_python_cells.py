@@ -160,7 +160,13 @@ def test_what_a_python_cell_cannot_do_is_refused_clearly():
         def call(self, inputs, states):
             return states[0]
 
+    class InitialStatesOfItsOwn(MinimalGRUCell):
+        def get_initial_state(self, batch_size=None):
+            return [np.full((batch_size, self.units), 0.5, np.float32)]
+
     x = kdsl.Input(shape=(STEPS, FEATURES))
+    with pytest.raises(KdslUnsupportedError, match="get_initial_state"):
+        layers.RNN(InitialStatesOfItsOwn(3))(x)
     with pytest.raises(KdslUnsupportedError, match="add_weight"):
         layers.RNN(WeightsOfItsOwn())(x)
     with pytest.raises(KdslArgumentError, match="state_size"):
