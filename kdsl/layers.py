@@ -519,7 +519,31 @@ def traced_cell(cell: Layer, features: int) -> StepCell:
             hint=f"return the output and {len(states)} new state(s), computed with kdsl layers and `kdsl.ops`",
         )
     graph = graph_from_calls(cell.name, [step, *states], [output, *new])
-    return StepCell(cell.name, graph, tuple((f"state_{i}", size) for i, size in enumerate(sizes)), (None,) * len(new))
+    traced = StepCell(cell.name, graph, tuple((f"state_{i}", size) for i, size in enumerate(sizes)), (None,) * len(new))
+    _check_weight_order(cell, traced)
+    return traced
+
+
+def _check_weight_order(cell: Layer, traced: StepCell) -> None:
+    """A cell's weights come in the order its step first calls its layers; Keras's in the order the cell holds
+    them (assigned as attributes, lists in order). Where the two differ, weights moved between kdsl and Keras by
+    position would land in the wrong layers: refused."""
+    held: list[Layer] = []
+    pending = list(vars(cell).values())
+    while pending:
+        value = pending.pop(0)
+        if isinstance(value, list | tuple | dict):  # Keras tracks the layers in these too, in order
+            pending[:0] = list(value.values() if isinstance(value, dict) else value)
+        elif isinstance(value, Layer) and hasattr(value, "kind"):
+            held.append(value)
+    called = [id(layer.config) for layer in traced.layers()]
+    held_ids = [id(layer.config) for layer in held if id(layer.config) in called]
+    if held_ids != [i for i in called if i in held_ids]:
+        raise KdslUnsupportedError(
+            f"cell `{cell.name}` calls its layers in another order than it holds them",
+            hint="Keras orders a cell's weights as its layers were assigned: assign them in the order `call` "
+            "first uses them",
+        )
 
 
 class Bidirectional(Recurring):

@@ -164,7 +164,16 @@ def test_what_a_python_cell_cannot_do_is_refused_clearly():
         def get_initial_state(self, batch_size=None):
             return [np.full((batch_size, self.units), 0.5, np.float32)]
 
+    class HeldInAnotherOrder(MinimalGRUCell):
+        def call(self, inputs, states):
+            c = self.candidate(inputs)
+            f = self.forget(ops.concatenate([inputs, states[0]], axis=-1))
+            h = f * states[0] + (1 - f) * c
+            return h, [h]
+
     x = kdsl.Input(shape=(STEPS, FEATURES))
+    with pytest.raises(KdslUnsupportedError, match="in another order than it holds them"):
+        layers.RNN(HeldInAnotherOrder(3))(x)
     with pytest.raises(KdslUnsupportedError, match="get_initial_state"):
         layers.RNN(InitialStatesOfItsOwn(3))(x)
     with pytest.raises(KdslUnsupportedError, match="add_weight"):
