@@ -4,8 +4,9 @@ under `jit`, where JAX is installed), with kdsl's built-in layers of the same ki
 
     python -m benchmarks.cells [--repeat 50] [--threads 2]
 
-The cells: the minimal gated unit (MGU: f = σ([x, h]·W_f + b_f), c = tanh(x·W_c + b_c), h ← f·h + (1 − f)·c) and
-an LSTM written as a cell (Keras's equations, gates from [x, h]), each followed by Dense(10) and softmax
+The cells: the minimal gated unit (MGU: f = σ([x, h]·W_f + b_f), c = tanh(x·W_c + b_c), h ← f·h + (1 − f)·c), an
+LSTM written as a cell (Keras's equations, gates from [x, h]) and a peephole LSTM (the cell state read by the
+gates through weights of the cell's own), each followed by Dense(10) and softmax
 cross-entropy; batch 64, 28 steps of 28 inputs, 64 units. kdsl's side is `train_on_batch` (SGD); PyTorch's
 `zero_grad`, forward, backward and `step`; JAX's one jitted function returning the new weights. Medians of
 `--repeat` steps after warm-up, each side in a process of its own; "per FLOP" divides a step's time by its work as
@@ -47,6 +48,23 @@ cell LongShortTermMemory(units) (x, h: f32[batch, units], c: f32[batch, units]) 
     h = o * tanh(c)
 }}
 
+cell PeepholeLSTM(units) (x, h: f32[batch, units], c: f32[batch, units]) -> h {{
+    peep_i = weight([units])
+    peep_f = weight([units])
+    peep_o = weight([units])
+    i = sigmoid(dense(concatenate(x, h), units) + peep_i * c)
+    f = sigmoid(dense(concatenate(x, h), units) + peep_f * c)
+    g = dense(concatenate(x, h), units, activation=tanh)
+    c = f * c + i * g
+    o = sigmoid(dense(concatenate(x, h), units) + peep_o * c)
+    h = o * tanh(c)
+}}
+
+model CustomPeepholeLSTM(pixels: f32[batch, {STEPS}, {INPUTS}]) -> probs {{
+    h     = rnn(pixels, PeepholeLSTM({UNITS}))
+    probs = dense(h, {CLASSES}, activation=softmax)
+}}
+
 model CustomMGU(pixels: f32[batch, {STEPS}, {INPUTS}]) -> probs {{
     h     = rnn(pixels, MinimalGatedUnit({UNITS}))
     probs = dense(h, {CLASSES}, activation=softmax)
@@ -68,7 +86,7 @@ model BuiltinLSTM(pixels: f32[batch, {STEPS}, {INPUTS}]) -> probs {{
 }}
 """ + "".join(
     f"train {name} {{ loss = sparse_categorical_crossentropy  optimizer = sgd({LEARNING_RATE}) }}\n"
-    for name in ("CustomMGU", "CustomLSTM", "BuiltinGRU", "BuiltinLSTM")
+    for name in ("CustomPeepholeLSTM", "CustomMGU", "CustomLSTM", "BuiltinGRU", "BuiltinLSTM")
 )
 
 

@@ -195,12 +195,31 @@ class Layer:
     def build(self, input_shape: tuple) -> None:
         """A layer of the user's own makes its layers here or in `__init__`."""
 
-    def add_weight(self, *args: Any, **kwargs: Any) -> None:
-        raise KdslUnsupportedError(
-            f"`{type(self).__name__}.add_weight`: a layer of your own holds kdsl layers, not weights of its own",
-            hint="make its weights those of layers it calls, e.g. `self.gate = kdsl.layers.Dense(units)` in "
-            "`__init__` and `self.gate(inputs)` in `call`",
-        )
+    def add_weight(
+        self,
+        shape: Sequence[int] | None = None,
+        initializer: Any = None,
+        dtype: Any = None,
+        trainable: bool = True,
+        regularizer: Any = None,
+        constraint: Any = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> KerasTensor:
+        """A weight the cell holds itself, as Keras's `add_weight`: a tensor (with no batch axis) that `call` reads
+        through `kdsl.ops` (`ops.matmul(inputs, self.kernel)`, `self.peephole * c`)."""
+        if dtype not in (None, "float32") or not trainable or kwargs:
+            given = [k for k, v in (("dtype", dtype not in (None, "float32")), ("trainable", not trainable)) if v]
+            raise KdslUnsupportedError(
+                f"`add_weight` with {', '.join([*given, *kwargs])}",
+                hint="a cell's own weights are trainable float32 weights; constants are numbers in `call`",
+            )
+        if shape is None:
+            raise KdslArgumentError("`add_weight` needs a `shape`")
+        settings = {"initializer": initializer or "glorot_uniform", "regularizer": regularizer}
+        if constraint is not None:
+            settings["constraint"] = constraint
+        return CellWeight(list(shape), name=name, **settings)([])
 
     @property
     def trainable(self) -> bool:
@@ -487,6 +506,12 @@ class RNN(Recurring):
                 hint="e.g. initial_state=[[h1, c1], [h2, c2]] for two LSTM cells",
             )
         return super().__call__(inputs, flat)
+
+
+class CellWeight(Layer):
+    """The node that gives a cell's own weight its value (made by `Layer.add_weight`)."""
+
+    kind = LAYERS["weight"]
 
 
 def traced_cell(cell: Layer, features: int) -> StepCell:

@@ -14,8 +14,9 @@ from kdsl.errors import KdslUnsupportedError
 from kdsl.layers import Concatenate, KerasTensor
 from kdsl.layers import operate as _apply
 
-__all__ = ["abs", "absolute", "add", "concatenate", "divide", "exp", "log", "maximum", "minimum", "multiply",
-           "negative", "relu", "sigmoid", "softmax", "sqrt", "square", "subtract", "tanh", "true_divide"]  # fmt: skip
+__all__ = ["abs", "absolute", "add", "concatenate", "divide", "exp", "log", "matmul", "maximum", "minimum",
+           "multiply", "negative", "relu", "sigmoid", "softmax", "sqrt", "square", "subtract", "tanh",
+           "true_divide"]  # fmt: skip
 
 
 def add(x1: Any, x2: Any) -> KerasTensor:
@@ -88,6 +89,11 @@ abs = absolute  # Keras spells it both ways
 
 def softmax(x: Any, axis: int = -1) -> KerasTensor:
     return _apply("softmax", x, axis=axis)
+
+
+def matmul(x1: Any, x2: Any) -> KerasTensor:
+    """`x1` (..., k) by a weight (k, n) that a cell holds (`self.add_weight`)."""
+    return _apply("matmul", x1, x2)
 
 
 def concatenate(xs: list[KerasTensor], axis: int = 0) -> KerasTensor:

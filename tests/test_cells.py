@@ -365,6 +365,14 @@ ERRORS = {
         + _model("y = rnn(s, C(4))"), KdslUnsupportedError, r"`dropout` cannot be called inside cell `C`", (2, 14),
         "apply it to the sequence",
     ),
+    "weight outside a cell": (
+        "model M(s: f32[batch, 4]) -> y {\n    w = weight([4, 4])\n    y = dense(s, 2)\n}\n", KdslUnsupportedError,
+        r"`weight` outside a cell", (2, 9), "belongs to a `cell`",
+    ),
+    "matmul by a tensor of the batch": (
+        "cell C(units) (x, h: f32[batch, units]) -> h {\n    h = matmul(h, h)\n}\n" + _model("y = rnn(s, C(4))"),
+        KdslShapeError, r"`matmul` multiplies \(\.\.\., k\) by a weight \(k, n\)", (2, 9), None,
+    ),
     "not a cell": (_model("y = rnn(s, 4)"), KdslArgumentError, r"`rnn` argument `cell`: expected a cell", (2, 16),
                    None),
     "no state": (
@@ -426,3 +434,45 @@ def test_kdz_archives_keep_the_cell_and_keras_files_refuse_it(tmp_path):
     np.testing.assert_allclose(loaded.predict(seq, verbose=0), model.predict(seq, verbose=0), rtol=RTOL, atol=ATOL)
     with pytest.raises(KdslUnsupportedError, match=r"cell `MinimalGRU` cannot be written into a `\.keras` file"):
         model.save(tmp_path / "m.keras")
+
+
+PEEPHOLE = """
+cell PeepholeLSTM(units) (x, h: f32[batch, units], c: f32[batch, units]) -> h {
+    peep_i = weight([units])
+    peep_f = weight([units])
+    peep_o = weight([units])
+    i = sigmoid(dense(concatenate(x, h), units) + peep_i * c)
+    f = sigmoid(dense(concatenate(x, h), units) + peep_f * c)
+    g = tanh(dense(concatenate(x, h), units))
+    c = f * c + i * g
+    o = sigmoid(dense(concatenate(x, h), units) + peep_o * c)
+    h = o * tanh(c)
+}
+model M(seq: f32[batch, 5, 3]) -> y {
+    y = rnn(seq, PeepholeLSTM(4), return_sequences=true)
+}
+train M { loss = mse  optimizer = sgd() }
+"""
+
+
+def test_a_peephole_lstm_with_weights_of_its_own_against_its_equations():
+    """Weights a cell holds itself (`weight([units])`, peepholes read elementwise), on the CPU backend, against a
+    float64 loop over the same equations; its gradients against the interpreter's."""
+    graph = load(PEEPHOLE, "peephole.kd").models["M"]
+    compiled, reference = compile_model(graph, target="cpu"), compile_model(graph, target="numpy")
+    assert compiled.param_names[:3] == ["rnn/weight", "rnn/weight_1", "rnn/weight_2"]
+    weights = random_weights(compiled)
+    reference.weights = [w.copy() for w in weights]
+    p_i, p_f, p_o, k_i, b_i, k_f, b_f, k_g, b_g, k_o, b_o = (w.astype(np.float64) for w in weights)
+    seq = normal(2, 5, 3)
+    h, c, outputs = np.zeros((2, 4)), np.zeros((2, 4)), []
+    for t in range(5):
+        xh = np.concatenate([seq[:, t], h], axis=1)
+        i, f = sigmoid(xh @ k_i + b_i + p_i * c), sigmoid(xh @ k_f + b_f + p_f * c)
+        c = f * c + i * np.tanh(xh @ k_g + b_g)
+        h = sigmoid(xh @ k_o + b_o + p_o * c) * np.tanh(c)
+        outputs.append(h)
+    assert_all_close(compiled.forward(seq), [np.stack(outputs, axis=1)])
+    target = normal(2, 5, 4, seed=3)
+    assert compiled.train_step([seq], [target]) == pytest.approx(reference.train_step([seq], [target]), rel=1e-5)
+    assert_all_close(compiled.grads, reference.grads, rtol=1e-4, atol=1e-6)

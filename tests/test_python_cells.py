@@ -9,7 +9,7 @@ import pytest
 
 import kdsl
 from kdsl import layers, ops
-from kdsl.errors import KdslArgumentError, KdslUnsupportedError
+from kdsl.errors import KdslArgumentError, KdslShapeError, KdslUnsupportedError
 
 STEPS, FEATURES, UNITS, CLASSES = 6, 5, 4, 3
 
@@ -139,11 +139,11 @@ def test_an_lstm_written_as_a_python_cell_gives_the_built_in_lstms_outputs():
 
 
 def test_what_a_python_cell_cannot_do_is_refused_clearly():
-    class WeightsOfItsOwn(layers.Layer):
+    class ConstantWeight(layers.Layer):
         state_size = 3
 
         def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(input_shape[-1], 3))
+            self.kernel = self.add_weight(shape=(input_shape[-1], 3), trainable=False)
 
         def call(self, inputs, states):
             return states[0], states
@@ -176,8 +176,8 @@ def test_what_a_python_cell_cannot_do_is_refused_clearly():
         layers.RNN(HeldInAnotherOrder(3))(x)
     with pytest.raises(KdslUnsupportedError, match="get_initial_state"):
         layers.RNN(InitialStatesOfItsOwn(3))(x)
-    with pytest.raises(KdslUnsupportedError, match="add_weight"):
-        layers.RNN(WeightsOfItsOwn())(x)
+    with pytest.raises(KdslUnsupportedError, match="add_weight` with trainable"):
+        layers.RNN(ConstantWeight())(x)
     with pytest.raises(KdslArgumentError, match="state_size"):
         layers.RNN(NoStateSize())(x)
     with pytest.raises(KdslArgumentError, match=r"returns \(output, new_states\)"):
@@ -216,3 +216,69 @@ def test_a_model_with_a_python_cell_prints_as_kd_and_saves_and_loads(classifier,
     loaded = kdsl.load_model(tmp_path / "cell.kdz")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0))
     assert loaded.to_kd() == text
+
+
+class MinimalRNNCell(layers.Layer):
+    """Keras's own example of a cell (the RNN layer's documentation), with weights it holds itself."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, self.units), initializer="uniform", name="recurrent_kernel"
+        )
+
+    def call(self, inputs, states):
+        prev_output = states[0]
+        h = ops.matmul(inputs, self.kernel)
+        output = h + ops.matmul(prev_output, self.recurrent_kernel)
+        return output, [output]
+
+
+def test_keras_example_cell_with_weights_of_its_own_runs_trains_and_saves(tmp_path):
+    x, _ = data(6)
+    inputs = kdsl.Input((None, FEATURES))
+    model = kdsl.Model(inputs, layers.RNN(MinimalRNNCell(UNITS))(inputs))
+    assert model.state.names == ["rnn/kernel", "rnn/recurrent_kernel"]
+    kernel, recurrent_kernel = (w.astype(np.float64) for w in model.get_weights())
+    assert np.abs(kernel).max() <= 0.05  # Keras's "uniform": RandomUniform(-0.05, 0.05)
+    h = np.zeros((len(x), UNITS))
+    for t in range(STEPS):
+        h = x[:, t] @ kernel + h @ recurrent_kernel
+    np.testing.assert_allclose(model.predict(x, verbose=0), h, rtol=1e-5, atol=1e-6)
+    model.compile(optimizer="sgd", loss="mse")
+    target = np.ones((len(x), UNITS), np.float32)
+    compiled = model.trainer.compiled
+    compiled.train_step([x], [target])
+    step = 1e-6
+    for index, grad in enumerate(compiled.grads):  # against central differences of the float64 loop's MSE
+        weights = [kernel.copy(), recurrent_kernel.copy()]
+
+        def loss(ws):
+            h = np.zeros((len(x), UNITS))
+            for t in range(STEPS):
+                h = x[:, t] @ ws[0] + h @ ws[1]
+            return np.mean((h - 1.0) ** 2)
+
+        plus, minus = [w.copy() for w in weights], [w.copy() for w in weights]
+        plus[index].flat[3] += step
+        minus[index].flat[3] -= step
+        assert grad.flat[3] == pytest.approx((loss(plus) - loss(minus)) / (2 * step), rel=1e-3, abs=1e-6)
+    model.fit(x, target, epochs=2, verbose=0)
+    model.save(tmp_path / "cell.kdz")
+    loaded = kdsl.load_model(tmp_path / "cell.kdz")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert "kernel = weight([5, 4], initializer=random_uniform, name=kernel)" in model.to_kd()
+
+
+def test_matmul_is_by_a_weight_of_the_cell():
+    class ByAState(MinimalGRUCell):
+        def call(self, inputs, states):
+            return states[0], [ops.matmul(states[0], states[0])]
+
+    with pytest.raises(KdslShapeError, match=r"multiplies \(\.\.\., k\) by a weight \(k, n\)"):
+        layers.RNN(ByAState(3))(kdsl.Input(shape=(STEPS, FEATURES)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdsl.catalogue.base import LayerKind
-from kdsl.catalogue.cells import CellRNN
+from kdsl.catalogue.cells import CellRNN, CellWeight
 from kdsl.catalogue.core import (
     Activation,
     BatchNormalization,
@@ -23,7 +23,7 @@ KINDS: tuple[LayerKind, ...] = tuple(
     kind()
     for kind in (
         Dense, Activation, Flatten, Reshape, Dropout, BatchNormalization, Embedding, SimpleRNN, LSTM, GRU,
-        CellRNN, StackedRNN, Bidirectional, TimeDistributed, Concatenate, Add, Multiply, RepeatVector,
+        CellRNN, CellWeight, StackedRNN, Bidirectional, TimeDistributed, Concatenate, Add, Multiply, RepeatVector,
     )
 )  # fmt: skip
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kdsl.catalogue.args import Arg, ArgError, format_value
-from kdsl.catalogue.base import Config, expect_float, expect_rank, fixed
+from kdsl.catalogue.base import CONSTRAINT_HINT, Config, LayerKind, expect_float, expect_rank, fixed
+from kdsl.catalogue.functions import INITIALIZERS, REGULARIZERS
 from kdsl.catalogue.recurrent import RNN_ARGS, RNN_UNSUPPORTED, Recurrent
 from kdsl.errors import KdslError, KdslShapeError, Span
 from kdsl.ir.graph import Graph, Layer, ParamSpec, infer_node
@@ -107,9 +108,38 @@ def step_cell(value: Any) -> StepCell:
     return value
 
 
-def weight_prefix(layer: Layer) -> str:
-    """Where a cell's layer's weights are named inside the `rnn` layer: `dense/kernel`."""
-    return f"{layer.name}/"
+def weight_name(layer: Layer, param: ParamSpec) -> str:
+    """How a cell's weight is named inside the `rnn` layer: `dense/kernel` for a layer's, `kernel` for one the
+    cell holds itself (Keras's `add_weight`)."""
+    return layer.name if isinstance(layer.kind, CellWeight) else f"{layer.name}/{param.name}"
+
+
+def weight_shape(value: Any) -> tuple[int, ...]:
+    dims = tuple(value) if isinstance(value, list | tuple) else (value,)
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ArgError(f"expected a shape of positive sizes, got {format_value(value)}", hint="e.g. [28, 64]")
+    return dims
+
+
+class CellWeight(LayerKind):
+    """A weight a cell holds itself (Keras's `add_weight`): a node with no inputs whose value is the weight, read by
+    the cell's operations (`matmul(x, kernel)`, `peephole * c`). Its value has no batch axis."""
+
+    name, keras = "weight", "Variable"
+    args = (
+        Arg("shape", weight_shape, positional=True),
+        Arg("initializer", INITIALIZERS, INITIALIZERS("glorot_uniform")),
+        Arg("regularizer", REGULARIZERS.optional, None),
+    )
+    unsupported = {"constraint": CONSTRAINT_HINT}
+    min_inputs, max_inputs = 0, 0
+    supports_masking = False
+
+    def output_types(self, config: Config, inputs: Sequence[TensorType]) -> list[TensorType]:
+        return [TensorType("f32", config["shape"])]
+
+    def params(self, config: Config, inputs: Sequence[TensorType]) -> list[ParamSpec]:
+        return [ParamSpec("value", config["shape"], True, config["initializer"], config["regularizer"])]
 
 
 class CellRNN(Recurrent):
@@ -135,7 +165,7 @@ class CellRNN(Recurrent):
 
     def params(self, config: Config, inputs: Sequence[TensorType]) -> list[ParamSpec]:
         cell = self._step(config, inputs[0])
-        return [replace(p, name=weight_prefix(layer) + p.name) for layer in cell.layers() for p in layer.params or []]
+        return [replace(p, name=weight_name(layer, p)) for layer in cell.layers() for p in layer.params or []]
 
     def _step(self, config: Config, x: TensorType) -> StepCell:
         expect_float(self, x)

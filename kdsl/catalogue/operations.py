@@ -1,4 +1,5 @@
-"""Operations: Keras's elementwise `keras.ops` functions and the arithmetic of tensors (`x + y`, `-x`, `tanh(x)`).
+"""Operations: Keras's elementwise `keras.ops` functions and the arithmetic of tensors (`x + y`, `-x`, `tanh(x)`),
+and `matmul` by a weight a cell holds.
 
 As in a Keras 3 functional model, each is a node of the graph with no weights, named as Keras names the operation
 (`add`, `true_divide`, `tanh`...). Numbers among the operands are kept in the node's configuration (`constants`,
@@ -18,7 +19,7 @@ from kdsl.catalogue.args import Arg, ArgError, integer
 from kdsl.catalogue.base import COMMON_ARGS, Config, LayerKind, expect_float, show
 from kdsl.errors import KdslArgumentError, KdslShapeError, KdslUnsupportedError
 from kdsl.ir.ops.base import broadcast_dims
-from kdsl.ir.types import TensorType
+from kdsl.ir.types import BATCH, TensorType
 
 Operand = Any  # a tensor of the caller's (a `Value`, a `KerasTensor`) or a Python number
 
@@ -85,6 +86,26 @@ class Operation(LayerKind):
         return [next(given) if c is None else c for c in config["constants"]]
 
 
+class MatMul(Operation):
+    """`matmul(x, w)`: x (..., k) by a weight (k, n) that a cell holds (Keras's `ops.matmul(inputs, self.kernel)`)."""
+
+    def config(self, operands: Sequence[Operand], **settings: Any) -> dict[str, Any]:
+        if any(is_number(x) for x in operands):
+            raise KdslArgumentError("`matmul` multiplies two tensors, not a number", hint="multiply by `*` instead")
+        return super().config(operands, **settings)
+
+    def output_types(self, config: Config, inputs: Sequence[TensorType]) -> list[TensorType]:
+        x, w = inputs
+        expect_float(self, x)
+        expect_float(self, w)
+        if w.rank != 2 or BATCH in w.dims or x.dims[-1] != w.dims[0]:
+            raise KdslShapeError(
+                f"`matmul` multiplies (..., k) by a weight (k, n), got {show(x)} and {show(w)}",
+                hint="the second operand is a weight a cell holds: `self.add_weight(shape=(k, n))`",
+            )
+        return [TensorType("f32", (*x.dims[:-1], w.dims[1]))]
+
+
 def is_number(x: Any) -> bool:
     """A real number (NumPy's scalars included), not a truth value."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)
@@ -109,6 +130,7 @@ OPERATIONS: dict[str, Operation] = {op.function: op for op in (
     Operation("square", "Square", 1, "square"),
     Operation("abs", "Absolute", 1, "abs"),
     Operation("softmax", "Softmax", 1, "softmax"),
+    MatMul("matmul", "Matmul", 2, "matmul"),
 )}
 # fmt: on
 BINARY = {op.symbol: op for op in OPERATIONS.values() if op.symbol and op.arity == 2}  # `+` -> add

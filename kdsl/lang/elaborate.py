@@ -16,7 +16,7 @@ from typing import Any
 
 from kdsl import catalogue
 from kdsl.catalogue.args import Arg, ArgError, Given, bind, boolean, positive_int, rate
-from kdsl.catalogue.cells import STEP_REFUSED, CellRNN, CellSource, StepCell
+from kdsl.catalogue.cells import STEP_REFUSED, CellRNN, CellSource, CellWeight, StepCell
 from kdsl.catalogue.datasets import dataset
 from kdsl.catalogue.functions import LOSSES, METRICS, OPTIMIZERS, RawCall
 from kdsl.catalogue.operations import CALLABLE, NEGATIVE, OPERATIONS, Operation, is_number
@@ -584,6 +584,8 @@ class _ModelBuilder:
                 given.append(Given(value, keyword.value.span, keyword.name, keyword.span))
         config = kind.bind(given, call.span)
         states = self.call_keywords(call, kind, allow_settings=True)
+        if isinstance(kind, CellWeight):
+            return self.weight(kind, config, name, inputs, call)
         if not inputs:
             if states:
                 raise KdslArgumentError("`initial_state` needs an input sequence too", call.span)
@@ -593,6 +595,12 @@ class _ModelBuilder:
         self.namer.wrapped(config)
         layer = Layer(name or self.namer.next(kind.name), kind, config, call.span)
         return self.apply(layer, inputs, call.span, states)
+
+    def weight(self, kind: CellWeight, config: dict, name: str | None, inputs: list, call: ast.Call) -> _Tensors:
+        """A weight of one's own, `weight([k, n])`: only a cell holds one."""
+        raise KdslUnsupportedError(
+            "`weight` outside a cell", call.span, hint="a weight of one's own belongs to a `cell`; models use layers"
+        )
 
     def cell_argument(self, expr: ast.Expr, kind: catalogue.LayerKind) -> StepCell | None:
         """A cell made for `rnn` (`rnn(seq, MinimalGRU(32))`; a bare `MinimalGRU` has no arguments); None where
@@ -809,6 +817,14 @@ class _CellBuilder(_ModelBuilder):
                 f"`{kind.name}` cannot be called inside cell `{cell}`", call.func.span, hint=STEP_REFUSED[kind.name]
             )
         return super().call(call, piped)
+
+    def weight(self, kind: CellWeight, config: dict, name: str | None, inputs: list, call: ast.Call) -> _Tensors:
+        """A weight the cell holds itself: a node with no inputs whose value is the weight."""
+        if inputs:
+            raise KdslArgumentError("`weight` takes no tensor", call.span, hint="give its shape: `weight([28, 64])`")
+        if name is not None and not self.namer.reserve(name):
+            raise KdslNameError(f"layer name `{name}` is used twice", call.span)
+        return self.apply(Layer(name or self.namer.next(kind.name), kind, config, call.span), [], call.span)
 
 
 def _fits_positional(kind: catalogue.LayerKind, identifier: str) -> bool:

@@ -6,7 +6,7 @@ initial states, `go_backwards` and Bidirectional go through the same loop as the
 
 from __future__ import annotations
 
-from kdsl.catalogue.cells import StepCell, weight_prefix
+from kdsl.catalogue.cells import StepCell, weight_name
 from kdsl.ir.builder import Builder
 from kdsl.ir.program import Var
 from kdsl.passes.layer_rules import RULES, LayerContext, rule
@@ -31,7 +31,7 @@ def run_cell(
         env = {id(value): var for value, var in zip(cell.graph.inputs, [*xs, *states])}
         for node in cell.graph.nodes:
             layer = node.layer
-            own = {p.name: consts[weight_prefix(layer) + p.name] for p in layer.params or []}
+            own = {p.name: consts[weight_name(layer, p)] for p in layer.params or []}
             inner = LayerContext(bb, layer, own, ctx.training, ctx.lowering)
             values = [env[id(value)] for value in node.inputs]
             types = [value.type for value in node.outputs]
@@ -53,6 +53,12 @@ def run_cell(
     if carried:
         ctx.carry(carried, run.states)
     return run
+
+
+@rule("weight")
+def cell_weight(ctx, config, inputs, masks, types):
+    """A weight the cell holds itself: the loop's constant."""
+    return [ctx.param("value")]
 
 
 LOOPS["rnn"] = run_cell
