@@ -6,6 +6,7 @@ threadpoolctl and SciPy where they are there), and imports its neighbours relati
 what generated code may name.
 """
 
+from . import llvm_options  # noqa: F401  (raises the vectorizer's bound before any kernel compiles)
 from .cache_keys import key_by_package
 from .register_tiles import VECTOR_BITS
 
