@@ -208,10 +208,14 @@ class Layer:
     ) -> KerasTensor:
         """A weight the cell holds itself, as Keras's `add_weight`: a tensor (with no batch axis) that `call` reads
         through `kdsl.ops` (`ops.matmul(inputs, self.kernel)`, `self.peephole * c`)."""
-        if dtype not in (None, "float32") or not trainable or kwargs:
-            given = [k for k, v in (("dtype", dtype not in (None, "float32")), ("trainable", not trainable)) if v]
+        refused = list(kwargs)
+        if dtype not in (None, "float32"):
+            refused.append("dtype")
+        if not trainable:
+            refused.append("trainable")
+        if refused:
             raise KdslUnsupportedError(
-                f"`add_weight` with {', '.join([*given, *kwargs])}",
+                f"`add_weight` with {', '.join(refused)}",
                 hint="a cell's own weights are trainable float32 weights; constants are numbers in `call`",
             )
         if shape is None:
@@ -435,6 +439,7 @@ class RNN(Recurring):
     list of cells (or `StackedRNNCells`) it is the `stacked_rnn` layer, whose cells run one after another."""
 
     default_name = "rnn"
+    _own_cell: Layer | None = None  # a cell of the user's own, traced at the first call
 
     def __init__(
         self, cell: Cell | Sequence[Cell] | StackedRNNCells, *args: Any, name: str | None = None, **kwargs: Any
@@ -462,7 +467,7 @@ class RNN(Recurring):
         super().__init__(*cells.args, name=name, **cells.kwargs, **kwargs)
 
     def as_layer_spec(self) -> LayerSpec:
-        if getattr(self, "_own_cell", None) is not None:
+        if self._own_cell is not None:
             raise KdslUnsupportedError(
                 f"a wrapper around RNN over `{self._own_cell.name}`, a cell of your own",
                 hint="write the cell in a `.kd` file (`cell ... { }`), where `bidirectional(rnn(...))` takes it",
@@ -487,7 +492,7 @@ class RNN(Recurring):
         self, inputs: KerasTensor | Sequence[KerasTensor], initial_state: Sequence[Any] | None = None
     ) -> KerasTensor | list[Any]:
         """Over several cells, `initial_state` gives each cell's states in Keras's form: `[[h1, c1], [h2]]`."""
-        if getattr(self, "_own_cell", None) is not None and self._ir is None:
+        if self._own_cell is not None and self._ir is None:
             self._trace(inputs)
         if initial_state is None or not isinstance(self.kind, StackedRNN):
             return super().__call__(inputs, initial_state)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kdsl.catalogue.args import Arg, ArgError, format_value
+from kdsl.catalogue.args import Arg, ArgError, format_value, int_list, positive_int
 from kdsl.catalogue.base import CONSTRAINT_HINT, Config, LayerKind, expect_float, expect_rank, fixed
 from kdsl.catalogue.functions import INITIALIZERS, REGULARIZERS
 from kdsl.catalogue.recurrent import RNN_ARGS, RNN_UNSUPPORTED, Recurrent
@@ -115,10 +115,10 @@ def weight_name(layer: Layer, param: ParamSpec) -> str:
 
 
 def weight_shape(value: Any) -> tuple[int, ...]:
-    dims = tuple(value) if isinstance(value, list | tuple) else (value,)
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-        raise ArgError(f"expected a shape of positive sizes, got {format_value(value)}", hint="e.g. [28, 64]")
-    return dims
+    dims = int_list(value)
+    if not dims:
+        raise ArgError("expected a shape of positive sizes, got `[]`", hint="e.g. [28, 64]")
+    return tuple(positive_int(d) for d in dims)
 
 
 class CellWeight(LayerKind):

@@ -145,11 +145,11 @@ class Strategy:
         self.reduce_seconds += time.perf_counter() - started
         return loss
 
-    def _replica_sum(self, share: float, calls: list, buffer: np.ndarray, gradient: bool) -> None:
-        """A sum the step's kernels ask for (synchronized BatchNormalization's), noted in `calls`. A gradient is
-        summed as the replicas' gradients are, each weighed by its share, then divided by this replica's share,
-        since the gradients it flows into will be weighed by it again."""
-        calls.append((buffer.size, gradient))
+    def _replica_sum(self, share: float, calls: list[int], buffer: np.ndarray, gradient: bool) -> None:
+        """A sum the step's kernels ask for (synchronized BatchNormalization's), its size noted in `calls`. A
+        gradient is summed as the replicas' gradients are, each weighed by its share, then divided by this
+        replica's share, since the gradients it flows into will be weighed by it again."""
+        calls.append(buffer.size)
         if gradient:
             buffer *= np.float32(share)
         self.communicator.allreduce(buffer)
@@ -167,7 +167,7 @@ class Strategy:
                 "synchronized BatchNormalization's statistics across the replicas",
                 hint=f"use a global batch of at least {self.num_replicas_in_sync} samples",
             )
-        for size, _ in calls:
+        for size in calls:
             self.communicator.allreduce(np.zeros(size, np.float32))
 
     def _sum_gradients(self, compiled: Any, share: float) -> None:

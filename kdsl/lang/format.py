@@ -214,7 +214,7 @@ def _traced_cell_text(cell: StepCell) -> str:
     states' names."""
     step, *states = cell.graph.inputs
     output, *new = cell.graph.outputs
-    if any(value in cell.graph.inputs for value in new):
+    if {id(value) for value in new} & {id(value) for value in cell.graph.inputs}:
         raise KdslUnsupportedError(f"cell `{cell.name}` returns a state unchanged, which `.kd` cannot write")
     given = {id(value): state.name for value, state in zip(new, states)}
     names = _Names(cell.graph, set(), given)

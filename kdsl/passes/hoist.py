@@ -15,17 +15,21 @@ from __future__ import annotations
 from kdsl.ir.builder import Builder
 from kdsl.ir.ops import OPS
 from kdsl.ir.ops.linalg import MatMul
+from kdsl.ir.ops.scan import Scan
 from kdsl.ir.ops.shape import Concat, Split
 from kdsl.ir.program import Eqn, Program, Var
 from kdsl.passes.dce import dce
-from kdsl.passes.scan_rewrites import rebuilt, rewrite_scans
 
 STATE, STEP, FIXED = "state", "step", "fixed"  # depends on the carried state; on the step's inputs alone; on neither
 
 
 def hoist_step_independent(program: Program) -> Program:
     """Rewrite `program`'s scans in place; the hoisted work goes just before each."""
-    return rewrite_scans(program, _hoisted)
+    eqns: list[Eqn] = []
+    for eqn in program.eqns:
+        eqns.append(_hoisted(Builder(eqn.origin, eqns), eqn) if isinstance(eqn.op, Scan) else eqn)
+    program.eqns = eqns
+    return program
 
 
 def _hoisted(b: Builder, scan: Eqn) -> Eqn:
@@ -50,10 +54,10 @@ def _hoisted(b: Builder, scan: Eqn) -> Eqn:
             [eqn for eqn in eqns if not any(id(v) in moved for v in eqn.outputs)],
         )
     )
-    count = len(scan.inputs) - nc - nx
     inputs = (*scan.inputs[: nc + nx], *sequences, *scan.inputs[nc + nx :], *(outer[id(v)] for v in fixed_inputs))
-    assert len(inputs) == nc + nx + len(sequences) + count + len(fixed_inputs)
-    return rebuilt(scan, inputs, {**scan.attrs, "body": new_body, "num_xs": nx + len(sequences)})
+    attrs = {**scan.attrs, "body": new_body, "num_xs": nx + len(sequences)}
+    scan.op.infer(attrs, *(x.type for x in inputs))  # the new loop fits its body
+    return Eqn(scan.op, inputs, scan.outputs, attrs, scan.origin)
 
 
 def _kinds(inputs: list[Var], nc: int, nx: int, eqns: list[Eqn]) -> dict[int, str]:
