@@ -51,13 +51,15 @@ def _draw(dot: Dot, graph: Graph, options: Options, sequential: bool, keys: dict
     def key(operation: Layer | Nested | Value) -> str:
         return keys.setdefault(id(operation), f"box{len(keys)}")
 
+    calls_of: dict[int, list[Node | NestedCall]] = {}
+    for call in graph.calls():
+        calls_of.setdefault(id(call.layer), []).append(call)
     for operation in _operations(graph, sequential):
         if options.expand_nested and isinstance(operation, Nested):
             cluster = dot.cluster(key(operation), style="dashed", label=operation.name, labeljust="l")
             _draw(cluster, operation.graph, options, operation.keras == "Sequential", keys)
         else:
-            calls = [call for call in graph.calls() if call.layer is operation]
-            label = _label(operation, calls, options)
+            label = _label(operation, calls_of.get(id(operation), []), options)
             dot.node(key(operation), label=label, fontname="Helvetica", border="0", margin="0")
     producers = _producers(graph)
     for call in graph.calls():
